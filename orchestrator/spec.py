@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,16 +91,20 @@ class PreemptionSpec(_Strict):
     max_failures: int = Field(3, ge=-1)
 
 
-class RegistrySpec(_Strict):
-    model_name: str | None = Field(None, description="default: the job name")
-    register: Literal["last", "none"] = "last"
+with warnings.catch_warnings():
+    # `register` is the documented field name; pydantic only warns that BaseModel once had such a method.
+    warnings.filterwarnings("ignore", message='Field name "register"')
 
-    @field_validator("model_name")
-    @classmethod
-    def _name(cls, v):
-        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
-            raise ValueError("must be letters, digits, '_', '.', '-' (at most 100)")
-        return v
+    class RegistrySpec(_Strict):
+        model_name: str | None = Field(None, description="default: the job name")
+        register: Literal["last", "none"] = "last"
+
+        @field_validator("model_name")
+        @classmethod
+        def _name(cls, v):
+            if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+                raise ValueError("must be letters, digits, '_', '.', '-' (at most 100)")
+            return v
 
 
 class JobSpec(_Strict):
