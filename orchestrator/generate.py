@@ -1,0 +1,68 @@
+"""Samples from a registered generator: ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainers.grid import make_grid, to_uint8
+
+OUTPUT_SUFFIXES = (".png", ".npz")
+
+
+class GenerateError(ValueError):
+    """A request that cannot be served; the message says which part is wrong."""
+
+
+def load_generator(model_uri: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(generator in eval mode, ganray metadata) of a registered model version."""
+    import mlflow
+
+    if not model_uri.startswith("models:/"):
+        raise GenerateError(f"model URI must look like models:/NAME/VERSION or models:/NAME@ALIAS, got {model_uri!r}")
+    try:
+        info = mlflow.models.get_model_info(model_uri)
+        g = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a missing model
+        raise GenerateError(f"cannot load {model_uri}: {type(err).__name__}: {err}") from None
+    g.eval()
+    return g, (info.metadata or {}).get("ganray", {})
+
+
+def sample(generator: torch.nn.Module, n: int, seed: int, batch: int = 64) -> np.ndarray:
+    """n images (uint8 NxHxWx3); image i comes from the noise of seed + i alone."""
+    if n < 1:
+        raise GenerateError(f"--n must be >= 1, got {n}")
+    z = torch.stack([torch.randn(generator.z_dim, generator=torch.Generator().manual_seed(seed + i))
+                     for i in range(n)])
+    out = []
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            out.append(to_uint8(generator(z[i:i + batch])))
+    return np.concatenate(out)
+
+
+def write_images(images: np.ndarray, out: str | Path) -> Path:
+    """Writes a grid (.png) or an array file (.npz, key `images`)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".png":
+        make_grid(images).save(out)
+    elif out.suffix == ".npz":
+        np.savez_compressed(out, images=images)
+    return out
+
+
+def generate(model_uri: str, n: int, seed: int, out: str | Path, tags: list[str] | None = None) -> Path:
+    """Loads model_uri, draws n samples from seeds seed..seed+n-1, writes out by its suffix."""
+    if Path(out).suffix not in OUTPUT_SUFFIXES:
+        raise GenerateError(f"--out must end in .png (a grid) or .npz (an array), got {str(out)!r}")
+    if n < 1:
+        raise GenerateError(f"--n must be >= 1, got {n}")
+    g, meta = load_generator(model_uri)
+    if tags:
+        raise GenerateError(f"{model_uri} is unconditional (arch {meta.get('generator_config', {}).get('arch')}); "
+                            "--tags needs a tag-conditioned model")
+    return write_images(sample(g, n, seed), out)
