@@ -24,23 +24,31 @@ def load_generator(model_uri: str) -> tuple[torch.nn.Module, dict[str, Any]]:
         raise GenerateError(f"model URI must look like models:/NAME/VERSION or models:/NAME@ALIAS, got {model_uri!r}")
     try:
         info = mlflow.models.get_model_info(model_uri)
-        g = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        loaded = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a missing model
         raise GenerateError(f"cannot load {model_uri}: {type(err).__name__}: {err}") from None
-    g.eval()
-    return g, (info.metadata or {}).get("ganray", {})
+    meta = (info.metadata or {}).get("ganray", {})
+    if "generator_config" not in meta:
+        raise GenerateError(f"{model_uri} was not registered by ganray (no generator metadata)")
+    try:
+        loaded.eval()
+    except NotImplementedError:  # a pt2 (exported) generator: traced in eval mode already
+        pass
+    return loaded, meta
 
 
-def sample(generator: torch.nn.Module, n: int, seed: int, batch: int = 64) -> np.ndarray:
+def sample(generator, z_dim: int, n: int, seed: int, batch: int = 64) -> np.ndarray:
     """n images (uint8 NxHxWx3); image i comes from the noise of seed + i alone."""
     if n < 1:
         raise GenerateError(f"--n must be >= 1, got {n}")
-    z = torch.stack([torch.randn(generator.z_dim, generator=torch.Generator().manual_seed(seed + i))
-                     for i in range(n)])
+    z = torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
     out = []
     with torch.no_grad():
         for i in range(0, n, batch):
-            out.append(to_uint8(generator(z[i:i + batch])))
+            chunk = z[i:i + batch]
+            # An exported generator keeps a dynamic batch of size >= 2: pad a single sample.
+            padded = torch.cat([chunk, chunk]) if len(chunk) == 1 else chunk
+            out.append(to_uint8(generator(padded))[: len(chunk)])
     return np.concatenate(out)
 
 
@@ -65,4 +73,4 @@ def generate(model_uri: str, n: int, seed: int, out: str | Path, tags: list[str]
     if tags:
         raise GenerateError(f"{model_uri} is unconditional (arch {meta.get('generator_config', {}).get('arch')}); "
                             "--tags needs a tag-conditioned model")
-    return write_images(sample(g, n, seed), out)
+    return write_images(sample(g, meta["generator_config"]["z_dim"], n, seed), out)

@@ -163,12 +163,14 @@ def register_generator(c: MlflowClient, run_id: str, model_name: str, generator,
 
     metadata = {"generator_config": info["generator_config"], "tags": info.get("tags", []),
                 "step": info.get("step"), "dataset_hash": info.get("dataset_hash")}
-    example = np.zeros((1, info["generator_config"]["z_dim"]), dtype=np.float32)
+    # pt2 (torch.export) format; a batch of 2 keeps the batch dimension dynamic (1 would be specialised).
+    example = np.zeros((2, info["generator_config"]["z_dim"]), dtype=np.float32)
     mlflow.set_tracking_uri(c.tracking_uri)
     mlflow.set_registry_uri(c.tracking_uri)
     with mlflow.start_run(run_id=run_id):
         model_info = mlflow.pytorch.log_model(
             generator, name="generator", input_example=example, metadata={"ganray": metadata},
+            serialization_format="pt2",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ganray"])
     mv = mlflow.register_model(model_info.model_uri, model_name,
                                tags={"step": str(info.get("step")), "dataset_hash": str(info.get("dataset_hash")),
