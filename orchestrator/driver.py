@@ -150,6 +150,26 @@ def _control_actor(name: str):
     return actor_name, JobControl.options(name=actor_name, namespace=NAMESPACE).remote()
 
 
+def _fit_in_thread(trainer):
+    """trainer.fit() on a helper thread, so that Ctrl-C reaches our handler (a checkpoint, then a
+    clean stop) instead of Ray's, which aborts the run without one."""
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # noqa: BLE001 - re-raised on the main thread
+            box["error"] = err
+
+    t = threading.Thread(target=target, name="ganray-fit", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def summary_from_run(run) -> dict[str, Any] | None:
     raw = run.data.tags.get(tracking.SUMMARY_TAG)
     return json.loads(raw) if raw else None
@@ -235,7 +255,7 @@ def _fit_and_register(spec: JobSpec, env: Endpoints, c, run_id: str, storage: St
     jobs.write_record(spec.name, state="running")
     try:
         with Progress(c, run_id, spec.name, spec.train.steps, enabled=progress):
-            result = trainer.fit()
+            result = _fit_in_thread(trainer)
     except KeyboardInterrupt:
         jobs.write_record(spec.name, state="interrupted")
         raise JobError(f"job {spec.name!r} aborted; run it again to resume from its last checkpoint") from None
