@@ -130,7 +130,8 @@ def _list_sources(src: Path) -> list[Path]:
 def _check_writable(dest: str) -> None:
     try:
         fs, root = open_filesystem(dest)
-        fs.makedirs(root, exist_ok=True)
+        if "://" not in dest or dest.startswith("file://"):
+            fs.makedirs(root, exist_ok=True)  # on object stores makedirs would create a missing bucket
         probe = f"{root}/.ganray-write-probe"
         with fs.open(probe, "wb") as fh:
             fh.write(b"ok")

@@ -1,0 +1,70 @@
+"""Shared fixtures: a private GANRAY_HOME and one real embedded stack per test session.
+
+The stack is real: a local Ray head (token auth on), an MLflow server on SQLite
+and moto's S3 server on loopback, started and stopped here by PID.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENDPOINT_VARS = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH",
+                 "RAY_AUTH_TOKEN", "GANRAY_STORAGE_ROOT")
+
+
+@pytest.fixture(scope="session")
+def ganray_home():
+    """A short, private GANRAY_HOME (Ray's socket paths must stay short)."""
+    home = Path(tempfile.mkdtemp(prefix="grt-", dir="/tmp"))
+    saved = {k: os.environ.pop(k) for k in ENDPOINT_VARS if k in os.environ}
+    os.environ["GANRAY_HOME"] = str(home)
+    yield home
+    os.environ.pop("GANRAY_HOME", None)
+    os.environ.update(saved)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(ganray_home):
+    """The embedded stack with its S3 server, up for the whole session."""
+    from orchestrator.stack import LocalStack
+
+    s = LocalStack(ganray_home)
+    s.up(s3=True)
+    yield s
+    s.down()
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENDPOINT_VARS}
+    env["GANRAY_HOME"] = str(home)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def ganray(home: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs the ganray CLI as a user would, against home's stack."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "ganray"), *args], cwd=ROOT, env=cli_env(home),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ganray {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                             f"stderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def faces(tmp_path_factory):
+    """A small synthetic tagged dataset (folder of PNGs + labels.csv)."""
+    from trainers.data.synth import write_synthetic_dataset
+
+    d = tmp_path_factory.mktemp("faces")
+    write_synthetic_dataset(d, 240, 16, seed=3)
+    return d
