@@ -8,6 +8,8 @@ and networks live in their own modules.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import shutil
 import tempfile
 import time
@@ -24,6 +26,7 @@ from trainers.checkpoint import GRID_FILE, STATE_FILE, load_rank_state, load_sta
 from trainers.data.stream import ShardStream, batches
 from trainers.grid import from_uint8, make_grid, to_uint8
 from trainers.networks import build_models
+from trainers.preemption import PreemptionGuard
 
 GRID_SEED, GRID_SAMPLES = 20251127, 16
 
@@ -87,6 +90,11 @@ class GanLoop:
         self.ddp = world_size > 1 and dist.is_available() and dist.is_initialized()
         self.g_train = DistributedDataParallel(self.g) if self.ddp else self.g
         self.d_train = DistributedDataParallel(self.d) if self.ddp else self.d
+        p = spec.get("preemption", {})
+        # Off in-process; train_worker turns it on under Ray Train (or tests inject a query).
+        self.preemption = PreemptionGuard(p.get("check_every_s", 1.0), p.get("margin_s", 5.0), enabled=False)
+        self.resumed_from: int | None = None
+        self.restored_at: float | None = None
 
     # -- state -----------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -125,6 +133,7 @@ class GanLoop:
         self.scaler_d.load_state_dict(s["scaler_d"])
         self.step, self.images_seen, self.train_seconds = s["step"], s["images_seen"], s["train_seconds"]
         self.stream.load_state_dict(s["stream"])
+        self.resumed_from, self.restored_at = self.step, time.time()
         r = load_rank_state(directory, self.rank) if s["world_size"] == self.world_size else None
         if r is not None:
             self.noise.set_state(r["noise"])
@@ -193,16 +202,36 @@ class GanLoop:
         return img
 
     # -- the loop --------------------------------------------------------
-    def _flags(self, stop: StopSignal, last_report: float) -> tuple[bool, bool]:
-        """(stop, report now), decided by rank 0 and shared, so every rank reports alike."""
+    def _flags(self, stop: StopSignal, last_report: float, step_seconds: float) -> tuple[bool, bool, bool]:
+        """(stop, report now, just-in-time checkpoint now), decided by rank 0 and shared, so that
+        every rank reports, checkpoints and calls the preemption collective alike."""
+        guard = self.preemption
         if self.rank == 0:
+            now = time.time()
             flags = torch.tensor([float(stop.requested()),
-                                  float(time.monotonic() - last_report >= self.spec["train"]["report_every_s"])])
+                                  float(time.monotonic() - last_report >= self.spec["train"]["report_every_s"]),
+                                  float(guard.check_due(now)), float(guard.jit_due(now, step_seconds))])
         else:
-            flags = torch.zeros(2)
+            flags = torch.zeros(4)
         if self.ddp:
             dist.broadcast(flags, 0)
-        return bool(flags[0]), bool(flags[1])
+        if flags[2]:
+            guard.poll()
+        return bool(flags[0]), bool(flags[1]), bool(flags[3])
+
+    def _hold(self) -> None:
+        """After the just-in-time checkpoint: no optimiser step until the node goes. If the notice
+        is withdrawn (or the node outlives its deadline by far), training simply goes on."""
+        guard = self.preemption
+        while True:
+            time.sleep(0.5)
+            guard.poll()  # a collective: once per round on every rank
+            flag = torch.tensor([float(guard.keep_holding(time.time()))]) if self.rank == 0 else torch.zeros(1)
+            if self.ddp:
+                dist.broadcast(flag, 0)
+            if not flag[0]:
+                guard.jit_step, guard.notice = None, None
+                return
 
     def run(self, reporter: Reporter, stop: StopSignal | None = None) -> dict[str, Any]:
         """Trains until train.steps (or a stop request); returns the last metrics."""
@@ -211,9 +240,14 @@ class GanLoop:
         stream = batches(self.stream, self.local_batch)
         window = {"steps": 0, "seconds": 0.0, "data": 0.0, "sums": None}
         last_report, metrics = time.monotonic(), {}
+        sample_log = _open_sample_log(self.rank)
+        first_step_at = None
         while self.step < t["steps"]:
             t0 = time.perf_counter()
-            images, _ = next(stream)
+            images, samples = next(stream)
+            if sample_log:
+                sample_log.write(json.dumps({"step": self.step + 1, "rank": self.rank,
+                                             "keys": [x["key"] for x in samples]}) + "\n")
             real = from_uint8(images).to(self.device, non_blocking=True)
             t_data = time.perf_counter() - t0
             stats = self.train_step(real)
@@ -225,11 +259,19 @@ class GanLoop:
             window["seconds"] += dt
             window["data"] += t_data
             window["sums"] = stats if window["sums"] is None else {k: window["sums"][k] + v for k, v in stats.items()}
-            stopping, report_due = self._flags(stop, last_report)
-            ckpt_due = self.step % every == 0 or self.step >= t["steps"] or stopping
-            if not (ckpt_due or report_due):
+            if first_step_at is None:
+                first_step_at = time.time()
+            stopping, report_due, jit_due = self._flags(stop, last_report, dt)
+            resumed_report = self.resumed_from is not None  # the same on every rank: all restored
+            ckpt_due = self.step % every == 0 or self.step >= t["steps"] or stopping or jit_due
+            if not (ckpt_due or report_due or resumed_report):
                 continue
             metrics = self._metrics(window, stopping)
+            metrics.update(self.preemption.metrics(), preempting=int(jit_due))
+            if resumed_report:  # the first report after a restart carries its timeline
+                metrics.update(resumed_from_step=self.resumed_from, restored_ts=self.restored_at,
+                               first_step_ts=first_step_at)
+                self.resumed_from = None
             window = {"steps": 0, "seconds": 0.0, "data": 0.0, "sums": None}
             if ckpt_due:
                 t_ckpt = time.perf_counter()
@@ -240,11 +282,15 @@ class GanLoop:
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
                 self.train_seconds += time.perf_counter() - t_ckpt
+                self.preemption.record_checkpoint_time(time.perf_counter() - t_ckpt)
             else:
                 reporter.report(metrics, None, None)
             last_report = time.monotonic()
             if stopping:
                 break
+            if jit_due:
+                self.preemption.jit_step = self.step
+                self._hold()
         return metrics
 
     def _metrics(self, window: dict[str, Any], stopping: bool) -> dict[str, Any]:
@@ -259,6 +305,15 @@ class GanLoop:
             "data_wait_frac": window["data"] / secs, "world_size": self.world_size,
             "stopped": int(stopping), **sums,
         }
+
+
+def _open_sample_log(rank: int):
+    """Test hook: with GANRAY_SAMPLE_LOG=DIR, each rank logs the sample keys of every step it computes."""
+    root = os.environ.get("GANRAY_SAMPLE_LOG")
+    if not root:
+        return None
+    os.makedirs(root, exist_ok=True)
+    return open(os.path.join(root, f"rank{rank}-{os.getpid()}.jsonl"), "a", buffering=1)
 
 
 class DirectoryReporter:
@@ -323,6 +378,7 @@ def train_worker(config: dict[str, Any]) -> None:
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(config["spec"]["scaling"]["cpus_per_worker"])))
     loop = GanLoop(config["spec"], rank, world, device)
+    loop.preemption.enabled = True
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:

@@ -1,0 +1,99 @@
+"""A fake cloud metadata server on loopback (AWS IMDSv2 and GCE), for agent and chaos tests.
+
+Control endpoints (test-only): ``POST /__notice?in=SECONDS`` schedules a spot
+stop that many seconds ahead; ``POST /__mode?m=ok|error|hang`` makes every
+metadata answer normal, a 500, or a hang longer than any client timeout.
+Run as a process: ``python tests/fake_metadata.py PORT``.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+TOKEN = "fake-imds-token"
+
+
+class State:
+    def __init__(self):
+        self.terminate_at: float | None = None
+        self.mode = "ok"
+        self.requests = 0
+
+
+def make_handler(state: State):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def _send(self, code: int, body: str = "") -> None:
+            data = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _faulty(self) -> bool:
+            state.requests += 1
+            if state.mode == "error":
+                self._send(500, "boom")
+                return True
+            if state.mode == "hang":
+                time.sleep(10)
+                self._send(500, "late")
+                return True
+            return False
+
+        def do_PUT(self):
+            if self._faulty():
+                return
+            if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+                return self._send(200, TOKEN)
+            self._send(400)
+
+        def do_POST(self):
+            url = urlparse(self.path)
+            q = parse_qs(url.query)
+            if url.path == "/__notice":
+                state.terminate_at = time.time() + float(q.get("in", ["120"])[0])
+                return self._send(200, "ok")
+            if url.path == "/__mode":
+                state.mode = q["m"][0]
+                return self._send(200, "ok")
+            self._send(404)
+
+        def do_GET(self):
+            if self._faulty():
+                return
+            if self.path == "/latest/meta-data/spot/instance-action":
+                if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
+                    return self._send(401)
+                if state.terminate_at is None:
+                    return self._send(404, "Not Found")
+                when = datetime.fromtimestamp(state.terminate_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                return self._send(200, f'{{"action": "terminate", "time": "{when}"}}')
+            if self.path == "/computeMetadata/v1/instance/preempted":
+                if self.headers.get("Metadata-Flavor") != "Google":
+                    return self._send(403)
+                return self._send(200, "TRUE" if state.terminate_at is not None else "FALSE")
+            self._send(404)
+
+    return Handler
+
+
+def serve(port: int = 0) -> tuple[ThreadingHTTPServer, State]:
+    """Starts the server on 127.0.0.1:port in a daemon thread; returns (server, state)."""
+    state = State()
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(state))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, state
+
+
+if __name__ == "__main__":
+    srv, _ = serve(int(sys.argv[1]))
+    print(f"listening on {srv.server_address[1]}", flush=True)
+    threading.Event().wait()
