@@ -154,6 +154,7 @@ def status_cmd(name: str | None, as_json: bool) -> None:
         click.echo("no jobs yet")
     for r in records:
         click.echo(f"{r['name']:24s} {r.get('state', '?'):11s} step {r.get('step', 0)}/{r.get('total_steps', '?')}  "
+                   f"preemptions {r.get('preemptions', 0)}  failures {r.get('failures', 0)}  "
                    f"checkpoint {r.get('checkpoint') or '-'}")
 
 

@@ -98,7 +98,8 @@ class Progress:
                 continue
             step = int(m.get("step", 0))
             self.last_step = step
-            jobs.write_record(self.name, step=step, state="running")
+            jobs.write_record(self.name, step=step, state="running", preemptions=int(m.get("preemptions", 0)),
+                              failures=int(m.get("failures", 0)), steps_lost=int(m.get("steps_lost_total", 0)))
             if not self.enabled:
                 continue
             ips = m.get("img_per_sec", 0.0)

@@ -117,10 +117,31 @@ class MlflowReportCallback(UserCallback):
         self.tracking_uri, self.run_id, self.storage_url = tracking_uri, run_id, storage_url
         self._pending: list[Metric] = []
         self._pending_tags: dict[str, str] = {}
+        self._timeline = None
+        self._timeline_dirty = False
+
+    def _load_timeline(self):
+        from orchestrator.timeline import Timeline
+
+        last_step, events = 0, []
+        try:
+            c = MlflowClient(self.tracking_uri)
+            last_step = int(c.get_run(self.run_id).data.metrics.get("step", 0))
+            import mlflow.artifacts
+
+            events = json.loads(mlflow.artifacts.load_text(f"runs:/{self.run_id}/preemptions.json"))
+        except Exception:  # noqa: BLE001 - a new run has neither
+            pass
+        return Timeline(last_step, events)
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         m = metrics[0] if metrics else {}
         step, ts = int(m.get("step", 0)), int(time.time() * 1000)
+        if self._timeline is None:
+            self._timeline = self._load_timeline()
+        if self._timeline.observe(m, time.time()) is not None:
+            self._timeline_dirty = True
+            self._pending += [Metric(k, float(v), ts, step) for k, v in self._timeline.counts().items()]
         self._pending += [Metric(k, float(v), ts, step) for k, v in m.items()
                           if isinstance(v, (int, float))]
         grid = None
@@ -139,6 +160,9 @@ class MlflowReportCallback(UserCallback):
             self._pending_tags = {}
             if grid:
                 c.log_artifact(self.run_id, grid, "samples")
+            if self._timeline_dirty:
+                c.log_text(self.run_id, json.dumps(self._timeline.events, indent=2), "preemptions.json")
+                self._timeline_dirty = False
         except Exception as err:  # noqa: BLE001 - keep training; retry with the next report
             log.warning("MLflow unreachable, keeping %d metrics for later: %s", len(self._pending), type(err).__name__)
 

@@ -103,3 +103,21 @@ def test_loop_writes_one_jit_checkpoint_and_loses_no_step(tmp_path, faces):
     # the JIT checkpoint came before the deadline, and the step it holds is the last one computed then
     assert rep.checkpoints[0].name == f"checkpoint_{jit[0]['step']:09d}"
     assert polls["n"] > 4 and loop.step == 40  # held, then trained on once the notice was withdrawn
+
+
+def test_timeline_closes_a_preemption_and_tells_failures_apart():
+    from orchestrator.timeline import Timeline
+
+    t = Timeline()
+    assert t.observe({"step": 10}, 100.0) is None
+    t.observe({"step": 14, "preempting": 1, "preempt_notice_ts": 90.0, "preempt_deadline_ts": 120.0}, 101.0)
+    ev = t.observe({"step": 15, "resumed_from_step": 14, "restored_ts": 130.0, "first_step_ts": 131.0}, 132.0)
+    assert ev["kind"] == "preemption" and ev["steps_lost"] == 0 and ev["checkpoint_committed_ts"] == 101.0
+    t.observe({"step": 40}, 140.0)
+    ev = t.observe({"step": 31, "resumed_from_step": 30}, 150.0)  # a crash: no notice came
+    assert ev["kind"] == "failure" and ev["steps_lost"] == 10
+    t.observe({"step": 35, "stopped": 1}, 160.0)
+    assert t.observe({"step": 36, "resumed_from_step": 35}, 170.0)["kind"] == "resume"
+    assert t.counts() == {"preemptions": 1, "failures": 1, "steps_lost_total": 10}
+    rerun = Timeline(last_step=50)
+    assert rerun.observe({"step": 46, "resumed_from_step": 45}, 1.0)["kind"] == "rerun"
