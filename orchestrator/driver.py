@@ -148,7 +148,11 @@ def _control_actor(name: str):
         ray.kill(ray.get_actor(actor_name, namespace=NAMESPACE))
     except ValueError:
         pass
-    return actor_name, JobControl.options(name=actor_name, namespace=NAMESPACE).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On the driver's node, which is not a spot node that may vanish.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return actor_name, JobControl.options(name=actor_name, namespace=NAMESPACE, scheduling_strategy=here).remote()
 
 
 def _fit_in_thread(trainer):

@@ -1,0 +1,145 @@
+"""Chaos: spot notices, vanished nodes, a killed driver and a cluster that shrinks.
+
+Each test builds a head and two worker nodes (separate `ray start` processes, one
+Train worker each), runs a job through `ganray run` against the session's MLflow
+and S3 servers, and breaks something. Truth comes from the sample-key log that
+every worker writes (GANRAY_SAMPLE_LOG): which steps were computed, in which
+process, on which samples. Ray's node-death detection and drain polling are tuned
+down (tests/cluster.py FAST_DETECTION) to keep the suite short.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from mlflow.tracking import MlflowClient
+
+from cluster import LocalCluster
+from conftest import ROOT, ganray
+from fake_metadata import serve
+
+pytestmark = pytest.mark.ray
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def chaos_data(stack, ganray_home, faces):
+    ganray(ganray_home, "data", "ingest", str(faces), "s3://ganray/data/chaos", "--labels", str(faces / "labels.csv"))
+    return "s3://ganray/data/chaos"
+
+
+@pytest.fixture
+def cluster(stack, ganray_home, tmp_path):
+    profile = json.loads((ganray_home / "profile.json").read_text())
+    creds = json.loads((ganray_home / "credentials.json").read_text())
+    env = {"GANRAY_HOME": str(ganray_home), "MLFLOW_TRACKING_URI": profile["mlflow_uri"],
+           "AWS_ENDPOINT_URL_S3": profile["s3_endpoint"], "AWS_ACCESS_KEY_ID": creds["access_key"],
+           "AWS_SECRET_ACCESS_KEY": creds["secret_key"], "AWS_REGION": "us-east-1",
+           "GANRAY_SAMPLE_LOG": str(tmp_path / "samples")}
+    c = LocalCluster(tmp_path / "cluster", env)
+    c.start_head()
+    c.add_node("a")
+    c.add_node("b")
+    yield c
+    c.stop()
+
+
+def spec_file(path: Path, name: str, url: str, steps: int, workers=2, every=1000) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": name, "data": {"url": url}, "model": {"arch": "dcgan", "z_dim": 16, "channels": 16},
+        "train": {"steps": steps, "batch_size": BATCH, "report_every_s": 1.0},
+        "scaling": {"workers": workers}, "checkpoint": {"every_steps": every, "keep": 2},
+        "preemption": {"check_every_s": 0.5, "margin_s": 3.0, "max_failures": 3}}))
+    return path
+
+
+def start_job(cluster: LocalCluster, spec: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).parent / "ganray"), "run", str(spec), "--quiet"], cwd=ROOT,
+                            env=cluster.client_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-5000:]
+    return json.loads(out)
+
+
+def computed_steps(log_dir: Path) -> dict[int, list[dict]]:
+    """step -> the log entries of every process that computed it."""
+    steps = defaultdict(list)
+    for f in sorted(log_dir.glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            e = json.loads(line)
+            steps[e["step"]].append({**e, "proc": f.name})
+    return steps
+
+
+def wait_for_step(log_dir: Path, at_least: int, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log_dir.exists() and max(computed_steps(log_dir) or [0]) >= at_least:
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"training never reached step {at_least}")
+
+
+def check_epochs(steps: dict[int, list[dict]], num_samples: int, world: int) -> None:
+    """Within each epoch no sample is seen twice, and the epoch is covered but for its tail."""
+    per_epoch_steps = num_samples // BATCH  # the loop's batches may straddle epochs; count by position
+    keys = [k for s in sorted(steps) for e in sorted(steps[s], key=lambda e: e["rank"]) for k in e["keys"]]
+    for i in range(0, len(keys) - num_samples + 1, num_samples - num_samples % world):
+        epoch = keys[i:i + num_samples - num_samples % world]
+        assert len(set(epoch)) == len(epoch), "a sample was seen twice within one epoch"
+    assert per_epoch_steps > 0
+
+
+def run_timeline(ganray_home: Path, run_id: str) -> list[dict]:
+    uri = json.loads((ganray_home / "profile.json").read_text())["mlflow_uri"]
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/preemptions.json"))
+
+
+def test_spot_notice_costs_no_step(cluster, chaos_data, ganray_home, tmp_path):
+    server, state = serve()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    agent = subprocess.Popen([str(Path(sys.executable).parent / "ganray"), "agent", "--provider", "aws",
+                              "--metadata-url", url, "--node-id", cluster.nodes["a"].node_id, "--margin-s", "5",
+                              "--poll-s", "0.5", "--address", cluster.address],
+                             env=cluster.client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    steps = 400
+    job = start_job(cluster, spec_file(tmp_path / "job.yaml", "chaos-notice", chaos_data, steps))
+    try:
+        log_dir = tmp_path / "samples"
+        wait_for_step(log_dir, 20)
+        state.terminate_at = time.time() + 20  # AWS would say 120 s; the agent drains 5 s earlier
+        time.sleep(21)
+        cluster.kill_node("a")
+        cluster.add_node("c")
+        summary = finish(job)
+    finally:
+        agent.terminate()
+        agent_log = agent.communicate(timeout=10)[0]
+        server.shutdown()
+    assert "preemption notice (aws:terminate)" in agent_log and "node drained" in agent_log
+    assert summary["steps"] == steps and summary["state"] == "finished"
+    computed = computed_steps(tmp_path / "samples")
+    assert sorted(computed) == list(range(1, steps + 1))
+    twice = [s for s, es in computed.items() if len({e["proc"] for e in es}) > 2 or len(es) != 2]
+    assert not twice, f"steps computed twice (lost work): {twice[:10]}"
+    check_epochs(computed, 240, 2)
+    events = run_timeline(ganray_home, summary["run_id"])
+    assert [e["kind"] for e in events] == ["preemption"] and events[0]["steps_lost"] == 0
+    ev = events[0]
+    assert ev["notice_ts"] < ev["checkpoint_committed_ts"] < ev["deadline_ts"] + 2 < ev["first_step_ts"] + 2
+    status = json.loads(ganray(ganray_home, "status", "chaos-notice", "--json").stdout)
+    assert status["state"] == "finished"
