@@ -1,30 +1,41 @@
-"""ShardStream: each rank's part of a sharded dataset, resumable on any world size.
+"""ShardStream: each rank's part of a sharded dataset, read ahead, resumable on any world size.
 
-The order: epoch e is a permutation of the global sample indices seeded by
-(seed, e). The stream's state is the GLOBAL position in that permutation
-(``consumed``); rank r of w yields ``perm[consumed + r + k*w]`` for
-k = 0, 1, ... while a whole round of w samples remains, so ranks get disjoint,
-equal-length slices and the last ``(N - consumed) mod w`` samples of an epoch
-are dropped. Since ranks advance in lockstep, any rank's state is the global
-state, and it restores every rank on any world size.
+The order (see ``order.py``): epoch e permutes the shards with a generator
+seeded by (seed, e), groups them into windows of ``window_mb`` and permutes the
+samples within each window with (seed, e, window). That is the epoch's global
+order, a permutation of all N samples. The stream's state is the GLOBAL
+position ``consumed`` in it: rank r of w yields positions ``consumed + r + k*w``
+for k = 0, 1, ... while a whole round of w samples remains, so ranks get
+disjoint, equal-length slices, and the last ``(N - consumed) mod w`` samples of
+an epoch (at most w - 1) are not read in that epoch. Ranks advance in lockstep,
+so any rank's state is the global state and restores every rank on any world
+size: the next epoch then begins for all as if nothing had happened.
+
+Speed (``pipeline.py``): shards are fetched whole by a thread pool, the
+current window plus ``readahead_mb`` ahead (across epoch ends too); decoding
+runs in spawned processes (one per core by default) into shared memory, off
+the consuming thread; ``state_dict()`` counts only samples handed out. An
+optional local cache (``cache_dir``, bounded by ``cache_mb``, LRU) keeps
+verified shards on disk and is shared by the ranks of a machine. Faults
+(``shards.py``): retries with backoff; a missing or corrupt shard is an error
+that names it.
 """
 from __future__ import annotations
 
-import io
-import json
-import tarfile
-from collections import OrderedDict
+import os
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image
 
+from trainers.data.decode import decode_image  # noqa: F401 - part of this module's surface
 from trainers.data.manifest import MANIFEST_NAME, Manifest
+from trainers.data.order import EpochOrder
+from trainers.data.pipeline import DecodePool, Pipeline, default_decode_workers
+from trainers.data.errors import DataError
+from trainers.data.shards import LocalCache, ShardFetcher
 from trainers.data.storage import open_filesystem
 
-
-class DataError(RuntimeError):
-    """A dataset that cannot be read; the message names the shard or manifest."""
+__all__ = ["DataError", "ShardStream", "batches", "read_manifest", "torch_batches"]
 
 
 def read_manifest(url: str, storage_options: dict | None = None) -> Manifest:
@@ -43,117 +54,143 @@ def read_manifest(url: str, storage_options: dict | None = None) -> Manifest:
         raise DataError(str(err)) from None
 
 
-def parse_shard(data: bytes, name: str) -> list[tuple[str, bytes, dict]]:
-    """(key, image bytes, metadata) per sample of a WebDataset tar, in tar order."""
-    samples: dict[str, dict[str, Any]] = OrderedDict()
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.rpartition(".")
-                fh = tar.extractfile(member)
-                samples.setdefault(key, {})[ext] = fh.read() if fh else b""
-    except tarfile.TarError as err:
-        raise DataError(f"shard {name} is corrupt: {err}") from None
-    out = []
-    for key, parts in samples.items():
-        img = parts.get("png") or parts.get("jpg") or parts.get("jpeg")
-        if img is None:
-            raise DataError(f"shard {name}: sample {key} has no image")
-        meta = json.loads(parts["json"]) if "json" in parts else {}
-        out.append((key, img, meta))
-    return out
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """uint8 HxWx3 array of an encoded image."""
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"))
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
 
 
 class ShardStream:
-    """This rank's samples of the dataset at url, in the seeded global order."""
+    """This rank's samples of the dataset at url, in the seeded global order (see the module docstring).
+
+    ``window_mb``, ``seed`` and ``shuffle`` define the order and must be the same
+    on every rank (they travel in the state). The rest only change speed:
+    ``decode_workers`` (default: ``GANRAY_DECODE_WORKERS`` or the usable cores;
+    0 decodes in threads), ``fetch_threads``, ``readahead_mb``, and the local
+    cache ``cache_dir`` / ``cache_mb`` (default: ``GANRAY_DATA_CACHE`` /
+    ``GANRAY_DATA_CACHE_MB`` or 10 GiB; no folder, no cache).
+    """
 
     def __init__(self, url: str, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True,
-                 storage_options: dict | None = None, cache_bytes: int = 1 << 30):
+                 storage_options: dict | None = None, *, window_mb: float = 256, readahead_mb: float | None = None,
+                 decode_workers: int | None = None, fetch_threads: int = 8, cache_dir: str | None = None,
+                 cache_mb: float | None = None, chunk: int | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        self.url, self.rank, self.world_size = url, rank, world_size
-        self.seed, self.shuffle = seed, shuffle
-        self._storage_options = storage_options
-        self.manifest = read_manifest(url, storage_options)
+        self.url, self.rank, self.world_size = str(url), rank, world_size
+        self.seed, self.shuffle = int(seed), bool(shuffle)
+        self.manifest = read_manifest(self.url, storage_options)
         self.num_samples = self.manifest.num_samples
-        self._starts = np.cumsum([0] + [s.samples for s in self.manifest.shards])
+        self.window_bytes = max(1, int(window_mb * (1 << 20)))
+        self.order = EpochOrder([s.samples for s in self.manifest.shards], [s.bytes for s in self.manifest.shards],
+                                self.seed, self.shuffle, self.window_bytes)
+        cache_dir = cache_dir or os.environ.get("GANRAY_DATA_CACHE")
+        cache_mb = cache_mb if cache_mb is not None else (_env_int("GANRAY_DATA_CACHE_MB") or 10 * 1024)
+        self.cache = LocalCache(cache_dir, int(cache_mb * (1 << 20))) if cache_dir else None
+        self.fetcher = ShardFetcher(self.url, self.manifest, storage_options, self.cache)
+        res = self.manifest.resolution
+        self.chunk = chunk or max(1, min(256, (4 << 20) // (res * res * 3)))
+        self.decode_workers = default_decode_workers() if decode_workers is None else max(0, decode_workers)
+        self.fetch_threads = max(1, fetch_threads)
+        self.readahead_bytes = self.window_bytes if readahead_mb is None else int(readahead_mb * (1 << 20))
         self.epoch, self.consumed = 0, 0
-        self._cache: OrderedDict[int, list] = OrderedDict()
-        self._cache_bytes, self._cached = cache_bytes, 0
-        self._fs = None
+        self._pool: DecodePool | None = None
+        self._pipe: Pipeline | None = None
+        self._generation = 0
 
     def __len__(self) -> int:
+        """Samples this rank yields in a full epoch."""
         return self.num_samples // self.world_size
 
     # -- state -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
-                "num_samples": self.num_samples, "dataset_hash": self.manifest.dataset_hash}
+        """The global position (plain JSON): the same on every rank between batches."""
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "shuffle": self.shuffle,
+                "window_bytes": self.window_bytes, "num_samples": self.num_samples,
+                "dataset_hash": self.manifest.dataset_hash}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues from a state saved by any rank of any world size."""
         if state.get("dataset_hash") not in (None, self.manifest.dataset_hash):
             raise DataError(f"stream state belongs to another dataset (hash {state['dataset_hash']}, "
                             f"{self.url} has {self.manifest.dataset_hash})")
-        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        for name in ("seed", "shuffle", "window_bytes"):
+            if name in state and state[name] != getattr(self, name):
+                raise DataError(f"stream state has {name}={state[name]!r} but this stream has "
+                                f"{name}={getattr(self, name)!r}: the order would differ")
+        epoch, consumed = int(state["epoch"]), int(state["consumed"])
+        if not 0 <= consumed <= self.num_samples:
+            raise DataError(f"stream state position {consumed} is outside the dataset's {self.num_samples} samples")
+        self.epoch, self.consumed = epoch, consumed
+        self._generation += 1
 
     # -- order -----------------------------------------------------------
     def permutation(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.num_samples)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self.num_samples - self.consumed < self.world_size:  # the epoch was used up
-            self.epoch, self.consumed = self.epoch + 1, 0
-        perm = self.permutation(self.epoch)
-        w, start = self.world_size, self.consumed
-        rounds = (self.num_samples - start) // w
-        for k in range(rounds):
-            sample = self._sample(int(perm[start + k * w + self.rank]))
-            self.consumed = start + (k + 1) * w
-            yield sample
+        """The global order of epoch (global sample ids in manifest order)."""
+        return self.order.global_order(epoch)
 
     # -- reading ---------------------------------------------------------
-    def _sample(self, index: int) -> dict[str, Any]:
-        shard = int(np.searchsorted(self._starts, index, side="right") - 1)
-        key, img, meta = self._shard(shard)[index - self._starts[shard]]
-        return {"key": key, "image": decode_image(img), "tags": list(meta.get("tags", [])),
-                "caption": meta.get("caption")}
+    def _normalised(self, epoch: int, consumed: int) -> tuple[int, int]:
+        if self.num_samples - consumed < self.world_size:
+            return epoch + 1, 0
+        return epoch, consumed
 
-    def _shard(self, i: int) -> list:
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
-        info = self.manifest.shards[i]
-        if self._fs is None:  # created lazily, inside the process that reads (s3fs is not fork-safe)
-            self._fs, self._root = open_filesystem(self.url, self._storage_options)
+    def _pipeline(self) -> Pipeline:
+        here = (self.epoch, self.consumed)
+        if self._pipe is not None and (self._pool is None or self._pool.broken):
+            self._close_pipeline()
+        if self._pipe is not None and self._normalised(*self._pipe.cursor) != here:
+            self._close_pipeline()
+        if self._pipe is None:
+            if self._pool is None or self._pool.broken:
+                if self._pool is not None:
+                    self._pool.close()
+                workers = self.decode_workers
+                self._pool = DecodePool(workers, slots=2 * max(1, workers) + 2,
+                                        slot_bytes=self.chunk * self.manifest.resolution ** 2 * 3)
+            self._pipe = Pipeline(self.order, self.fetcher, self._pool, self.rank, self.world_size, self.epoch,
+                                  self.consumed, self.manifest.resolution, self.chunk, self.fetch_threads,
+                                  self.readahead_bytes, self.window_bytes)
+        return self._pipe
+
+    def _close_pipeline(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The rest of the current epoch; once it is used up, the whole next one."""
+        self.epoch, self.consumed = self._normalised(self.epoch, self.consumed)
+        generation, epoch = self._generation, self.epoch
+        pipe = self._pipeline()
+        while generation == self._generation and pipe is self._pipe:
+            sample = pipe.next_sample(epoch)
+            if sample is None:
+                return
+            self.consumed = pipe.cursor[1]
+            yield sample
+
+    def close(self) -> None:
+        """Stops the read-ahead threads and decode processes (the stream can still be iterated later)."""
+        self._close_pipeline()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> "ShardStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
         try:
-            data = self._fs.cat_file(f"{self._root.rstrip('/')}/{info.path}")
-        except FileNotFoundError:
-            raise DataError(f"shard {info.path} of {self.url} is missing") from None
-        if len(data) != info.bytes:
-            raise DataError(f"shard {info.path} of {self.url} has {len(data)} bytes, manifest says {info.bytes}")
-        samples = parse_shard(data, info.path)
-        if len(samples) != info.samples:
-            raise DataError(f"shard {info.path} has {len(samples)} samples, manifest says {info.samples}")
-        self._cache[i] = samples
-        self._cached += len(data)
-        while self._cached > self._cache_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cached -= sum(len(s[1]) for s in old)
-        return samples
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
 
 def batches(stream: ShardStream, batch_size: int) -> Iterator[tuple[np.ndarray, list[dict]]]:
-    """Endless (uint8 NxHxWx3 images, sample dicts) batches, rolling over epochs.
+    """Endless (uint8 N×H×W×3 images, sample dicts) batches, rolling over epochs.
 
     A batch may span two epochs; between batches, stream.state_dict() is exact.
     """
@@ -168,3 +205,17 @@ def batches(stream: ShardStream, batch_size: int) -> Iterator[tuple[np.ndarray, 
                 buf = []
         if got == 0:
             raise DataError(f"{stream.url} yields no samples for rank {stream.rank} of {stream.world_size}")
+
+
+def torch_batches(stream: ShardStream, batch_size: int, device: Any = None, channels_first: bool = True,
+                  pin_memory: bool = False) -> Iterator[tuple[Any, list[dict]]]:
+    """``batches`` as torch uint8 tensors (N×3×H×W by default) on device; same state guarantees."""
+    import torch
+
+    for images, samples in batches(stream, batch_size):
+        t = torch.from_numpy(images)
+        if channels_first:
+            t = t.permute(0, 3, 1, 2)
+        if pin_memory:
+            t = t.pin_memory()
+        yield (t.to(device, non_blocking=pin_memory) if device is not None else t), samples

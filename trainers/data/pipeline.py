@@ -1,0 +1,457 @@
+"""The read-ahead pipeline behind ShardStream: fetch threads, a producer, decode processes.
+
+One rank's pipeline, from a global position on, endlessly across epochs:
+
+- the *producer* thread walks the rank's positions (``order.py``), keeps the
+  shards of the current window and the next ``readahead`` bytes being fetched
+  by a thread pool, and cuts the positions into tasks of up to ``chunk``
+  samples whose encoded bytes it copies out of the shards;
+- one *driver* thread per decode worker takes a free slot of a shared memory
+  block, then the next task, and has its worker decode the task into the slot
+  (a spawned process that imports only numpy and Pillow; JPEG decoding is the
+  limit, so it is spread over the cores);
+- the consumer (``next_sample``) takes finished tasks in order and copies each
+  image out of the slot before handing it over, then frees the slot.
+
+The number of slots bounds how far decoding runs ahead; a slot is taken before
+a task, so tasks hold slots in order and the oldest unfinished task always has
+one. Faults surface in order: a task that failed carries the error to the
+consumer, which raises it when it reaches that task.
+"""
+from __future__ import annotations
+
+import mmap
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import shutil
+import tempfile
+import threading
+import warnings
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from trainers.data.decode import ShardViews, decode_task, worker_main
+from trainers.data.order import EpochOrder, EpochPlan, rank_rounds
+from trainers.data.errors import DataError
+from trainers.data.shards import ShardFetcher
+
+_POLL_S = 0.1
+
+
+def default_decode_workers() -> int:
+    """Decode processes per stream: ``GANRAY_DECODE_WORKERS``, else the cores this process may use."""
+    env = os.environ.get("GANRAY_DECODE_WORKERS")
+    if env:
+        return max(0, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _shutdown(procs: list, conns: list, block: mmap.mmap | None) -> None:
+    for c in conns:
+        try:
+            c.send_bytes(b"")
+        except OSError:
+            pass
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=5)
+    for c in conns:
+        c.close()
+    if block is not None:
+        try:
+            block.close()
+        except BufferError:  # a view is still alive somewhere; the OS frees it at exit
+            pass
+
+
+class DecodePool:
+    """Decode workers sharing a block of ``slots`` output slots of ``slot_bytes`` each.
+
+    ``workers`` > 0: spawned processes (safe after threads and s3fs clients, unlike
+    fork); 0, or inside a daemonic process (which may not have children): threads.
+    """
+
+    def __init__(self, workers: int, slots: int, slot_bytes: int):
+        self.slots, self.slot_bytes = slots, slot_bytes
+        total = slots * slot_bytes
+        self.procs: list = []
+        self.conns: list = []
+        block = None
+        if workers > 0 and not mp.current_process().daemon:
+            try:
+                block = self._start(workers, total)
+            except Exception as err:  # noqa: BLE001 - any failure to start leaves threads as the way to decode
+                warnings.warn(f"ganray: decode processes did not start ({err}); decoding in threads", stacklevel=3)
+                _shutdown(self.procs, self.conns, None)
+                self.procs, self.conns, block = [], [], None
+        self.threads = 0 if self.procs else max(1, min(2, workers))
+        self._block = block
+        self.buf = np.frombuffer(block, np.uint8) if block is not None else np.empty(total, np.uint8)
+        self.broken: str | None = None
+        self._thread_views: dict[int, ShardViews] = {}
+        self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.conns, block)
+
+    def _start(self, workers: int, total: int) -> mmap.mmap:
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        fd, path = tempfile.mkstemp(prefix="ganray-decode-", dir=folder)
+        try:
+            os.ftruncate(fd, total)
+            block = mmap.mmap(fd, total)
+            ctx = mp.get_context("spawn")
+            for i in range(workers):
+                parent, child = ctx.Pipe()
+                p = ctx.Process(target=worker_main, args=(child, path, total), daemon=True,
+                                name=f"ganray-decode-{i}")
+                p.start()
+                child.close()
+                self.procs.append(p)
+                self.conns.append(parent)
+            for p, c in zip(self.procs, self.conns):
+                if not c.poll(120) or c.recv_bytes() != b"ready":
+                    raise RuntimeError(f"decode process {p.name} did not report ready (exit code {p.exitcode})")
+        finally:
+            os.close(fd)
+            os.unlink(path)  # every worker has it mapped; the memory lives until the last one closes it
+        return block
+
+    @property
+    def size(self) -> int:
+        """How many tasks can run at once."""
+        return len(self.procs) or self.threads
+
+    def view(self, slot: int, count: int, res: int) -> np.ndarray:
+        start = slot * self.slot_bytes
+        return self.buf[start:start + count * res * res * 3].reshape(count, res, res, 3)
+
+    def run(self, worker: int, slot: int, paths: list[str], names: list[str], shard_of: list[int],
+            local: list[int], res: int) -> tuple[list[str], list[tuple]]:
+        """Decodes a task into slot; returns (keys, labels). Raises ValueError(reason) or OSError (worker lost)."""
+        if not self.procs:
+            views = self._thread_views.setdefault(worker, ShardViews())
+            views.forget_unlinked()
+            return decode_task(self.view(slot, len(local), res), views, paths, names, shard_of, local, res)
+        conn = self.conns[worker]
+        try:
+            conn.send_bytes(pickle.dumps((slot * self.slot_bytes, res, paths, names, shard_of, local),
+                                         protocol=pickle.HIGHEST_PROTOCOL))
+            err, keys, labels = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError, pickle.UnpicklingError) as exc:
+            p = self.procs[worker]
+            p.join(timeout=1)
+            raise OSError(f"decode process {p.name} stopped (exit code {p.exitcode}): {type(exc).__name__}") from None
+        if err is not None:
+            raise ValueError(err)
+        return keys, labels
+
+    def close(self) -> None:
+        self.buf = np.empty(0, np.uint8)
+        self._finalizer()
+
+
+def staging_dir(need_bytes: int) -> str:
+    """A private folder for staged shards: in /dev/shm when it has room for need_bytes, else the temp folder."""
+    base = None
+    try:
+        st = os.statvfs("/dev/shm")
+        if os.access("/dev/shm", os.W_OK) and st.f_bavail * st.f_frsize > 2 * need_bytes:
+            base = "/dev/shm"
+    except OSError:
+        pass
+    return tempfile.mkdtemp(prefix="ganray-shards-", dir=base)
+
+
+class Staging:
+    """Shards fetched ahead into files the decode workers map; a file goes once no task needs it.
+
+    A shard is *wanted* while it is in the current window or the read-ahead,
+    and *referenced* while a task that reads it is not decoded yet; it is
+    deleted when neither holds (workers that mapped it keep their mapping).
+    """
+
+    def __init__(self, fetcher: ShardFetcher, root: str, threads: int):
+        self.fetcher, self.root = fetcher, root
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="ganray-fetch")
+        self._futures: dict[int, Future] = {}
+        self._refs: dict[int, int] = {}
+        self._wanted: set[int] = set()
+        self._lock = threading.Lock()
+
+    def _fetch(self, index: int) -> str:
+        data = self.fetcher.fetch(index)
+        path = os.path.join(self.root, f"{index:08d}.tar")
+        with open(path + ".tmp", "wb") as fh:
+            fh.write(data)
+        os.replace(path + ".tmp", path)
+        return path
+
+    def want(self, shards: list[int]) -> None:
+        """Fetch these (in this order) and keep them; stop keeping the others."""
+        with self._lock:
+            self._wanted = set(shards)
+            for s in shards:
+                if s not in self._futures:
+                    self._futures[s] = self._pool.submit(self._fetch, s)
+            for s in [s for s in self._futures if s not in self._wanted and not self._refs.get(s)]:
+                self._drop(s)
+
+    def acquire(self, index: int, stop: threading.Event) -> str | None:
+        """The staged path of a shard, waited for; counts a reference until release(). None if stopped."""
+        with self._lock:
+            fut = self._futures.get(index)
+            if fut is None:
+                fut = self._futures[index] = self._pool.submit(self._fetch, index)
+            self._refs[index] = self._refs.get(index, 0) + 1
+        while not stop.is_set():
+            try:
+                return fut.result(timeout=_POLL_S)
+            except TimeoutError:
+                continue
+            except BaseException:
+                self.release(index)
+                raise
+        self.release(index)
+        return None
+
+    def release(self, index: int) -> None:
+        with self._lock:
+            self._refs[index] -= 1
+            if not self._refs[index] and index not in self._wanted:
+                self._drop(index)
+
+    def _drop(self, index: int) -> None:
+        self._refs.pop(index, None)
+        fut = self._futures.pop(index, None)
+        if fut is not None:
+            fut.add_done_callback(lambda f: _unlink_result(f))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._futures.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _unlink_result(fut: Future) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        try:
+            os.unlink(fut.result())
+        except OSError:
+            pass
+
+
+@dataclass
+class Task:
+    seq: int
+    epoch: int
+    position: int  # global position of the first sample
+    shard_ids: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    shard_of: list[int] = field(default_factory=list)
+    local: list[int] = field(default_factory=list)
+    error: str | None = None
+    slot: int = -1
+    keys: list[str] = field(default_factory=list)
+    labels: list[tuple] = field(default_factory=list)
+
+
+class Pipeline:
+    """One rank's samples from (epoch, consumed) on, decoded ahead; see the module docstring."""
+
+    def __init__(self, order: EpochOrder, fetcher: ShardFetcher, pool: DecodePool, rank: int, world_size: int,
+                 epoch: int, consumed: int, resolution: int, chunk: int, fetch_threads: int, readahead_bytes: int,
+                 window_bytes: int):
+        self.order, self.fetcher, self.pool = order, fetcher, pool
+        self.rank, self.world, self.res, self.chunk = rank, world_size, resolution, chunk
+        self.readahead_bytes = readahead_bytes
+        self.cursor = (epoch, consumed)  # the global state after the last sample handed out
+        self._start = (epoch, consumed)
+        self._stop = threading.Event()
+        self._tasks: queue.Queue = queue.Queue(maxsize=max(2, pool.slots))
+        self._free: queue.Queue = queue.Queue()
+        for s in range(pool.slots):
+            self._free.put(s)
+        self._done: dict[int, Task] = {}
+        self._cv = threading.Condition()
+        self._head: Task | None = None
+        self._head_i = 0
+        self._head_images: np.ndarray | None = None
+        self._next_seq = 0
+        self.staging = Staging(fetcher, staging_dir(window_bytes + readahead_bytes), fetch_threads)
+        self._threads = [threading.Thread(target=self._produce, name="ganray-producer", daemon=True)]
+        self._threads += [threading.Thread(target=self._drive, args=(w,), name=f"ganray-driver-{w}", daemon=True)
+                          for w in range(pool.size)]
+        for t in self._threads:
+            t.start()
+
+    # -- consumer side ---------------------------------------------------
+    def next_sample(self, epoch: int) -> dict[str, Any] | None:
+        """The next sample of epoch, or None once this rank's part of epoch is used up."""
+        if self._head is None or self._head_i >= len(self._head.keys):
+            self._release_head()
+            self._head, self._head_i = self._wait(self._next_seq), 0
+            self._next_seq += 1
+            if self._head.error is None:
+                self._head_images = self.pool.view(self._head.slot, len(self._head.keys), self.res)
+        task = self._head
+        if task.error:
+            raise DataError(task.error)
+        if task.epoch != epoch:
+            return None
+        i = self._head_i
+        self._head_i += 1
+        tags, caption = task.labels[i]
+        position = task.position + i * self.world  # this rank's position; the global state counts whole rounds
+        self.cursor = (task.epoch, position - self.rank + self.world)
+        return {"key": task.keys[i], "image": self._head_images[i].copy(), "tags": tags, "caption": caption}
+
+    def _release_head(self) -> None:
+        self._head_images = None
+        if self._head is not None and self._head.slot >= 0:
+            self._free.put(self._head.slot)
+            self._head.slot = -1
+
+    def _wait(self, seq: int) -> Task:
+        with self._cv:
+            while seq not in self._done:
+                if not any(t.is_alive() for t in self._threads):
+                    raise DataError("the data pipeline stopped without an error (closed?)")
+                self._cv.wait(_POLL_S)
+            return self._done.pop(seq)
+
+    def close(self) -> None:
+        """Stops the threads (finishing the tasks in decode workers) and drops what was read ahead."""
+        self._stop.set()
+        self._release_head()
+        for t in self._threads:
+            t.join(timeout=60)
+        self.staging.close()
+        with self._cv:
+            self._done.clear()
+
+    # -- producer --------------------------------------------------------
+    def _put(self, task: Task) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._tasks.put(task, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        seq = 0
+        epoch, consumed = self._start
+        try:
+            while not self._stop.is_set():
+                plan = self.order.plan(epoch)
+                rounds = rank_rounds(self.order.num_samples, consumed, self.world)
+                if rounds == 0 and consumed == 0:
+                    raise DataError(f"{self.fetcher.url} has {self.order.num_samples} samples, too few for "
+                                    f"rank {self.rank} of {self.world} to get any")
+                pos, last = consumed + self.rank, consumed + self.rank + (rounds - 1) * self.world
+                j = plan.window_of(pos) if rounds else len(plan.windows)
+                while j < len(plan.windows) and pos <= last and not self._stop.is_set():
+                    self._prefetch(plan, j)
+                    a, b = int(plan.starts[j]), int(plan.starts[j + 1])
+                    positions = np.arange(pos, min(b, last + 1), self.world, dtype=np.int64)
+                    if len(positions):
+                        ids = self.order.window_ids(plan, j)[positions - a]
+                        shard_of, local = self.order.locate(ids)
+                        for s in range(0, len(positions), self.chunk):
+                            task = self._task(seq, epoch, positions[s:s + self.chunk], shard_of[s:s + self.chunk],
+                                              local[s:s + self.chunk])
+                            if task is None:
+                                return
+                            if not self._put(task):
+                                self._release(task)
+                                return
+                            seq += 1
+                        pos = int(positions[-1]) + self.world
+                    j += 1
+                epoch, consumed = epoch + 1, 0
+        except Exception as err:  # noqa: BLE001 - every failure reaches the consumer, in order
+            msg = str(err) if isinstance(err, DataError) else f"reading {self.fetcher.url} failed: {type(err).__name__}: {err}"
+            self._put(Task(seq, epoch, -1, error=msg))
+
+    def _task(self, seq: int, epoch: int, positions: np.ndarray, shard_of: np.ndarray, local: np.ndarray) -> Task | None:
+        task = Task(seq, epoch, int(positions[0]))
+        shards, where = np.unique(shard_of, return_inverse=True)
+        for s in shards.tolist():
+            path = self.staging.acquire(s, self._stop)
+            if path is None:
+                self._release(task)
+                return None
+            task.shard_ids.append(s)
+            task.paths.append(path)
+            task.names.append(self.fetcher.manifest.shards[s].path)
+        task.shard_of, task.local = where.tolist(), local.tolist()
+        return task
+
+    def _release(self, task: Task) -> None:
+        for s in task.shard_ids:
+            self.staging.release(s)
+        task.shard_ids = []
+
+    def _prefetch(self, plan: EpochPlan, j: int) -> None:
+        """Keeps window j and the next readahead_bytes of shards (into the next epoch too) fetched or fetching."""
+        wanted: list[int] = [int(s) for s in plan.windows[j]]
+        extra, p, k = 0, plan, j + 1
+        while extra < self.readahead_bytes:
+            if k >= len(p.windows):
+                if p.epoch != plan.epoch:
+                    break
+                p, k = self.order.plan(plan.epoch + 1), 0
+            for s in p.windows[k]:
+                wanted.append(int(s))
+                extra += int(self.order.bytes[s])
+            k += 1
+        self.staging.want(list(dict.fromkeys(wanted)))
+
+    # -- drivers ---------------------------------------------------------
+    def _take(self, q: queue.Queue):
+        while not self._stop.is_set():
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+        return None
+
+    def _drive(self, worker: int) -> None:
+        while not self._stop.is_set():
+            slot = self._take(self._free)
+            if slot is None:
+                return
+            task = self._take(self._tasks)
+            if task is None:
+                self._free.put(slot)
+                return
+            if task.error is None:
+                try:
+                    task.keys, task.labels = self.pool.run(worker, slot, task.paths, task.names, task.shard_of,
+                                                           task.local, self.res)
+                    task.slot = slot
+                except ValueError as err:
+                    task.error = str(err)
+                except OSError as err:
+                    task.error = str(err)
+                    self.pool.broken = str(err)
+            self._release(task)
+            if task.slot < 0:
+                self._free.put(slot)
+            with self._cv:
+                self._done[task.seq] = task
+                self._cv.notify_all()
+            if self.pool.broken:
+                return
