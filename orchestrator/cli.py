@@ -181,24 +181,32 @@ def data_synth(dest: str, n: int, resolution: int, seed: int) -> None:
 
 
 @data.command("ingest")
-@click.argument("src", type=click.Path())
+@click.argument("src")
 @click.argument("dest")
 @click.option("--labels", type=click.Path(dir_okay=False), help="labels CSV (file,tags[,caption]) or JSON.")
 @click.option("--resolution", type=int, help="Centre-crop and resize to this size (default: the first image's).")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg"]), default="png", show_default=True)
 @click.option("--shard-mb", type=float, default=64, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Processes that decode and resize.")
 def data_ingest(src: str, dest: str, labels: str | None, resolution: int | None, fmt: str, shard_mb: float,
                 workers: int) -> None:
-    """Turn a folder of images (+ labels) into WebDataset shards and a manifest at DEST."""
-    from rich.progress import Progress
+    """Turn SRC (a folder, .zip or .tar of images, or an fsspec URL of one) into WebDataset shards at DEST.
+
+    Writes DEST/manifest.json last and DEST/ingest_report.json with every skipped
+    file and its reason. Exit status 0 when anything was ingested, 1 when nothing
+    was or DEST is unreachable or not writable.
+    """
+    from collections import Counter
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from trainers.data.ingest import IngestError, ingest
 
-    if labels is None and (Path(src) / "labels.csv").exists():
+    if labels is None and "://" not in src and (Path(src) / "labels.csv").is_file():
         labels = str(Path(src) / "labels.csv")
     try:
-        with Progress(transient=True, console=None) as bar:
+        columns = [TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        with Progress(*columns, transient=True, console=None) as bar:
             task = bar.add_task("ingest", total=None)
             report = ingest(src, dest, labels, resolution, fmt, shard_mb, workers,
                             progress=lambda i, n: bar.update(task, completed=i, total=n))
@@ -208,9 +216,13 @@ def data_ingest(src: str, dest: str, labels: str | None, resolution: int | None,
     click.echo(f"ingested {report.ingested} images into {len(m.shards)} shards at {dest} "
                f"({m.resolution}x{m.resolution}, {len(m.tags)} tags, hash {m.dataset_hash[:12]})")
     if report.skipped:
-        click.echo(f"skipped {len(report.skipped)} files (see {dest}/ingest_report.json):", err=True)
-        for s in report.skipped[:10]:
-            click.echo(f"  {s['file']}: {s['reason']}", err=True)
+        kinds = Counter(s["reason"].split(" (")[0].split(":")[0] for s in report.skipped)
+        click.echo(f"skipped {len(report.skipped)} files (all listed in {dest.rstrip('/')}/ingest_report.json):",
+                   err=True)
+        for kind, n in kinds.most_common():
+            click.echo(f"  {n:6d}  {kind}", err=True)
+        for s in report.skipped[:5]:
+            click.echo(f"  e.g. {s['file']}: {s['reason']}", err=True)
 
 
 # -- models ------------------------------------------------------------------
