@@ -106,8 +106,9 @@ class ShardFetcher:
             return self._fs, self._root.rstrip("/")
 
     def _download(self, info: ShardInfo) -> bytes:
+        """The shard's bytes; transport faults retried up to `attempts` times, wrong content 3 times."""
         where = f"shard {info.path} of {self.url}"
-        last = ""
+        last, wrong = "", 0
         for attempt in range(self.attempts):
             if attempt:
                 self.retried += 1
@@ -124,14 +125,16 @@ class ShardFetcher:
                 last = f"{type(err).__name__}: {err}"
                 continue
             if len(data) != info.bytes:
-                last = f"got {len(data)} bytes, the manifest says {info.bytes}"
-                continue
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != info.sha256:
-                last = f"sha256 {digest[:16]}... differs from the manifest's {info.sha256[:16]}..."
-                continue
-            return data
-        raise DataError(f"{where} is corrupt or unreachable after {self.attempts} attempts: {last}")
+                last = f"it has {len(data)} bytes, the manifest says {info.bytes}"
+            else:
+                digest = hashlib.sha256(data).hexdigest()
+                if digest == info.sha256:
+                    return data
+                last = f"its sha256 {digest[:16]}... differs from the manifest's {info.sha256[:16]}..."
+            wrong += 1
+            if wrong >= 3:
+                raise DataError(f"{where} is corrupt: {last}")
+        raise DataError(f"{where} could not be read after {self.attempts} attempts: {last}")
 
     def fetch(self, index: int) -> bytes:
         """The bytes of the shard at manifest position index, verified against the manifest."""

@@ -23,6 +23,7 @@ that names it.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -38,16 +39,22 @@ from trainers.data.storage import open_filesystem
 __all__ = ["DataError", "ShardStream", "batches", "read_manifest", "torch_batches"]
 
 
-def read_manifest(url: str, storage_options: dict | None = None) -> Manifest:
-    """Reads and validates url/manifest.json; a clear error when it is missing."""
+def read_manifest(url: str, storage_options: dict | None = None, attempts: int = 5) -> Manifest:
+    """Reads and validates url/manifest.json (transient faults retried); a clear error when it is missing."""
     fs, root = open_filesystem(url, storage_options)
     path = f"{root.rstrip('/')}/{MANIFEST_NAME}"
-    try:
-        text = fs.cat_file(path).decode()
-    except FileNotFoundError:
-        raise DataError(f"no dataset at {url}: {MANIFEST_NAME} not found (run `ganray data ingest` first)") from None
-    except Exception as err:  # noqa: BLE001
-        raise DataError(f"cannot read {url}/{MANIFEST_NAME}: {type(err).__name__}: {err}") from None
+    for attempt in range(attempts):
+        try:
+            text = fs.cat_file(path).decode()
+            break
+        except FileNotFoundError:
+            raise DataError(f"no dataset at {url}: {MANIFEST_NAME} not found (run `ganray data ingest` first)") from None
+        except PermissionError as err:
+            raise DataError(f"cannot read {url}/{MANIFEST_NAME}: access denied ({err})") from None
+        except Exception as err:  # noqa: BLE001 - transport faults come in many types
+            if attempt == attempts - 1:
+                raise DataError(f"cannot read {url}/{MANIFEST_NAME}: {type(err).__name__}: {err}") from None
+            time.sleep(0.2 * 2 ** attempt)
     try:
         return Manifest.from_json(text, where=f"{url}/{MANIFEST_NAME}")
     except ValueError as err:
