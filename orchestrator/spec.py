@@ -37,28 +37,99 @@ class DataSpec(_Strict):
         return v
 
 
+ARCHES = ("dcgan", "cond-dcgan", "stylegan2")
+CONDITIONAL_ARCHES = ("cond-dcgan", "stylegan2")
+
+
 class ModelSpec(_Strict):
-    arch: Literal["dcgan"]
+    arch: Literal["dcgan", "cond-dcgan", "stylegan2"]
     z_dim: int = Field(128, ge=1, le=1024)
-    conditioning: Literal["none"] = "none"
+    conditioning: Literal["none", "tags"] = Field(
+        "none", description="none | tags; default: tags for cond-dcgan, none otherwise (text: a later issue)")
     channels: int = Field(64, ge=4, le=1024, description="width of the highest-resolution layers")
+    channels_max: int = Field(512, ge=4, le=2048, description="cap on any layer's width")
+    embed_dim: int = Field(32, ge=1, le=1024, description="cond-dcgan: size of the tag embedding joined to z")
+    w_dim: int | None = Field(None, ge=1, le=1024, description="stylegan2: W space size; default z_dim")
+    mapping_layers: int = Field(8, ge=1, le=16, description="stylegan2: depth of the mapping network")
+    mbstd_group: int = Field(4, ge=1, description="stylegan2: minibatch standard deviation group size")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_conditioning(cls, raw):
+        if isinstance(raw, dict) and raw.get("conditioning") is None and raw.get("arch") == "cond-dcgan":
+            raw = {**raw, "conditioning": "tags"}
+        return raw
+
+    @model_validator(mode="after")
+    def _conditioning_fits_arch(self):
+        if self.arch == "dcgan" and self.conditioning == "tags":
+            raise ValueError("model.arch=dcgan is unconditional; use cond-dcgan or stylegan2 for "
+                             "model.conditioning=tags")
+        if self.arch == "cond-dcgan" and self.conditioning == "none":
+            raise ValueError("model.arch=cond-dcgan needs model.conditioning=tags (use dcgan for none)")
+        return self
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the networks take a conditioning vector."""
+        return self.conditioning != "none"
 
 
 class TrainSpec(_Strict):
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch; divided among workers")
+    max_batch_per_worker: int | None = Field(
+        None, ge=1, description="largest micro-batch one worker runs at once; more is accumulated")
     lr_g: float = Field(0.0002, gt=0)
     lr_d: float = Field(0.0002, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     loss: Literal["ns", "hinge"] = "ns"
-    r1_gamma: float = Field(0.0, ge=0)
+    r1_gamma: float = Field(0.0, ge=0, description="R1 weight; 0 turns it off")
+    r1_interval: int = Field(16, ge=1, description="lazy R1: every N D steps, scaled by N (1: every step)")
+    dragan_lambda: float = Field(0.0, ge=0, description="DRAGAN gradient penalty weight; 0 turns it off")
+    aux_weight: float = Field(1.0, ge=0, description="weight of the auxiliary multi-label loss (cond-dcgan)")
+    style_mixing: float = Field(0.9, ge=0, le=1, description="stylegan2: probability of mixing two latents")
+    pl_weight: float = Field(0.0, ge=0, description="stylegan2: path length regularisation weight; 0: off")
+    pl_interval: int = Field(4, ge=1, description="lazy path length: every N G steps, scaled by N")
     ema: bool = True
     ema_kimg: float | None = Field(None, gt=0, description="G EMA half-life; default batch*10/32 kimg")
-    augment: Literal["none"] = "none"
+    ema_rampup: float | None = Field(0.05, ge=0, description="EMA half-life ramp-up (fraction of images seen)")
+    augment: Literal["none", "diffaug"] = "none"
+    augment_policy: str = Field("color,translation,cutout", description="DiffAugment ops, comma-separated")
+    augment_p: float = Field(1.0, ge=0, le=1, description="probability of each DiffAugment op per image (the start value when ada_target is set)")
+    ada_target: float | None = Field(None, gt=0, lt=1, description="adapt augment_p toward E[sign(D(real))]")
+    ada_interval: int = Field(4, ge=1, description="steps between augment_p adjustments")
+    ada_kimg: float = Field(500, gt=0, description="kimg for augment_p to go from 0 to 1")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0
     report_every_s: float = Field(2.5, gt=0, description="metrics cadence; Train v2 drains reports every 2 s")
+
+    @field_validator("augment_policy")
+    @classmethod
+    def _policy(cls, v):
+        known = ("color", "translation", "cutout")
+        ops = [o.strip() for o in v.split(",") if o.strip()]
+        bad = [o for o in ops if o not in known]
+        if bad or not ops:
+            raise ValueError(f"must be a comma-separated subset of {', '.join(known)}")
+        return ",".join(ops)
+
+    @model_validator(mode="after")
+    def _one_penalty(self):
+        if self.r1_gamma > 0 and self.dragan_lambda > 0:
+            raise ValueError("train.r1_gamma and train.dragan_lambda are both set; choose one gradient penalty")
+        return self
+
+
+class EvalSpec(_Strict):
+    metrics: list[Literal["fid", "kid", "tag_accuracy"]] = Field(
+        default_factory=list, description="what to evaluate; fid/kid need Inception weights")
+    every_steps: int | None = Field(None, ge=1, description="evaluate every N steps; None: at the last step only")
+    fid_weights: str | None = Field(None, description="local pt_inception-2015-12-05 weights; or GANRAY_FID_WEIGHTS")
+    num_samples: int = Field(10000, ge=2, description="generated images for FID/KID")
+    num_real: int = Field(50000, ge=2, description="at most this many real images for FID/KID statistics")
+    tag_samples: int = Field(1000, ge=1, description="generated images judged for per-tag accuracy")
 
 
 class ScalingSpec(_Strict):
@@ -89,6 +160,8 @@ class CheckpointSpec(_Strict):
 class PreemptionSpec(_Strict):
     max_preemptions: int = Field(-1, ge=-1, description="-1: unlimited")
     max_failures: int = Field(3, ge=-1)
+    check_every_s: float = Field(1.0, ge=0, description="how often workers ask Ray Train for a notice (a collective)")
+    margin_s: float = Field(5.0, ge=0, description="safety margin before the deadline for the JIT checkpoint")
 
 
 with warnings.catch_warnings():
@@ -116,6 +189,7 @@ class JobSpec(_Strict):
     checkpoint: CheckpointSpec = CheckpointSpec()
     preemption: PreemptionSpec = PreemptionSpec()
     registry: RegistrySpec = RegistrySpec()
+    eval: EvalSpec = EvalSpec()
 
     @field_validator("name")
     @classmethod
@@ -131,6 +205,9 @@ class JobSpec(_Strict):
                 raise ValueError(
                     f"train.batch_size={self.train.batch_size} does not divide by scaling.workers={w}; "
                     "the global batch must divide by every worker count the spec allows")
+        if "tag_accuracy" in self.eval.metrics and not self.model.conditional:
+            raise ValueError(f"eval.metrics has tag_accuracy but model.arch={self.model.arch} is unconditional "
+                             "(model.conditioning=none)")
         return self
 
     @property

@@ -180,24 +180,41 @@ class MlflowReportCallback(UserCallback):
 
 def register_generator(c: MlflowClient, run_id: str, model_name: str, generator, info: dict[str, Any],
                        digest: str) -> int:
-    """Logs the generator to the run and registers it as a version of model_name; returns the version."""
+    """Logs the generator to the run and registers it as a version of model_name; returns the version.
+
+    The logged model takes one input, ``[z | c]`` (N, z_dim + c_dim): c is the multi-hot tag
+    vector in the order of the vocabulary kept in the metadata (``tags``), absent for an
+    unconditional model. The latest evaluation (FID/KID/tag accuracy and the settings they
+    were measured with) goes into the metadata and the version's tags.
+    """
     import mlflow
     import numpy as np
     import torch
 
-    metadata = {"generator_config": info["generator_config"], "tags": info.get("tags", []),
-                "step": info.get("step"), "dataset_hash": info.get("dataset_hash")}
+    from trainers.networks import PackedInputGenerator
+
+    config = info["generator_config"]
+    c_dim = int(config.get("c_dim") or 0)
+    evaluation = {k: v for k, v in (info.get("evaluation") or {}).items()
+                  if isinstance(v, (int, float, str)) and not (isinstance(v, float) and v != v)}
+    metadata = {"generator_config": config, "tags": info.get("tags", []),
+                "conditioning": info.get("conditioning", "tags" if c_dim else "none"), "c_dim": c_dim,
+                "input": "z|c" if c_dim else "z", "step": info.get("step"), "dataset_hash": info.get("dataset_hash"),
+                "evaluation": evaluation}
     # pt2 (torch.export) format; a batch of 2 keeps the batch dimension dynamic (1 would be specialised).
-    example = np.zeros((2, info["generator_config"]["z_dim"]), dtype=np.float32)
+    example = np.zeros((2, config["z_dim"] + c_dim), dtype=np.float32)
     mlflow.set_tracking_uri(c.tracking_uri)
     mlflow.set_registry_uri(c.tracking_uri)
     with mlflow.start_run(run_id=run_id):
         model_info = mlflow.pytorch.log_model(
-            generator, name="generator", input_example=example, metadata={"ganray": metadata},
-            serialization_format="pt2",
+            PackedInputGenerator(generator).eval(), name="generator", input_example=example,
+            metadata={"ganray": metadata}, serialization_format="pt2",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ganray"])
-    mv = mlflow.register_model(model_info.model_uri, model_name,
-                               tags={"step": str(info.get("step")), "dataset_hash": str(info.get("dataset_hash")),
-                                     "spec_digest": digest, "code_revision": code_revision(), "run_id": run_id})
+    version_tags = {"step": str(info.get("step")), "dataset_hash": str(info.get("dataset_hash")),
+                    "spec_digest": digest, "code_revision": code_revision(), "run_id": run_id,
+                    "arch": str(config.get("arch")), "conditioning": metadata["conditioning"]}
+    version_tags.update({f"metric.{k}": (f"{v:.6g}" if isinstance(v, float) else str(v))[:5000]
+                         for k, v in evaluation.items() if "." not in k})
+    mv = mlflow.register_model(model_info.model_uri, model_name, tags=version_tags)
     c.set_tag(run_id, STATE_TAG, "running")  # start_run's exit marked the run finished; the driver decides
     return int(mv.version)

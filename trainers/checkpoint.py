@@ -1,8 +1,10 @@
 """Checkpoint state: everything needed to continue as if nothing happened.
 
-A checkpoint directory holds ``state.pt`` (written by rank 0: networks, EMA,
-optimisers, scalers, step, images seen, train time, data-stream state, spec),
-one ``rank_R.pt`` per rank (its RNG states) and ``grid.png`` (fixed-seed samples).
+A checkpoint directory holds ``state.pt`` (written by rank 0: G, D, G_ema, both
+optimisers, both scalers, augment state, loss state (path-length mean), step, images
+seen / kimg, train time, data-stream state, spec, generator config, tag vocabulary and
+the evaluations so far), one ``rank_R.pt`` per rank (its RNG states) and ``grid.png``
+(fixed-seed samples).
 """
 from __future__ import annotations
 
@@ -46,12 +48,16 @@ def load_rank_state(directory: str | Path, rank: int) -> dict[str, Any] | None:
 def generator_from_checkpoint(directory: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(generator in eval mode, info) from a checkpoint: the EMA weights where there are some.
 
-    info holds the generator config, step, images seen and the spec.
+    info holds the generator config, step, images seen, the spec, the dataset hash, the tag
+    vocabulary, the conditioning and the latest evaluation (metrics with their settings).
     """
     state = load_state(directory)
     g = build_generator(state["generator_config"])
     g.load_state_dict(state["g_ema"] if state.get("g_ema") is not None else state["g"])
     g.eval()
-    info = {k: state[k] for k in ("generator_config", "step", "images_seen", "spec", "dataset_hash", "tags")
-            if k in state}
+    info = {k: state[k] for k in ("generator_config", "step", "images_seen", "spec", "dataset_hash", "tags",
+                                  "conditioning") if k in state}
+    info.setdefault("conditioning", "tags" if state["generator_config"].get("c_dim") else "none")
+    if state.get("evaluations"):
+        info["evaluation"] = state["evaluations"][-1]
     return g, info

@@ -2,30 +2,36 @@
 
 ``train_worker`` is the Ray Train entry point (plain PyTorch plus
 ``ray.train.report``); ``GanLoop`` runs the same loop in-process for tests.
-The loop knows phases (D step, G step, EMA, reports, checkpoints); the losses
-and networks live in their own modules.
+The loop knows phases (D step, G step, their lazy regularisers, EMA, augment
+probability, reports, checkpoints, evaluation); the math lives in ``loss.py``
+and the networks in ``networks/``, as in StyleGAN2-ADA.
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
-from trainers import loss as losses
+from trainers.augment import AugmentPipe
 from trainers.checkpoint import GRID_FILE, STATE_FILE, load_rank_state, load_state, rank_file, save_atomic
+from trainers.conditioning import TagEncoder
 from trainers.data.stream import ShardStream, batches
+from trainers.dataset import iter_samples
+from trainers.distributed import average_gradients, broadcast_module, distributed_ready
 from trainers.grid import from_uint8, make_grid, to_uint8
-from trainers.networks import build_models
+from trainers.loss import GanLoss
+from trainers.networks import build_models, generate_images
 from trainers.preemption import PreemptionGuard
 
 GRID_SEED, GRID_SAMPLES = 20251127, 16
@@ -57,17 +63,46 @@ def _finite_grads(module: torch.nn.Module) -> None:
             torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
 
 
+def accumulation_rounds(local_batch: int, max_batch: int | None) -> int:
+    """How many equal micro-batches a worker splits its batch into so that none exceeds max_batch."""
+    if not max_batch or local_batch <= max_batch:
+        return 1
+    rounds = math.ceil(local_batch / max_batch)
+    while local_batch % rounds:
+        rounds += 1
+    return rounds
+
+
+def lazy_adam(params, lr: float, betas: tuple[float, float], interval: int | None) -> torch.optim.Adam:
+    """Adam; with a lazy regulariser every `interval` steps, lr and betas rescaled by I/(I+1) (StyleGAN2)."""
+    ratio = interval / (interval + 1) if interval else 1.0
+    return torch.optim.Adam(params, lr=lr * ratio, betas=(betas[0] ** ratio, betas[1] ** ratio))
+
+
+@dataclass
+class Phase:
+    """One optimiser step of G or D: its loss terms (name), its module, optimiser, scaler and interval."""
+
+    name: str
+    module: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    interval: int = 1
+
+
 class GanLoop:
     """One worker's training state and loop for a JobSpec (as a dict)."""
 
     def __init__(self, spec: dict[str, Any], rank: int = 0, world_size: int = 1,
                  device: torch.device | None = None, storage_options: dict | None = None):
         self.spec, self.rank, self.world_size = spec, rank, world_size
-        t = spec["train"]
+        t, m = spec["train"], spec["model"]
         if t["batch_size"] % world_size:
             raise ValueError(f"train.batch_size={t['batch_size']} does not divide by {world_size} workers")
         self.batch, self.local_batch = t["batch_size"], t["batch_size"] // world_size
+        self.rounds = accumulation_rounds(self.local_batch, t.get("max_batch_per_worker"))
         self.device = device or torch.device("cpu")
+        self.storage_options = storage_options
         self.stream = ShardStream(spec["data"]["url"], rank, world_size, seed=t["seed"],
                                   storage_options=storage_options)
         self.resolution = self.stream.manifest.resolution
@@ -75,26 +110,64 @@ class GanLoop:
         if want and want != self.resolution:
             raise ValueError(f"data.resolution={want} but {spec['data']['url']} holds {self.resolution}x"
                              f"{self.resolution} images")
+        conditional = m.get("conditioning", "none") != "none"
+        self.tags = TagEncoder(self.stream.manifest.vocabulary) if conditional else None
+        if conditional and not self.tags.dim:
+            raise ValueError(f"model.conditioning={m['conditioning']} but {spec['data']['url']} has no tags "
+                             "(ingest it with a labels file)")
         torch.manual_seed(t["seed"])  # same initial weights on every rank
-        g, d = build_models(spec["model"], self.resolution)
+        g, d = build_models(m, self.resolution, self.tags.dim if self.tags else 0)
         self.g, self.d = g.to(self.device), d.to(self.device)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False) if t["ema"] else None
-        betas = (t["beta1"], t["beta2"])
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=t["lr_g"], betas=betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=t["lr_d"], betas=betas)
-        fp16 = t["precision"] == "fp16"
-        self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
-        self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.ddp = distributed_ready(world_size)
+        if self.ddp:
+            broadcast_module(self.g)
+            broadcast_module(self.d)
+        torch.manual_seed(t["seed"] * 7919 + rank + 1)  # per-rank noise inputs from here on
         self.noise = torch.Generator(self.device).manual_seed(t["seed"] * 7919 + rank)
+        self.augment = AugmentPipe(t.get("augment_policy", "color,translation,cutout"), t.get("augment_p", 1.0),
+                                   t.get("ada_target"), t.get("ada_interval", 4), t.get("ada_kimg", 500),
+                                   self.batch, self.ddp) if t.get("augment", "none") == "diffaug" else None
+        self.loss = GanLoss(self.g, self.d, t, self.noise, self.augment,
+                            autocast=lambda: _autocast(self.device, t["precision"]), distributed=self.ddp)
+        self.phases = self._build_phases()
+        self.opt_g = next(p.opt for p in self.phases if p.module is self.g)
+        self.opt_d = next(p.opt for p in self.phases if p.module is self.d)
+        self.scaler_g = next(p.scaler for p in self.phases if p.module is self.g)
+        self.scaler_d = next(p.scaler for p in self.phases if p.module is self.d)
         self.step, self.images_seen, self.train_seconds = 0, 0, 0.0
-        self.ddp = world_size > 1 and dist.is_available() and dist.is_initialized()
-        self.g_train = DistributedDataParallel(self.g) if self.ddp else self.g
-        self.d_train = DistributedDataParallel(self.d) if self.ddp else self.d
         p = spec.get("preemption", {})
         # Off in-process; train_worker turns it on under Ray Train (or tests inject a query).
         self.preemption = PreemptionGuard(p.get("check_every_s", 1.0), p.get("margin_s", 5.0), enabled=False)
         self.resumed_from: int | None = None
         self.restored_at: float | None = None
+        self.evaluations: list[dict[str, Any]] = []
+        self._grid_c: torch.Tensor | None = None
+        self.evaluator = None
+        if rank == 0 and (spec.get("eval") or {}).get("metrics"):
+            from trainers.evaluation import Evaluator
+
+            self.evaluator = Evaluator(spec, self.stream.manifest, self.tags, self.device, storage_options)
+
+    def _build_phases(self) -> list[Phase]:
+        """D's phases, then G's: 'main' every step; a lazy regulariser as its own phase every interval steps."""
+        t = self.spec["train"]
+        betas = (t["beta1"], t["beta2"])
+        fp16 = t["precision"] == "fp16"
+        d_reg = t.get("r1_interval", 16) if t.get("r1_gamma", 0) > 0 else None
+        g_reg = t.get("pl_interval", 4) if t.get("pl_weight", 0) > 0 and self.loss.style_gan else None
+        phases = []
+        for name, module, lr, reg in (("D", self.d, t["lr_d"], d_reg), ("G", self.g, t["lr_g"], g_reg)):
+            lazy = reg if reg and reg > 1 else None
+            opt = lazy_adam(module.parameters(), lr, betas, lazy)
+            scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+            if reg is None:
+                phases.append(Phase(f"{name}main", module, opt, scaler))
+            elif reg == 1:
+                phases.append(Phase(f"{name}both", module, opt, scaler))
+            else:
+                phases += [Phase(f"{name}main", module, opt, scaler), Phase(f"{name}reg", module, opt, scaler, reg)]
+        return phases
 
     # -- state -----------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -104,14 +177,23 @@ class GanLoop:
             "g_ema": self.g_ema.state_dict() if self.g_ema is not None else None,
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
-            "step": self.step, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
+            "augment": self.augment.state_dict() if self.augment is not None else None,
+            "loss": self.loss.state_dict(),
+            "step": self.step, "images_seen": self.images_seen, "kimg": self.images_seen / 1000,
+            "train_seconds": self.train_seconds,
             "stream": self.stream.state_dict(), "spec": self.spec, "world_size": self.world_size,
             "generator_config": self.g.config, "dataset_hash": self.stream.manifest.dataset_hash,
             "tags": self.stream.manifest.vocabulary,
+            "conditioning": self.spec["model"].get("conditioning", "none"),
+            "evaluations": self.evaluations,
         }
 
     def rank_state(self) -> dict[str, Any]:
-        return {"noise": self.noise.get_state(), "torch": torch.get_rng_state()}
+        """This rank's RNG states: the loop's noise generator, torch's CPU (and CUDA) generators."""
+        state = {"noise": self.noise.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def write_checkpoint(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -131,59 +213,82 @@ class GanLoop:
         self.opt_d.load_state_dict(s["opt_d"])
         self.scaler_g.load_state_dict(s["scaler_g"])
         self.scaler_d.load_state_dict(s["scaler_d"])
+        if self.augment is not None and s.get("augment") is not None:
+            self.augment.load_state_dict(s["augment"])
+        if s.get("loss") is not None:
+            self.loss.load_state_dict(s["loss"])
         self.step, self.images_seen, self.train_seconds = s["step"], s["images_seen"], s["train_seconds"]
+        self.evaluations = list(s.get("evaluations") or [])
         self.stream.load_state_dict(s["stream"])
         self.resumed_from, self.restored_at = self.step, time.time()
         r = load_rank_state(directory, self.rank) if s["world_size"] == self.world_size else None
         if r is not None:
             self.noise.set_state(r["noise"])
             torch.set_rng_state(r["torch"])
+            if "cuda" in r and self.device.type == "cuda":
+                torch.cuda.set_rng_state(r["cuda"], self.device)
         else:  # a new world size: fresh, still deterministic, per-rank noise
-            self.noise.manual_seed(self.spec["train"]["seed"] * 7919 + self.rank + 104729 * self.step)
+            seed = self.spec["train"]["seed"] * 7919 + self.rank + 104729 * self.step
+            self.noise.manual_seed(seed)
+            torch.manual_seed(seed + 1)
 
     # -- phases ----------------------------------------------------------
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.g.z_dim, generator=self.noise, device=self.device)
 
-    def train_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One D step and one G step on a batch of real images; returns detached stats."""
-        t, n = self.spec["train"], real.shape[0]
-        # D phase: real and fake in one forward, so DDP sees one forward per backward.
-        with torch.no_grad(), _autocast(self.device, t["precision"]):
-            fake = self.g_train(self._z(n))
-        x = torch.cat([real, fake.to(real.dtype)]).requires_grad_(t["r1_gamma"] > 0)
-        with _autocast(self.device, t["precision"]):
-            logits = self.d_train(x).float()
-            loss_d = losses.d_loss(t["loss"], logits[:n], logits[n:])
-        if t["r1_gamma"] > 0:
-            (grad,) = torch.autograd.grad(logits[:n].sum(), x, create_graph=True)
-            loss_d = loss_d + t["r1_gamma"] * 0.5 * grad[:n].square().flatten(1).sum(1).mean()
-        self.opt_d.zero_grad(set_to_none=True)
-        self.scaler_d.scale(loss_d).backward()
-        self.scaler_d.unscale_(self.opt_d)
-        _finite_grads(self.d)
-        self.scaler_d.step(self.opt_d)
-        self.scaler_d.update()
-        # G phase.
-        with _autocast(self.device, t["precision"]):
-            fake_logits = self.d_train(self.g_train(self._z(n))).float()
-            loss_g = losses.g_loss(t["loss"], fake_logits)
-        self.opt_g.zero_grad(set_to_none=True)
-        self.scaler_g.scale(loss_g).backward()
-        self.scaler_g.unscale_(self.opt_g)
-        _finite_grads(self.g)
-        self.scaler_g.step(self.opt_g)
-        self.scaler_g.update()
+    def train_step(self, real: torch.Tensor, tag_lists: list[list[str]] | None = None) -> dict[str, torch.Tensor]:
+        """One step of every phase due at this step, on a batch of real images; returns detached stats.
+
+        Each phase draws its own latents (and, for conditional models, a shuffle of the batch's
+        tag sets), runs its micro-batches, averages gradients over workers, makes them finite
+        and steps its optimiser. Then the G EMA and the augment probability move on.
+        """
+        n = real.shape[0]
+        real_c = self.tags.encode(tag_lists or [[]] * n).to(self.device) if self.tags is not None else None
+        micro = n // self.rounds
+        sums: dict[str, torch.Tensor] = {}
+        for phase in self.phases:
+            if self.step % phase.interval:
+                continue
+            z = self._z(n)
+            gen_c = None
+            if real_c is not None:
+                gen_c = real_c[torch.randperm(n, generator=self.noise, device=self.device)]
+            for module in (self.g, self.d):
+                module.requires_grad_(module is phase.module)
+            phase.opt.zero_grad(set_to_none=True)
+
+            def backward(loss: torch.Tensor, scaler=phase.scaler) -> None:
+                scaler.scale(loss).backward()
+
+            for r in range(self.rounds):
+                part = slice(r * micro, (r + 1) * micro)
+                stats = self.loss.accumulate_gradients(
+                    phase.name, real[part], real_c[part] if real_c is not None else None, z[part],
+                    gen_c[part] if gen_c is not None else None, gain=phase.interval / self.rounds, backward=backward)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0) + v / self.rounds
+            if self.ddp:
+                average_gradients(phase.module, self.world_size)
+            phase.scaler.unscale_(phase.opt)
+            _finite_grads(phase.module)
+            phase.scaler.step(phase.opt)
+            phase.scaler.update()
+        for module in (self.g, self.d):
+            module.requires_grad_(True)
         self._update_ema()
-        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
-                "d_real": logits[:n].detach().mean(), "d_fake": logits[n:].detach().mean()}
+        if self.augment is not None:
+            self.augment.update(self.step + 1)
+        return sums
 
     def _update_ema(self) -> None:
         if self.g_ema is None:
             return
         t = self.spec["train"]
         ema_nimg = (t["ema_kimg"] or self.batch * 10 / 32) * 1000
-        ema_nimg = min(ema_nimg, (self.images_seen + self.batch) * 0.05)  # ramp-up, as StyleGAN2-ADA
+        rampup = t.get("ema_rampup", 0.05)
+        if rampup is not None:  # ramp-up, as StyleGAN2-ADA
+            ema_nimg = min(ema_nimg, (self.images_seen + self.batch) * rampup)
         beta = 0.5 ** (self.batch / max(ema_nimg, 1e-8))
         with torch.no_grad():
             for pe, p in zip(self.g_ema.parameters(), self.g.parameters()):
@@ -191,15 +296,23 @@ class GanLoop:
             for be, b in zip(self.g_ema.buffers(), self.g.buffers()):
                 be.copy_(b)
 
+    def grid_conditions(self) -> torch.Tensor | None:
+        """The grid's tag vectors: the tag sets of the dataset's first samples (in stored order)."""
+        if self.tags is None:
+            return None
+        if self._grid_c is None:
+            tag_lists = [s["tags"] for s in iter_samples(self.spec["data"]["url"], self.storage_options, GRID_SAMPLES)]
+            tag_lists += [[]] * (GRID_SAMPLES - len(tag_lists))
+            self._grid_c = self.tags.encode(tag_lists)
+        return self._grid_c
+
     @torch.no_grad()
     def sample_grid(self):
+        """Fixed-seed samples of G_ema (G without EMA) as one image; it draws on no training RNG."""
         g = self.g_ema if self.g_ema is not None else self.g
-        was = g.training
-        g.eval()
-        z = torch.randn(GRID_SAMPLES, g.z_dim, generator=torch.Generator().manual_seed(GRID_SEED)).to(self.device)
-        img = make_grid(to_uint8(g(z)))
-        g.train(was)
-        return img
+        z = torch.randn(GRID_SAMPLES, g.z_dim, generator=torch.Generator().manual_seed(GRID_SEED))
+        c = self.grid_conditions()
+        return make_grid(to_uint8(generate_images(g, z.to(self.device), c.to(self.device) if c is not None else None)))
 
     # -- the loop --------------------------------------------------------
     def _flags(self, stop: StopSignal, last_report: float, step_seconds: float) -> tuple[bool, bool, bool]:
@@ -233,12 +346,27 @@ class GanLoop:
                 guard.jit_step, guard.notice = None, None
                 return
 
+    def _eval_due(self) -> bool:
+        every = (self.spec.get("eval") or {}).get("every_steps")
+        if not (self.spec.get("eval") or {}).get("metrics"):
+            return False
+        return self.step >= self.spec["train"]["steps"] or bool(every and self.step % every == 0)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Rank 0: the configured metrics of G_ema now (kept in the checkpoint); other ranks: {}."""
+        if self.evaluator is None:
+            return {}
+        g = self.g_ema if self.g_ema is not None else self.g
+        result = self.evaluator.evaluate(g, self.step)
+        self.evaluations.append({"step": self.step, "kimg": self.images_seen / 1000, **result})
+        return result
+
     def run(self, reporter: Reporter, stop: StopSignal | None = None) -> dict[str, Any]:
         """Trains until train.steps (or a stop request); returns the last metrics."""
         stop = stop or NeverStop()
         t, every = self.spec["train"], self.spec["checkpoint"]["every_steps"]
         stream = batches(self.stream, self.local_batch)
-        window = {"steps": 0, "seconds": 0.0, "data": 0.0, "sums": None}
+        window = _Window()
         last_report, metrics = time.monotonic(), {}
         sample_log = _open_sample_log(self.rank)
         first_step_at = None
@@ -250,21 +378,19 @@ class GanLoop:
                                              "keys": [x["key"] for x in samples]}) + "\n")
             real = from_uint8(images).to(self.device, non_blocking=True)
             t_data = time.perf_counter() - t0
-            stats = self.train_step(real)
+            stats = self.train_step(real, [s["tags"] for s in samples] if self.tags is not None else None)
             self.step += 1
             self.images_seen += self.batch
             dt = time.perf_counter() - t0
             self.train_seconds += dt
-            window["steps"] += 1
-            window["seconds"] += dt
-            window["data"] += t_data
-            window["sums"] = stats if window["sums"] is None else {k: window["sums"][k] + v for k, v in stats.items()}
+            window.add(dt, t_data, stats)
             if first_step_at is None:
                 first_step_at = time.time()
             stopping, report_due, jit_due = self._flags(stop, last_report, dt)
             resumed_report = self.resumed_from is not None  # the same on every rank: all restored
             ckpt_due = self.step % every == 0 or self.step >= t["steps"] or stopping or jit_due
-            if not (ckpt_due or report_due or resumed_report):
+            eval_due = self._eval_due() and not jit_due  # inside a notice window there is no time to evaluate
+            if not (ckpt_due or report_due or resumed_report or eval_due):
                 continue
             metrics = self._metrics(window, stopping)
             metrics.update(self.preemption.metrics(), preempting=int(jit_due))
@@ -272,7 +398,9 @@ class GanLoop:
                 metrics.update(resumed_from_step=self.resumed_from, restored_ts=self.restored_at,
                                first_step_ts=first_step_at)
                 self.resumed_from = None
-            window = {"steps": 0, "seconds": 0.0, "data": 0.0, "sums": None}
+            window = _Window()
+            if eval_due:
+                metrics.update(self.evaluate())
             if ckpt_due:
                 t_ckpt = time.perf_counter()
                 tmp = tempfile.mkdtemp(prefix="ganray-ckpt-")
@@ -293,18 +421,39 @@ class GanLoop:
                 self._hold()
         return metrics
 
-    def _metrics(self, window: dict[str, Any], stopping: bool) -> dict[str, Any]:
-        n = max(window["steps"], 1)
-        sums = {k: float(v) / n for k, v in (window["sums"] or {}).items()}
-        secs = max(window["seconds"], 1e-9)
-        ips = window["steps"] * self.batch / secs
+    def _metrics(self, window: "_Window", stopping: bool) -> dict[str, Any]:
+        secs = max(window.seconds, 1e-9)
+        ips = window.steps * self.batch / secs
+        extra = {}
+        if self.augment is not None:
+            extra["augment_p"] = self.augment.p
+            if not math.isnan(self.augment.last_rt):
+                extra["ada_rt"] = self.augment.last_rt
         return {
             "step": self.step, "total_steps": self.spec["train"]["steps"], "kimg": self.images_seen / 1000,
             "epoch": self.stream.epoch, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
             "img_per_sec": ips, "sec_per_kimg": 1000 / ips if ips else 0.0,
-            "data_wait_frac": window["data"] / secs, "world_size": self.world_size,
-            "stopped": int(stopping), **sums,
+            "data_wait_frac": window.data / secs, "world_size": self.world_size,
+            "stopped": int(stopping), **extra, **window.means(),
         }
+
+
+class _Window:
+    """Step times and loss stats since the last report (stats may differ step to step: lazy phases)."""
+
+    def __init__(self):
+        self.steps, self.seconds, self.data = 0, 0.0, 0.0
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, seconds: float, data: float, stats: dict[str, torch.Tensor]) -> None:
+        self.steps, self.seconds, self.data = self.steps + 1, self.seconds + seconds, self.data + data
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.counts[k] for k, v in self.sums.items()}
 
 
 def _open_sample_log(rank: int):

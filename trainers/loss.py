@@ -1,21 +1,49 @@
-"""GAN losses: the math only (no optimisers, no phases)."""
+"""GAN losses: the math of each training phase (no optimisers, no schedules).
+
+The functions are the textbook terms; :class:`GanLoss` puts them together per phase, after
+StyleGAN2-ADA's ``StyleGAN2Loss.accumulate_gradients``: the loop names a phase (``Gmain``,
+``Greg``, ``Gboth``, ``Dmain``, ``Dreg``, ``Dboth``), hands over one micro-batch and a gain,
+and the loss runs the forward passes and calls backward. The loop owns optimisers, gradient
+averaging across workers, and when each phase runs.
+"""
 from __future__ import annotations
 
+import math
+from contextlib import nullcontext
+from typing import Any, Callable
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+
+Backward = Callable[[torch.Tensor], None]
+
+
+def d_loss_real(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """D's loss on real images, per sample: 'ns' softplus(-l) or 'hinge' relu(1 - l)."""
+    if kind == "ns":
+        return F.softplus(-logits)
+    if kind == "hinge":
+        return F.relu(1 - logits)
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def d_loss_fake(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """D's loss on generated images, per sample: 'ns' softplus(l) or 'hinge' relu(1 + l)."""
+    if kind == "ns":
+        return F.softplus(logits)
+    if kind == "hinge":
+        return F.relu(1 + logits)
+    raise ValueError(f"unknown loss {kind!r}")
 
 
 def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Discriminator loss: 'ns' (non-saturating logistic) or 'hinge'."""
-    if kind == "ns":
-        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-    if kind == "hinge":
-        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-    raise ValueError(f"unknown loss {kind!r}")
+    return d_loss_real(kind, real_logits).mean() + d_loss_fake(kind, fake_logits).mean()
 
 
 def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Generator loss for the same kinds as d_loss."""
+    """Generator loss for the same kinds as d_loss (ns: softplus(-l); hinge: -l)."""
     if kind == "ns":
         return F.softplus(-fake_logits).mean()
     if kind == "hinge":
@@ -24,6 +52,153 @@ def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """R1: the squared gradient norm of D at real images, averaged over the batch (times 1/2)."""
+    """R1: the squared gradient norm of D at real images, per sample (multiply by gamma / 2)."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-    return 0.5 * grad.square().flatten(1).sum(1).mean()
+    return grad.float().square().flatten(1).sum(1)
+
+
+def dragan_points(real: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """DRAGAN's perturbed points: x + a * (x + 0.5 std(x) u - x), u and a uniform in [0, 1]."""
+    n = real.shape[0]
+    u = torch.rand(real.shape, generator=gen, device=gen.device).to(real)
+    a = torch.rand(n, 1, 1, 1, generator=gen, device=gen.device).to(real)
+    return (real + a * 0.5 * real.std() * u).detach()
+
+
+def dragan_penalty(logits: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """DRAGAN (Kodali et al. 2017): (||grad D(x_hat)|| - 1)^2 per sample (multiply by lambda)."""
+    (grad,) = torch.autograd.grad(logits.sum(), points, create_graph=True)
+    return (grad.float().flatten(1).norm(dim=1) - 1).square()
+
+
+def aux_tag_loss(aux_logits: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor | None:
+    """Multi-label BCE of an auxiliary head against the multi-hot tags, per sample (ACGAN / MakeGirlsMoe)."""
+    if aux_logits is None or c is None:
+        return None
+    return F.binary_cross_entropy_with_logits(aux_logits.float(), c.float(), reduction="none").mean(1)
+
+
+class GanLoss:
+    """Every phase's forward passes and backward calls for one (G, D) pair and a train config.
+
+    ``noise`` drives every random draw the loss makes (style mixing, path-length noise, DRAGAN
+    points, augmentation), so a run restored from a checkpoint repeats the same draws.
+    """
+
+    def __init__(self, G, D, train: dict[str, Any], noise: torch.Generator, augment=None,
+                 autocast: Callable[[], Any] = nullcontext, distributed: bool = False):
+        self.G, self.D, self.t, self.noise, self.augment = G, D, train, noise, augment
+        self.autocast, self.distributed = autocast, distributed
+        self.style_gan = hasattr(G, "mapping") and hasattr(G, "synthesis")
+        device = next(G.parameters()).device
+        self.pl_mean = torch.zeros([], device=device)
+
+    # -- helpers ---------------------------------------------------------
+    def run_G(self, z: torch.Tensor, c: torch.Tensor | None, update_w_avg: bool = False):
+        """(images, ws or None); StyleGAN2 mixes styles with probability train.style_mixing."""
+        if not self.style_gan:
+            with self.autocast():
+                return self.G(z, c), None
+        ws = self.G.mapping(z, c, update_w_avg=update_w_avg)
+        prob = self.t.get("style_mixing", 0.0)
+        if prob > 0 and ws.shape[1] > 1:
+            cutoff = int(torch.randint(1, ws.shape[1], (), generator=self.noise, device=self.noise.device))
+            if float(torch.rand((), generator=self.noise, device=self.noise.device)) >= prob:
+                cutoff = ws.shape[1]
+            if cutoff < ws.shape[1]:
+                z2 = torch.randn(z.shape, generator=self.noise, device=self.noise.device).to(z)
+                ws = torch.cat([ws[:, :cutoff], self.G.mapping(z2, c)[:, cutoff:]], dim=1)
+        with self.autocast():
+            return self.G.synthesis(ws), ws
+
+    def run_D(self, img: torch.Tensor, c: torch.Tensor | None):
+        """(logits, aux logits or None) in float32, after augmentation when there is a pipe."""
+        if self.augment is not None:
+            img = self.augment(img, self.noise)
+        with self.autocast():
+            logits, aux = self.D(img, c)
+        return logits.float(), (aux.float() if aux is not None else None)
+
+    # -- phases ----------------------------------------------------------
+    def accumulate_gradients(self, phase: str, real: torch.Tensor, real_c: torch.Tensor | None,
+                             gen_z: torch.Tensor, gen_c: torch.Tensor | None, gain: float,
+                             backward: Backward) -> dict[str, torch.Tensor]:
+        """Runs phase on one micro-batch and calls backward(loss * gain); returns detached stats."""
+        t, stats = self.t, {}
+        do_gmain = phase in ("Gmain", "Gboth")
+        do_gpl = phase in ("Greg", "Gboth") and self.style_gan and t.get("pl_weight", 0) > 0
+        do_dmain = phase in ("Dmain", "Dboth")
+        do_dr1 = phase in ("Dreg", "Dboth") and t.get("r1_gamma", 0) > 0
+        do_dragan = do_dmain and t.get("dragan_lambda", 0) > 0
+        aux_weight = t.get("aux_weight", 1.0)
+
+        if do_gmain:
+            img, _ = self.run_G(gen_z, gen_c, update_w_avg=True)
+            logits, aux = self.run_D(img, gen_c)
+            loss = F.softplus(-logits) if t["loss"] == "ns" else -logits
+            stats["loss_g_adv"] = loss.detach().mean()
+            aux_loss = aux_tag_loss(aux, gen_c)
+            if aux_loss is not None:
+                loss = loss + aux_weight * aux_loss
+                stats["aux_fake"] = aux_loss.detach().mean()
+            stats["loss_g"] = loss.detach().mean()
+            backward(loss.mean() * gain)
+
+        if do_gpl:
+            n = max(gen_z.shape[0] // 2, 1)
+            img, ws = self.run_G(gen_z[:n], gen_c[:n] if gen_c is not None else None)
+            pl_noise = torch.randn(img.shape, generator=self.noise, device=self.noise.device).to(img)
+            pl_noise = pl_noise / math.sqrt(img.shape[2] * img.shape[3])
+            (grads,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
+            lengths = grads.float().square().sum(2).mean(1).sqrt()
+            batch_mean = lengths.detach().mean()
+            if self.distributed:
+                batch_mean = batch_mean.clone()
+                dist.all_reduce(batch_mean)
+                batch_mean /= dist.get_world_size()
+            self.pl_mean.copy_(self.pl_mean.lerp(batch_mean, 0.01))
+            penalty = (lengths - self.pl_mean).square() * t["pl_weight"]
+            stats["pl_penalty"] = penalty.detach().mean()
+            backward(penalty.mean() * gain)
+
+        if do_dmain:
+            with torch.no_grad():
+                img, _ = self.run_G(gen_z, gen_c)
+            logits, _ = self.run_D(img.detach(), gen_c)
+            loss_fake = d_loss_fake(t["loss"], logits)
+            stats["d_fake"] = logits.detach().mean()
+            backward(loss_fake.mean() * gain)
+
+        if do_dmain or do_dr1:
+            real_tmp = real.detach().requires_grad_(do_dr1)
+            logits, aux = self.run_D(real_tmp, real_c)
+            loss = torch.zeros_like(logits)
+            if do_dmain:
+                loss = d_loss_real(t["loss"], logits)
+                stats["d_real"] = logits.detach().mean()
+                stats["loss_d"] = (loss.detach().mean() + loss_fake.detach().mean())
+                if self.augment is not None:
+                    self.augment.accumulate(logits)
+                aux_loss = aux_tag_loss(aux, real_c)
+                if aux_loss is not None:
+                    loss = loss + aux_weight * aux_loss
+                    stats["aux_real"] = aux_loss.detach().mean()
+            if do_dr1:
+                r1 = r1_penalty(logits, real_tmp)
+                stats["r1_penalty"] = r1.detach().mean()
+                loss = loss + r1 * (t["r1_gamma"] / 2)
+            backward(loss.mean() * gain)
+
+        if do_dragan:
+            points = dragan_points(real, self.noise).requires_grad_(True)
+            logits, _ = self.run_D(points, real_c)
+            penalty = dragan_penalty(logits, points)
+            stats["dragan_penalty"] = penalty.detach().mean()
+            backward(penalty.mean() * t["dragan_lambda"] * gain)
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pl_mean": self.pl_mean.detach().cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pl_mean.copy_(state["pl_mean"].to(self.pl_mean.device))

@@ -1,0 +1,97 @@
+"""Networks: generators and discriminators. They know neither losses nor the loop.
+
+Every generator is ``G(z, c=None) -> images`` with attributes ``z_dim``, ``c_dim``,
+``resolution`` and ``config`` (what :func:`build_generator` needs to rebuild it); every
+discriminator is ``D(x, c=None) -> (logits [N], aux tag logits [N, c_dim] or None)``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainers.networks.common import check_resolution, dcgan_init
+from trainers.networks.cond_dcgan import CondDcganDiscriminator, CondDcganGenerator
+from trainers.networks.dcgan import DcganDiscriminator, DcganGenerator
+from trainers.networks.stylegan2 import StyleGan2Discriminator, StyleGan2Generator
+
+ARCHES = ("dcgan", "cond-dcgan", "stylegan2")
+
+__all__ = ["ARCHES", "build_generator", "build_models", "check_resolution", "generate_images", "PackedInputGenerator", "DcganGenerator", "DcganDiscriminator",
+           "CondDcganGenerator", "CondDcganDiscriminator", "StyleGan2Generator", "StyleGan2Discriminator"]
+
+
+def build_generator(config: dict[str, Any]) -> nn.Module:
+    """A generator from its config (what ``generator.config`` holds), freshly initialised."""
+    check_resolution(config["resolution"])
+    arch, cap = config["arch"], config.get("channels_max", 512)
+    if arch == "dcgan":
+        return DcganGenerator(config["z_dim"], config["resolution"], config["channels"], cap)
+    if arch == "cond-dcgan":
+        return CondDcganGenerator(config["z_dim"], config["c_dim"], config["resolution"], config["channels"], cap,
+                                  config.get("embed_dim", 32))
+    if arch == "stylegan2":
+        return StyleGan2Generator(config["z_dim"], config.get("c_dim", 0), config["resolution"], config["channels"],
+                                  cap, config.get("w_dim"), config.get("mapping_layers", 8))
+    raise ValueError(f"unknown generator arch {arch!r}; known: {', '.join(ARCHES)}")
+
+
+def build_models(model: dict[str, Any], resolution: int, c_dim: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(G, D) for the spec's model section at resolution; c_dim is the conditioning size (0: none).
+
+    DCGAN-family networks get DCGAN's N(0, 0.02) init; StyleGAN2 keeps its equalised-lr init.
+    """
+    check_resolution(resolution)
+    arch, conditional = model["arch"], model.get("conditioning", "none") != "none"
+    if conditional and c_dim < 1:
+        raise ValueError(f"model.conditioning={model.get('conditioning')} but the dataset has no tags to condition on")
+    c_dim = c_dim if conditional else 0
+    cap = model.get("channels_max", 512)
+    config = {"arch": arch, "z_dim": model["z_dim"], "c_dim": c_dim, "resolution": resolution,
+              "channels": model["channels"], "channels_max": cap, "embed_dim": model.get("embed_dim", 32),
+              "w_dim": model.get("w_dim"), "mapping_layers": model.get("mapping_layers", 8)}
+    g = build_generator(config)
+    if arch == "dcgan":
+        d: nn.Module = DcganDiscriminator(resolution, model["channels"], cap)
+    elif arch == "cond-dcgan":
+        d = CondDcganDiscriminator(c_dim, resolution, model["channels"], cap)
+    else:
+        d = StyleGan2Discriminator(c_dim, resolution, model["channels"], cap, model.get("mbstd_group", 4),
+                                   model.get("mapping_layers", 8))
+    if arch in ("dcgan", "cond-dcgan"):
+        dcgan_init(g, d)
+    return g, d
+
+
+@torch.no_grad()
+def generate_images(g: nn.Module, z: torch.Tensor, c: torch.Tensor | None = None, batch: int = 64) -> torch.Tensor:
+    """Reproducible samples of g in eval mode (StyleGAN2's noise inputs fixed); g's mode is restored."""
+    was = g.training
+    g.eval()
+    try:
+        out = []
+        for i in range(0, z.shape[0], batch):
+            zi, ci = z[i:i + batch], (c[i:i + batch] if c is not None else None)
+            out.append(g(zi, ci, noise_mode="const") if isinstance(g, StyleGan2Generator) else g(zi, ci))
+        return torch.cat(out)
+    finally:
+        g.train(was)
+
+
+class PackedInputGenerator(nn.Module):
+    """A generator with one input, [z | c] (N, z_dim + c_dim): what the registry exports and serves.
+
+    One tensor input keeps the exported program's signature the same for every architecture;
+    StyleGAN2's noise inputs are fixed so that a seed always gives the same image.
+    """
+
+    def __init__(self, g: nn.Module):
+        super().__init__()
+        self.g, self.z_dim, self.c_dim = g, g.z_dim, getattr(g, "c_dim", 0)
+        self.style = isinstance(g, StyleGan2Generator)
+
+    def forward(self, zc: torch.Tensor) -> torch.Tensor:
+        z = zc[:, :self.z_dim]
+        c = zc[:, self.z_dim:] if self.c_dim else None
+        return self.g(z, c, noise_mode="const") if self.style else self.g(z, c)
