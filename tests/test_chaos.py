@@ -91,6 +91,19 @@ def wait_for_step(log_dir: Path, at_least: int, timeout: float = 180) -> None:
     raise TimeoutError(f"training never reached step {at_least}")
 
 
+def wait_for_checkpoint(ganray_home: Path, name: str, step: int, timeout: float = 180) -> None:
+    """Waits until Ray Train has committed a checkpoint at or after step (the job's MLflow run says so)."""
+    client = MlflowClient(json.loads((ganray_home / "profile.json").read_text())["mlflow_uri"])
+    record, deadline = ganray_home / "jobs" / f"{name}.json", time.time() + timeout
+    while time.time() < deadline:
+        if record.exists():
+            tags = client.get_run(json.loads(record.read_text())["run_id"]).data.tags
+            if int(tags.get("ganray.checkpoint_step", 0)) >= step:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"no checkpoint at step >= {step} was committed")
+
+
 def check_epochs(steps: dict[int, list[dict]], num_samples: int, world: int) -> None:
     """Within each epoch no sample is seen twice, and the epoch is covered but for its tail."""
     per_epoch_steps = num_samples // BATCH  # the loop's batches may straddle epochs; count by position
@@ -143,3 +156,61 @@ def test_spot_notice_costs_no_step(cluster, chaos_data, ganray_home, tmp_path):
     assert ev["notice_ts"] < ev["checkpoint_committed_ts"] < ev["deadline_ts"] + 2 < ev["first_step_ts"] + 2
     status = json.loads(ganray(ganray_home, "status", "chaos-notice", "--json").stdout)
     assert status["state"] == "finished"
+
+
+def lost_steps(computed: dict[int, list[dict]]) -> list[int]:
+    """Steps computed by more than one worker group (work thrown away by a crash)."""
+    return [s for s, es in computed.items() if len({e["proc"] for e in es}) > len({e["rank"] for e in es})]
+
+
+def test_a_node_killed_without_notice_loses_at_most_one_checkpoint_interval(cluster, chaos_data, ganray_home,
+                                                                            tmp_path):
+    steps, every = 300, 100  # the interval must exceed the steps done while a checkpoint is committed
+    job = start_job(cluster, spec_file(tmp_path / "job.yaml", "chaos-kill", chaos_data, steps, every=every))
+    wait_for_checkpoint(ganray_home, "chaos-kill", every)
+    cluster.kill_node("a")
+    cluster.add_node("c")
+    summary = finish(job)
+    assert summary["steps"] == steps
+    computed = computed_steps(tmp_path / "samples")
+    assert sorted(computed) == list(range(1, steps + 1))
+    lost = lost_steps(computed)
+    assert 0 < len(lost) <= every, lost
+    events = run_timeline(ganray_home, summary["run_id"])
+    assert [e["kind"] for e in events] == ["failure"] and events[0]["steps_lost"] <= every
+
+
+def test_a_killed_driver_is_recovered_by_running_the_job_again(cluster, chaos_data, ganray_home, tmp_path):
+    steps, every = 200, 30
+    spec = spec_file(tmp_path / "job.yaml", "chaos-driver", chaos_data, steps, every=every)
+    job = start_job(cluster, spec)
+    wait_for_checkpoint(ganray_home, "chaos-driver", every)
+    run_id = json.loads((ganray_home / "jobs" / "chaos-driver.json").read_text())["run_id"]
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=30)
+    time.sleep(3)  # Ray notices the driver is gone and removes its actors
+    summary = finish(start_job(cluster, spec))
+    assert summary["steps"] == steps and summary["run_id"] == run_id  # the same MLflow run continues
+    computed = computed_steps(tmp_path / "samples")
+    assert sorted(computed) == list(range(1, steps + 1))
+    first_of_rerun = min(s for s, es in computed.items() if len({e["proc"] for e in es}) > 2 or
+                         all(e["proc"] not in {x["proc"] for x in computed[1]} for e in es))
+    assert first_of_rerun > every and (first_of_rerun - 1) % every == 0  # resumed from a checkpoint, not step 0
+    assert [e["kind"] for e in run_timeline(ganray_home, run_id)] == ["rerun"]
+
+
+def test_without_a_replacement_an_elastic_job_finishes_on_fewer_workers(cluster, chaos_data, ganray_home,
+                                                                          tmp_path):
+    steps, every = 200, 40
+    job = start_job(cluster, spec_file(tmp_path / "job.yaml", "chaos-elastic", chaos_data, steps, workers=[1, 2],
+                                       every=every))
+    wait_for_checkpoint(ganray_home, "chaos-elastic", every)
+    cluster.kill_node("a")
+    summary = finish(job)
+    assert summary["steps"] == steps
+    computed = computed_steps(tmp_path / "samples")
+    assert sorted(computed) == list(range(1, steps + 1))
+    last = computed[steps]
+    assert len(last) == 1 and len(last[0]["keys"]) == BATCH  # one worker, the same global batch
+    client = MlflowClient(json.loads((ganray_home / "profile.json").read_text())["mlflow_uri"])
+    assert client.get_run(summary["run_id"]).data.metrics["world_size"] == 1
