@@ -186,6 +186,7 @@ class Staging:
         self._refs: dict[int, int] = {}
         self._wanted: set[int] = set()
         self._lock = threading.Lock()
+        self._cleanup = weakref.finalize(self, shutil.rmtree, root, True)  # also at interpreter exit
 
     def _fetch(self, index: int) -> str:
         data = self.fetcher.fetch(index)
@@ -239,7 +240,7 @@ class Staging:
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._futures.clear()
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._cleanup()
 
 
 def _unlink_result(fut: Future) -> None:
