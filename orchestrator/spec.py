@@ -97,7 +97,8 @@ class TrainSpec(_Strict):
     ema_rampup: float | None = Field(0.05, ge=0, description="EMA half-life ramp-up (fraction of images seen)")
     augment: Literal["none", "diffaug"] = "none"
     augment_policy: str = Field("color,translation,cutout", description="DiffAugment ops, comma-separated")
-    augment_p: float = Field(1.0, ge=0, le=1, description="probability of each DiffAugment op per image (the start value when ada_target is set)")
+    augment_p: float = Field(1.0, ge=0, le=1,
+                             description="probability of each DiffAugment op per image (start value with ada_target)")
     ada_target: float | None = Field(None, gt=0, lt=1, description="adapt augment_p toward E[sign(D(real))]")
     ada_interval: int = Field(4, ge=1, description="steps between augment_p adjustments")
     ada_kimg: float = Field(500, gt=0, description="kimg for augment_p to go from 0 to 1")
@@ -130,6 +131,7 @@ class EvalSpec(_Strict):
     num_samples: int = Field(10000, ge=2, description="generated images for FID/KID")
     num_real: int = Field(50000, ge=2, description="at most this many real images for FID/KID statistics")
     tag_samples: int = Field(1000, ge=1, description="generated images judged for per-tag accuracy")
+    judge_epochs: int = Field(15, ge=1, description="epochs of the tag judge's training on the real images")
 
 
 class ScalingSpec(_Strict):

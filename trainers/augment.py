@@ -95,7 +95,8 @@ class AugmentPipe:
         self.policy, self.p = policy, float(p)
         self.ada_target, self.ada_interval, self.ada_kimg = ada_target, ada_interval, ada_kimg
         self.batch_size, self.distributed = batch_size, distributed
-        self.stat_sum, self.stat_count, self.last_rt = 0.0, 0.0, float("nan")
+        self.stat_sum, self.stat_count = 0.0, 0.0
+        self.last_rt: float | None = None  # E[sign(D(real))] at the last adjustment
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return diff_augment(x, self.policy, gen, self.p)
@@ -125,4 +126,4 @@ class AugmentPipe:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.p, self.stat_sum, self.stat_count = float(state["p"]), float(state["stat_sum"]), float(state["stat_count"])
-        self.last_rt = float(state.get("last_rt", float("nan")))
+        self.last_rt = state.get("last_rt")

@@ -122,7 +122,8 @@ class Evaluator:
                 return images, self.tags.encode(tag_lists).numpy()
 
             self._judge, self._judge_scores, _ = load_or_train_judge(self.manifest.dataset_hash, labelled,
-                                                                     self.tags.vocabulary)
+                                                                     self.tags.vocabulary,
+                                                                     self.ev.get("judge_epochs", 15))
         n = self.ev["tag_samples"]
         c = self._tag_sets(n, EVAL_SEED + 2)
         images = self._generate(g, n, EVAL_SEED + 3, c)

@@ -427,7 +427,7 @@ class GanLoop:
         extra = {}
         if self.augment is not None:
             extra["augment_p"] = self.augment.p
-            if not math.isnan(self.augment.last_rt):
+            if self.augment.last_rt is not None:
                 extra["ada_rt"] = self.augment.last_rt
         return {
             "step": self.step, "total_steps": self.spec["train"]["steps"], "kimg": self.images_seen / 1000,
