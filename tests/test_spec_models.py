@@ -1,0 +1,58 @@
+"""JobSpec fields of the trainer suite: architectures, conditioning, penalties, augmentation, eval."""
+from pathlib import Path
+
+import pytest
+
+from orchestrator.spec import SpecError, load_spec, parse_spec
+
+BASE = {"name": "x", "data": {"url": "s3://d"}, "model": {"arch": "dcgan"}}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spec(**sections):
+    return parse_spec({**BASE, **sections})
+
+
+def test_conditioning_defaults_to_tags_for_cond_dcgan_only():
+    assert spec(model={"arch": "cond-dcgan"}).model.conditioning == "tags"
+    assert spec(model={"arch": "stylegan2"}).model.conditioning == "none"
+    assert spec(model={"arch": "stylegan2", "conditioning": "tags"}).model.conditional
+    assert spec().to_dict()["model"]["conditioning"] == "none"
+
+
+@pytest.mark.parametrize("model,message", [
+    ({"arch": "dcgan", "conditioning": "tags"}, "dcgan is unconditional"),
+    ({"arch": "cond-dcgan", "conditioning": "none"}, "cond-dcgan needs model.conditioning=tags"),
+    ({"arch": "stylegan2", "conditioning": "text"}, "model.conditioning"),
+    ({"arch": "biggan"}, "model.arch.*cond-dcgan.*stylegan2"),
+])
+def test_model_errors_name_the_field(model, message):
+    with pytest.raises(SpecError, match=message):
+        spec(model=model)
+
+
+def test_one_gradient_penalty_at_a_time_and_known_augment_ops():
+    with pytest.raises(SpecError, match="choose one gradient penalty"):
+        spec(train={"r1_gamma": 1.0, "dragan_lambda": 10.0})
+    with pytest.raises(SpecError, match="train.augment_policy.*subset of color, translation, cutout"):
+        spec(train={"augment": "diffaug", "augment_policy": "color,flip"})
+    assert spec(train={"augment_policy": " color , cutout"}).train.augment_policy == "color,cutout"
+    with pytest.raises(SpecError, match="train.ada_target"):
+        spec(train={"ada_target": 1.5})
+
+
+def test_eval_section():
+    s = spec(model={"arch": "cond-dcgan"}, eval={"metrics": ["fid", "kid", "tag_accuracy"], "every_steps": 500,
+                                                  "fid_weights": "/w/pt_inception.pth"})
+    assert s.eval.metrics == ["fid", "kid", "tag_accuracy"] and s.eval.num_samples == 10000
+    assert spec().eval.metrics == []  # nothing is evaluated unless asked
+    with pytest.raises(SpecError, match="tag_accuracy but model.arch=dcgan is unconditional"):
+        spec(eval={"metrics": ["tag_accuracy"]})
+    with pytest.raises(SpecError, match="eval.metrics"):
+        spec(eval={"metrics": ["inception_score"]})
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_spec_validates(path):
+    s = load_spec(path)
+    assert s.model.arch in ("dcgan", "cond-dcgan", "stylegan2")
