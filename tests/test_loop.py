@@ -227,3 +227,18 @@ def test_fid_without_weights_is_a_clear_error_at_start(dataset):
     spec = make_spec(dataset, eval={"metrics": ["fid"], "fid_weights": "/nonexistent/pt_inception.pth"})
     with pytest.raises(ValueError, match="no such file"):
         GanLoop(spec)
+
+
+def test_a_new_world_size_keeps_the_global_batch_and_the_stream_position(dataset, tmp_path):
+    rep = DirectoryReporter(tmp_path)
+    one = GanLoop(make_spec(dataset, COND_DCGAN, steps=4, every=4))
+    one.run(rep)
+    ranks = [GanLoop(make_spec(dataset, COND_DCGAN, steps=4, every=4), rank=r, world_size=2) for r in range(2)]
+    for loop in ranks:
+        loop.restore(rep.checkpoints[-1])  # no rank_1.pt: rank 1 gets fresh, deterministic noise
+        assert loop.step == 4 and loop.batch == 8 and loop.local_batch == 4
+        assert loop.stream.state_dict() == one.stream.state_dict()
+        torch.testing.assert_close(flat(loop.g), flat(one.g), rtol=0, atol=0)
+    assert not torch.equal(ranks[0].noise.get_state(), ranks[1].noise.get_state())
+    with pytest.raises(ValueError, match="batch_size=8 does not divide by 3 workers"):
+        GanLoop(make_spec(dataset, COND_DCGAN), rank=0, world_size=3)

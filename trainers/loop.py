@@ -118,11 +118,11 @@ class GanLoop:
         torch.manual_seed(t["seed"])  # same initial weights on every rank
         g, d = build_models(m, self.resolution, self.tags.dim if self.tags else 0)
         self.g, self.d = g.to(self.device), d.to(self.device)
-        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False) if t["ema"] else None
         self.ddp = distributed_ready(world_size)
-        if self.ddp:
+        if self.ddp:  # the same seed gives the same weights; this makes sure of it
             broadcast_module(self.g)
             broadcast_module(self.d)
+        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False) if t["ema"] else None
         torch.manual_seed(t["seed"] * 7919 + rank + 1)  # per-rank noise inputs from here on
         self.noise = torch.Generator(self.device).manual_seed(t["seed"] * 7919 + rank)
         self.augment = AugmentPipe(t.get("augment_policy", "color,translation,cutout"), t.get("augment_p", 1.0),
