@@ -249,18 +249,32 @@ def timed(batches) -> dict:
             "img_per_s": round((n - n_first) / max(end - first, 1e-9), 1), "end_to_end_img_per_s": round(n / (end - t0), 1)}
 
 
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_ganray(cfg: dict) -> dict:
     from trainers.data.stream import ShardStream
 
     cache = tempfile.mkdtemp(prefix="ganray-cache-") if cfg.get("cache") else None
     s = ShardStream(f"s3://{BUCKET}/{cfg['fmt']}", decode_workers=cfg.get("workers"), cache_dir=cache)
+    cpu = {}
 
     def counts():
-        for _ in range(2):
-            for _x in s:
+        for epoch in range(2):
+            for i, _x in enumerate(s):
+                if epoch == 0 and i == 0:  # CPU from the first sample on, like the rate
+                    pids = [p.pid for p in s._pool.procs]
+                    cpu.update(main=time.process_time(), workers=sum(_proc_cpu(p) for p in pids), pids=pids)
                 yield 1
 
     out = timed(counts())
+    main = time.process_time() - cpu["main"]
+    workers = sum(_proc_cpu(p) for p in cpu["pids"]) - cpu["workers"]
+    n = out["images"] - 1
+    out["cpu_us_per_img"] = {"reader_process": round(main / n * 1e6, 1), "decode_processes": round(workers / n * 1e6, 1),
+                             "total": round((main + workers) / n * 1e6, 1)}
     s.close()
     if cache:
         shutil.rmtree(cache, ignore_errors=True)
@@ -352,11 +366,11 @@ def _decode_all(args) -> tuple[int, float]:
         fn(b)
     while not os.path.exists(barrier_path):
         time.sleep(0.001)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(3):
         for b in jpegs:
             fn(b)
-    return 3 * len(jpegs), time.perf_counter() - t
+    return 3 * len(jpegs), time.perf_counter() - t, time.process_time() - c
 
 
 def ceiling(cfg: dict) -> dict:
@@ -373,7 +387,8 @@ def ceiling(cfg: dict) -> dict:
     # each process's own rate, summed: robust to one of them starting late, and the higher (stricter) ceiling
     n, slowest = sum(r[0] for r in results), max(r[1] for r in results)
     return {"images": n, "seconds": round(slowest, 3), "img_per_s": round(sum(r[0] / r[1] for r in results), 1),
-            "all_done_img_per_s": round(n / slowest, 1)}
+            "all_done_img_per_s": round(n / slowest, 1),
+            "cpu_us_per_img": round(sum(r[2] for r in results) / n * 1e6, 1)}
 
 
 def download(cfg: dict) -> dict:
@@ -477,6 +492,12 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         out["ganray_jpg_over_ceiling_median"] = round(statistics.median(ratios), 3) if ratios else None
         peers = [n for n in med if not n.startswith(("ganray", "ceiling", "JPEG", "raw"))]
         out["ganray_jpg_ahead_of_every_peer"] = all(med["ganray (jpg)"] > med[p] for p in peers)
+        g_cpu = [r["cpu_us_per_img"]["total"] for r in runs["ganray (jpg)"] if "cpu_us_per_img" in r]
+        c_cpu = [r["cpu_us_per_img"] for r in runs[ceil_name] if "cpu_us_per_img" in r]
+        if g_cpu and c_cpu:
+            out["cpu_us_per_img"] = {"ganray (jpg), reader + decode processes": statistics.median(g_cpu),
+                                     "ceiling decode": statistics.median(c_cpu)}
+            out["cpu_efficiency"] = round(statistics.median(c_cpu) / statistics.median(g_cpu), 3)
     return out
 
 
@@ -484,6 +505,8 @@ def table(summary: dict) -> str:
     med = summary["median_img_per_s"]
     lines = ["| reader | decoded images/s (median) |", "| --- | ---: |"]
     lines += [f"| {n} | {v:,.0f} |" for n, v in med.items()]
+    if "cpu_efficiency" in summary:
+        lines.append(f"\nCPU per decoded image: {summary['cpu_us_per_img']} -> efficiency {summary['cpu_efficiency']}")
     if "ganray_jpg_over_ceiling_median" in summary:
         lines.append(f"\nganray (jpg) / ceiling, per round: {summary['ganray_jpg_over_ceiling_per_round']} "
                      f"(median {summary['ganray_jpg_over_ceiling_median']})")

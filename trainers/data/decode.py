@@ -9,9 +9,9 @@ cannot finish) goes through ``Image.open`` as usual, so any image Pillow reads
 is read, and a broken one raises.
 
 ``worker_main`` is the body of a decode process: it maps the shards staged by
-the reader (files in /dev/shm or a temp folder), indexes each once, decodes
-batches of samples into a shared memory block (one slot per batch) and answers
-with their keys and labels. It imports nothing but numpy and Pillow, so it
+the reader (files in /dev/shm or a temp folder), decodes batches of samples
+(given as byte spans) into a shared memory block (one slot per batch) and
+answers when done. It imports nothing but numpy and Pillow, so it
 starts fast, and the reading process never touches the image bytes.
 """
 from __future__ import annotations
@@ -28,7 +28,6 @@ import numpy as np
 from PIL import Image
 
 from trainers.data.errors import DataError
-from trainers.data.tarindex import index_tar
 
 _JPEG_SOF_BASELINE = (0xC0, 0xC1)
 _JPEG_NO_LENGTH = {0x01, 0xD8, *range(0xD0, 0xD8)}
@@ -148,50 +147,43 @@ def parse_meta(raw: bytes | None) -> tuple[list[str], str | None]:
 
 
 class ShardViews:
-    """The staged shards a decode worker has mapped, each indexed once; unlinked ones are dropped."""
+    """The staged shards a decode worker has mapped; ones the reader has deleted are dropped."""
 
     def __init__(self) -> None:
-        self._open: dict[str, tuple[mmap.mmap, list[str], list, list]] = {}
+        self._open: dict[str, mmap.mmap] = {}
 
-    def get(self, path: str, name: str) -> tuple[mmap.mmap, list[str], list, list]:
-        view = self._open.get(path)
-        if view is None:
+    def get(self, path: str, name: str) -> mmap.mmap:
+        block = self._open.get(path)
+        if block is None:
             try:
                 with open(path, "rb") as fh:
-                    block = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                    block = self._open[path] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             except OSError as err:
                 raise DataError(f"shard {name}: its staged copy is gone ({err})") from None
-            keys, images, metas = index_tar(block, name)
-            view = self._open[path] = (block, keys, images, metas)
-        return view
+        return block
 
     def forget_unlinked(self) -> None:
         for path in list(self._open):
             if not os.path.exists(path):
-                self._open.pop(path)[0].close()
+                self._open.pop(path).close()
 
     def close(self) -> None:
-        for block, *_ in self._open.values():
+        for block in self._open.values():
             block.close()
         self._open.clear()
 
 
 def decode_task(out: np.ndarray, views: ShardViews, paths: list[str], names: list[str], shard_of: list[int],
-                local: list[int], size: int) -> tuple[list[str], list[tuple]]:
-    """Decodes sample local[i] of staged shard paths[shard_of[i]] into out[i]; returns (keys, labels).
+                spans: np.ndarray, size: int) -> None:
+    """Decodes sample i (image bytes at offset spans[i, 0], size spans[i, 1] of staged shard
+    paths[shard_of[i]]) into out[i].
 
-    Raises ValueError(reason) naming the shard and sample that failed.
+    Raises ValueError(i, reason) for the first sample that fails.
     """
-    keys, labels = [], []
     flat = out.reshape(len(out), -1)
-    for i, (s, j) in enumerate(zip(shard_of, local)):
+    for i, (s, (off, n)) in enumerate(zip(shard_of, spans[:, :2].tolist())):
         try:
-            block, shard_keys, images, metas = views.get(paths[s], names[s])
-        except DataError as err:
-            raise ValueError(str(err)) from None
-        key = shard_keys[j]
-        off, n = images[j]
-        try:
+            block = views.get(paths[s], names[s])
             arr = decode_raw(block[off:off + n], size)
             if isinstance(arr, bytes):
                 flat[i] = np.frombuffer(arr, np.uint8)
@@ -199,19 +191,15 @@ def decode_task(out: np.ndarray, views: ShardViews, paths: list[str], names: lis
                 out[i] = arr
             else:
                 raise ValueError(f"image is {arr.shape[1]}x{arr.shape[0]}, the dataset's resolution is {size}")
-            m = metas[j]
-            labels.append(parse_meta(None if m is None else block[m[0]:m[0] + m[1]]))
-        except (ValueError, json.JSONDecodeError) as err:
-            raise ValueError(f"shard {names[s]}: sample {key}: {err}") from None
-        keys.append(key)
-    return keys, labels
+        except (ValueError, DataError) as err:
+            raise ValueError(i, str(err)) from None
 
 
 def worker_main(conn: Any, shm_path: str, shm_bytes: int) -> None:
     """A decode process: attach the output block, then decode tasks until told to stop.
 
-    A task is the pickle of (offset, size, paths, names, shard_of, local); the
-    answer is the pickle of (None, keys, labels) or (reason, None, None).
+    A task is the pickle of (offset, size, paths, names, shard_of, spans); the
+    answer is the pickle of (None, None) or (index, reason).
     """
     fd = os.open(shm_path, os.O_RDWR)
     try:
@@ -228,13 +216,14 @@ def worker_main(conn: Any, shm_path: str, shm_bytes: int) -> None:
             break
         if not msg:
             break
-        offset, size, paths, names, shard_of, local = pickle.loads(msg)
-        out = buf[offset:offset + len(local) * size * size * 3].reshape(len(local), size, size, 3)
+        offset, size, paths, names, shard_of, spans = pickle.loads(msg)
+        out = buf[offset:offset + len(spans) * size * size * 3].reshape(len(spans), size, size, 3)
         views.forget_unlinked()
         try:
-            answer = (None, *decode_task(out, views, paths, names, shard_of, local, size))
+            decode_task(out, views, paths, names, shard_of, spans, size)
+            answer = (None, None)
         except ValueError as err:
-            answer = (str(err), None, None)
+            answer = err.args if len(err.args) == 2 else (0, str(err))
         del out
         try:
             conn.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))

@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from trainers.data.decode import ShardViews, decode_task, worker_main
+from trainers.data.decode import ShardViews, decode_task, parse_meta, worker_main
 from trainers.data.order import EpochOrder, EpochPlan, rank_rounds
 from trainers.data.errors import DataError
 from trainers.data.shards import ShardFetcher
+from trainers.data.tarindex import index_tar
 
 _POLL_S = 0.1
 
@@ -135,24 +136,23 @@ class DecodePool:
         return self.buf[start:start + count * res * res * 3].reshape(count, res, res, 3)
 
     def run(self, worker: int, slot: int, paths: list[str], names: list[str], shard_of: list[int],
-            local: list[int], res: int) -> tuple[list[str], list[tuple]]:
-        """Decodes a task into slot; returns (keys, labels). Raises ValueError(reason) or OSError (worker lost)."""
+            spans: np.ndarray, res: int) -> None:
+        """Decodes a task into slot. Raises ValueError(index, reason) or OSError (worker lost)."""
         if not self.procs:
             views = self._thread_views.setdefault(worker, ShardViews())
             views.forget_unlinked()
-            return decode_task(self.view(slot, len(local), res), views, paths, names, shard_of, local, res)
+            return decode_task(self.view(slot, len(spans), res), views, paths, names, shard_of, spans, res)
         conn = self.conns[worker]
         try:
-            conn.send_bytes(pickle.dumps((slot * self.slot_bytes, res, paths, names, shard_of, local),
+            conn.send_bytes(pickle.dumps((slot * self.slot_bytes, res, paths, names, shard_of, spans),
                                          protocol=pickle.HIGHEST_PROTOCOL))
-            err, keys, labels = pickle.loads(conn.recv_bytes())
+            err, reason = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError, pickle.UnpicklingError) as exc:
             p = self.procs[worker]
             p.join(timeout=1)
             raise OSError(f"decode process {p.name} stopped (exit code {p.exitcode}): {type(exc).__name__}") from None
         if err is not None:
-            raise ValueError(err)
-        return keys, labels
+            raise ValueError(err, reason)
 
     def close(self) -> None:
         self.buf = np.empty(0, np.uint8)
@@ -188,13 +188,25 @@ class Staging:
         self._lock = threading.Lock()
         self._cleanup = weakref.finalize(self, shutil.rmtree, root, True)  # also at interpreter exit
 
-    def _fetch(self, index: int) -> str:
+    def _fetch(self, index: int) -> "Staged":
         data = self.fetcher.fetch(index)
+        info = self.fetcher.manifest.shards[index]
+        keys, images, metas = index_tar(data, info.path)
+        if len(keys) != info.samples:
+            raise DataError(f"shard {info.path} of {self.fetcher.url} has {len(keys)} samples, "
+                            f"the manifest says {info.samples}")
+        spans = np.asarray(images, dtype=np.int64).reshape(len(keys), 2)
+        labels = []
+        for key, m in zip(keys, metas):  # parsed once per fetch, here, not once per read
+            try:
+                labels.append(parse_meta(None if m is None else data[m[0]:m[0] + m[1]]))
+            except (ValueError, AttributeError) as err:
+                raise DataError(f"shard {info.path}: sample {key}: bad JSON metadata ({err})") from None
         path = os.path.join(self.root, f"{index:08d}.tar")
         with open(path + ".tmp", "wb") as fh:
             fh.write(data)
         os.replace(path + ".tmp", path)
-        return path
+        return Staged(path, info.path, keys, spans, labels)
 
     def want(self, shards: list[int]) -> None:
         """Fetch these (in this order) and keep them; stop keeping the others."""
@@ -206,8 +218,8 @@ class Staging:
             for s in [s for s in self._futures if s not in self._wanted and not self._refs.get(s)]:
                 self._drop(s)
 
-    def acquire(self, index: int, stop: threading.Event) -> str | None:
-        """The staged path of a shard, waited for; counts a reference until release(). None if stopped."""
+    def acquire(self, index: int, stop: threading.Event) -> "Staged | None":
+        """The staged shard, waited for; counts a reference until release(). None if stopped."""
         with self._lock:
             fut = self._futures.get(index)
             if fut is None:
@@ -246,9 +258,19 @@ class Staging:
 def _unlink_result(fut: Future) -> None:
     if not fut.cancelled() and fut.exception() is None:
         try:
-            os.unlink(fut.result())
+            os.unlink(fut.result().path)
         except OSError:
             pass
+
+
+@dataclass
+class Staged:
+    """A shard staged for the decode workers: its file, and per sample its key and byte spans."""
+    path: str
+    name: str
+    keys: list[str]
+    spans: np.ndarray  # (samples, 2): image offset and size
+    labels: list[tuple]  # (tags, caption) per sample
 
 
 @dataclass
@@ -260,7 +282,7 @@ class Task:
     paths: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     shard_of: list[int] = field(default_factory=list)
-    local: list[int] = field(default_factory=list)
+    spans: np.ndarray | None = None
     error: str | None = None
     slot: int = -1
     keys: list[str] = field(default_factory=list)
@@ -389,15 +411,22 @@ class Pipeline:
     def _task(self, seq: int, epoch: int, positions: np.ndarray, shard_of: np.ndarray, local: np.ndarray) -> Task | None:
         task = Task(seq, epoch, int(positions[0]))
         shards, where = np.unique(shard_of, return_inverse=True)
-        for s in shards.tolist():
-            path = self.staging.acquire(s, self._stop)
-            if path is None:
+        spans = np.empty((len(local), 2), dtype=np.int64)
+        keys: list[str | None] = [None] * len(local)
+        labels: list[tuple | None] = [None] * len(local)
+        for k, s in enumerate(shards.tolist()):
+            staged = self.staging.acquire(s, self._stop)
+            if staged is None:
                 self._release(task)
                 return None
             task.shard_ids.append(s)
-            task.paths.append(path)
-            task.names.append(self.fetcher.manifest.shards[s].path)
-        task.shard_of, task.local = where.tolist(), local.tolist()
+            task.paths.append(staged.path)
+            task.names.append(staged.name)
+            rows = np.flatnonzero(where == k)
+            spans[rows] = staged.spans[local[rows]]
+            for r, j in zip(rows.tolist(), local[rows].tolist()):
+                keys[r], labels[r] = staged.keys[j], staged.labels[j]
+        task.shard_of, task.spans, task.keys, task.labels = where.tolist(), spans, keys, labels
         return task
 
     def _release(self, task: Task) -> None:
@@ -440,11 +469,12 @@ class Pipeline:
                 return
             if task.error is None:
                 try:
-                    task.keys, task.labels = self.pool.run(worker, slot, task.paths, task.names, task.shard_of,
-                                                           task.local, self.res)
+                    self.pool.run(worker, slot, task.paths, task.names, task.shard_of, task.spans, self.res)
                     task.slot = slot
                 except ValueError as err:
-                    task.error = str(err)
+                    i, reason = err.args if len(err.args) == 2 else (0, str(err))
+                    task.error = (reason if reason.startswith("shard ") else
+                                  f"shard {task.names[task.shard_of[i]]}: sample {task.keys[i]}: {reason}")
                 except OSError as err:
                     task.error = str(err)
                     self.pool.broken = str(err)
