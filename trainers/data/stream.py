@@ -170,7 +170,11 @@ class ShardStream:
         generation, epoch = self._generation, self.epoch
         pipe = self._pipeline()
         while generation == self._generation and pipe is self._pipe:
-            sample = pipe.next_sample(epoch)
+            try:
+                sample = pipe.next_sample(epoch)
+            except DataError:
+                self._close_pipeline()  # the next iter() starts afresh (and fetches again)
+                raise
             if sample is None:
                 return
             self.consumed = pipe.cursor[1]
