@@ -31,7 +31,7 @@ import numpy as np
 from trainers.data.decode import decode_image  # noqa: F401 - part of this module's surface
 from trainers.data.manifest import MANIFEST_NAME, Manifest
 from trainers.data.order import EpochOrder
-from trainers.data.pipeline import DecodePool, Pipeline, default_decode_workers
+from trainers.data.pipeline import DecodePool, IndexCache, Pipeline, default_decode_workers
 from trainers.data.errors import DataError
 from trainers.data.shards import LocalCache, ShardFetcher
 from trainers.data.storage import open_filesystem
@@ -74,13 +74,14 @@ class ShardStream:
     ``decode_workers`` (default: ``GANRAY_DECODE_WORKERS`` or the usable cores;
     0 decodes in threads), ``fetch_threads``, ``readahead_mb``, and the local
     cache ``cache_dir`` / ``cache_mb`` (default: ``GANRAY_DATA_CACHE`` /
-    ``GANRAY_DATA_CACHE_MB`` or 10 GiB; no folder, no cache).
+    ``GANRAY_DATA_CACHE_MB`` or 10 GiB; no folder, no cache), and
+    ``index_cache_samples``: shard indexes kept in memory across epochs.
     """
 
     def __init__(self, url: str, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True,
                  storage_options: dict | None = None, *, window_mb: float = 256, readahead_mb: float | None = None,
                  decode_workers: int | None = None, fetch_threads: int = 8, cache_dir: str | None = None,
-                 cache_mb: float | None = None, chunk: int | None = None):
+                 cache_mb: float | None = None, chunk: int | None = None, index_cache_samples: int = 500_000):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.url, self.rank, self.world_size = str(url), rank, world_size
@@ -100,6 +101,7 @@ class ShardStream:
         self.fetch_threads = max(1, fetch_threads)
         self.readahead_bytes = self.window_bytes if readahead_mb is None else int(readahead_mb * (1 << 20))
         self.epoch, self.consumed = 0, 0
+        self._index_cache = IndexCache(index_cache_samples)
         self._pool: DecodePool | None = None
         self._pipe: Pipeline | None = None
         self._generation = 0
@@ -156,7 +158,7 @@ class ShardStream:
                                         slot_bytes=self.chunk * self.manifest.resolution ** 2 * 3)
             self._pipe = Pipeline(self.order, self.fetcher, self._pool, self.rank, self.world_size, self.epoch,
                                   self.consumed, self.manifest.resolution, self.chunk, self.fetch_threads,
-                                  self.readahead_bytes, self.window_bytes)
+                                  self.readahead_bytes, self.window_bytes, self._index_cache)
         return self._pipe
 
     def _close_pipeline(self) -> None:
