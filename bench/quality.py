@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 PRESETS = {
     "cond-dcgan": {
         "model": {"arch": "cond-dcgan", "z_dim": 64, "channels": 32, "embed_dim": 32},
-        "train": {"batch_size": 64, "lr_g": 0.0002, "lr_d": 0.0002, "beta1": 0.5, "beta2": 0.999, "loss": "ns",
-                  "aux_weight": 1.0, "ema": True, "ema_kimg": 2.0},
+        "train": {"batch_size": 64, "lr_g": 0.0005, "lr_d": 0.0005, "beta1": 0.5, "beta2": 0.999, "loss": "ns",
+                  "aux_weight": 5.0, "ema": True, "ema_kimg": 2.0},
     },
     "stylegan2": {
         "model": {"arch": "stylegan2", "z_dim": 64, "w_dim": 64, "channels": 32, "channels_max": 128,
@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="spec override a.b=c (repeatable)")
     ap.add_argument("--data", help="an ingested dataset to use instead of drawing one")
+    ap.add_argument("--grid-dir", help="write G_ema's fixed-seed grid at each mark here")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -124,7 +125,9 @@ def main() -> None:
         curve.append(point)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in point.items()
                           if "." not in k}), flush=True)
-        loop.sample_grid().save(Path(args.out).with_suffix(f".{int(mark)}min.png"))
+        if args.grid_dir:
+            Path(args.grid_dir).mkdir(parents=True, exist_ok=True)
+            loop.sample_grid().save(Path(args.grid_dir) / f"{args.arch}-{mark:g}min.png")
 
     results = {}
     for b in budgets:

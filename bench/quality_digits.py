@@ -105,8 +105,8 @@ def main() -> None:
         spec = {
             "name": "digits", "data": {"url": url},
             "model": {"arch": "cond-dcgan", "z_dim": 64, "channels": 32, "embed_dim": 16},
-            "train": {"steps": args.steps, "batch_size": 64, "lr_g": 0.0002, "lr_d": 0.0002, "loss": "ns",
-                      "aux_weight": 1.0, "ema_kimg": 2.0, "seed": 0},
+            "train": {"steps": args.steps, "batch_size": 64, "lr_g": 0.0005, "lr_d": 0.0005, "loss": "ns",
+                      "aux_weight": 5.0, "ema_kimg": 2.0, "seed": 0},
             "scaling": {"workers": args.workers, "cpus_per_worker": 1},
             "checkpoint": {"every_steps": 500, "keep": 2},
             "eval": {"metrics": ["tag_accuracy"], "tag_samples": 1000},
