@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def cache_dir() -> Path:
-    """Where real-image statistics and tag judges are cached: $GANRAY_CACHE_DIR, $GANRAY_HOME/cache or ~/.cache/ganray."""
+    """Where real statistics and tag judges are cached: $GANRAY_CACHE_DIR, $GANRAY_HOME/cache or ~/.cache/ganray."""
     if os.environ.get("GANRAY_CACHE_DIR"):
         root = Path(os.environ["GANRAY_CACHE_DIR"])
     elif os.environ.get("GANRAY_HOME"):

@@ -18,8 +18,9 @@ from trainers.networks.stylegan2 import StyleGan2Discriminator, StyleGan2Generat
 
 ARCHES = ("dcgan", "cond-dcgan", "stylegan2")
 
-__all__ = ["ARCHES", "build_generator", "build_models", "check_resolution", "generate_images", "PackedInputGenerator", "DcganGenerator", "DcganDiscriminator",
-           "CondDcganGenerator", "CondDcganDiscriminator", "StyleGan2Generator", "StyleGan2Discriminator"]
+__all__ = ["ARCHES", "build_generator", "build_models", "check_resolution", "generate_images",
+           "PackedInputGenerator", "DcganGenerator", "DcganDiscriminator", "CondDcganGenerator",
+           "CondDcganDiscriminator", "StyleGan2Generator", "StyleGan2Discriminator"]
 
 
 def build_generator(config: dict[str, Any]) -> nn.Module:
