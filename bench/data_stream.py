@@ -11,7 +11,8 @@ the last (startup is reported apart).
 
 - ganray: ``ShardStream`` (decode processes = cores), 2 epochs. With the
   default 256 MB window the 96 MB of shards stay staged and epoch 2 is not
-  downloaded again; the "8 MB windows" row downloads every epoch; the
+  downloaded again; the "8 MB windows" row (8 MB read-ahead) downloads every
+  epoch; with the default 64 MB read-ahead part of it stays staged; the
   "local cache" row also keeps shards on local disk;
 - WebDataset: ``WebDataset(urls).decode("rgb8")`` over HTTP, in the consuming
   process, and under a torch DataLoader with 2 workers; 2 passes;
@@ -261,7 +262,7 @@ def read_ganray(cfg: dict) -> dict:
 
     cache = tempfile.mkdtemp(prefix="ganray-cache-") if cfg.get("cache") else None
     s = ShardStream(f"s3://{BUCKET}/{cfg['fmt']}", decode_workers=cfg.get("workers"), cache_dir=cache,
-                    window_mb=cfg.get("window_mb", 256))
+                    window_mb=cfg.get("window_mb", 256), readahead_mb=cfg.get("readahead_mb"))
     cpu = {}
 
     def counts():
@@ -415,7 +416,9 @@ READERS = {
     "ceiling: JPEG decode from memory, 2 procs (ganray decoder)": (ceiling, {"how": "ganray", "procs": 2}),
     "ganray (jpg)": (read_ganray, {"fmt": "jpg"}),
     "ganray (jpg, local cache: epoch 2 from disk)": (read_ganray, {"fmt": "jpg", "cache": True}),
-    "ganray (jpg, 8 MB windows: every epoch downloaded)": (read_ganray, {"fmt": "jpg", "window_mb": 8}),
+    "ganray (jpg, 8 MB windows: every epoch downloaded)": (read_ganray, {"fmt": "jpg", "window_mb": 8,
+                                                                          "readahead_mb": 8}),
+    "ganray (jpg, 8 MB windows, 64 MB read-ahead)": (read_ganray, {"fmt": "jpg", "window_mb": 8}),
     "ganray (png)": (read_ganray, {"fmt": "png"}),
     "WebDataset, no loader": (read_webdataset, {}),
     "WebDataset, DataLoader 2 workers": (read_webdataset, {"loader": True}),

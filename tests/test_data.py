@@ -114,3 +114,21 @@ def test_ingest_and_stream_through_the_s3_server(stack, faces):
 def test_unreachable_bucket_is_found_before_any_work(stack, faces):
     with pytest.raises(IngestError, match="no-such-bucket.*unreachable or not writable"):
         ingest(faces, "s3://no-such-bucket/x", faces / "labels.csv")
+
+
+def test_staging_left_by_a_killed_reader_is_removed(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from trainers.data.pipeline import staging_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    base = staging_dir(1)
+    folder = os.path.dirname(base)
+    orphan = os.path.join(folder, f"ganray-shards-{int(dead.stdout)}-test")
+    os.makedirs(orphan)
+    mine = staging_dir(1)
+    assert not os.path.exists(orphan) and os.path.exists(base) and f"-{os.getpid()}-" in mine
+    shutil.rmtree(base), shutil.rmtree(mine)

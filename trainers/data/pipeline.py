@@ -160,8 +160,15 @@ class DecodePool:
         self._finalizer()
 
 
+_STAGING_PREFIX = "ganray-shards-"
+
+
 def staging_dir(need_bytes: int) -> str:
-    """A private folder for staged shards: in /dev/shm when it has room for need_bytes, else the temp folder."""
+    """A private folder for staged shards: in /dev/shm when it has room for need_bytes, else the temp folder.
+
+    Its name carries the owner's PID, so folders left by killed processes (a
+    SIGKILLed Ray worker runs no exit handlers) are removed by the next reader.
+    """
     base = None
     try:
         st = os.statvfs("/dev/shm")
@@ -169,7 +176,25 @@ def staging_dir(need_bytes: int) -> str:
             base = "/dev/shm"
     except OSError:
         pass
-    return tempfile.mkdtemp(prefix="ganray-shards-", dir=base)
+    _remove_orphans(base or tempfile.gettempdir())
+    return tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=base)
+
+
+def _remove_orphans(folder: str) -> None:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_STAGING_PREFIX):].split("-", 1)[0]
+        if not name.startswith(_STAGING_PREFIX) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        except OSError:
+            pass
 
 
 def index_shard(data: bytes, name: str, samples: int, url: str) -> tuple[list[str], np.ndarray, list[tuple]]:

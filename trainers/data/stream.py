@@ -12,7 +12,9 @@ so any rank's state is the global state and restores every rank on any world
 size: the next epoch then begins for all as if nothing had happened.
 
 Speed (``pipeline.py``): shards are fetched whole by a thread pool, the
-current window plus ``readahead_mb`` ahead (across epoch ends too); decoding
+current window plus ``readahead_mb`` ahead (default: the window size, at least
+64 MB; across epoch ends too, so a dataset that fits in window + read-ahead
+stays staged from one epoch to the next); decoding
 runs in spawned processes (one per core by default) into shared memory, off
 the consuming thread; ``state_dict()`` counts only samples handed out. An
 optional local cache (``cache_dir``, bounded by ``cache_mb``, LRU) keeps
@@ -99,7 +101,8 @@ class ShardStream:
         self.chunk = chunk or max(1, min(256, (4 << 20) // (res * res * 3)))
         self.decode_workers = default_decode_workers() if decode_workers is None else max(0, decode_workers)
         self.fetch_threads = max(1, fetch_threads)
-        self.readahead_bytes = self.window_bytes if readahead_mb is None else int(readahead_mb * (1 << 20))
+        self.readahead_bytes = (max(self.window_bytes, 64 << 20) if readahead_mb is None
+                                else int(readahead_mb * (1 << 20)))
         self.epoch, self.consumed = 0, 0
         self._index_cache = IndexCache(index_cache_samples)
         self._pool: DecodePool | None = None
