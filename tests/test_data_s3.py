@@ -279,3 +279,42 @@ def test_cli_ingest_exit_codes_and_summary(stack, faces, tmp_path):
 def test_unreachable_bucket_is_found_before_any_work(stack, faces):
     with pytest.raises(IngestError, match="no-such-bucket.*unreachable or not writable"):
         ingest(faces, "s3://no-such-bucket/x", faces / "labels.csv")
+
+
+def test_ingest_from_an_s3_folder_and_an_s3_zip(stack, faces, tmp_path):
+    import zipfile
+
+    fs, root = open_filesystem("s3://ganray/tests/raw")
+    names = [f"{i:06d}.png" for i in range(6)]
+    fs.pipe({f"{root}/imgs/{n}": (faces / n).read_bytes() for n in names})
+    fs.pipe_file(f"{root}/imgs/broken.png", b"not a png")
+    from_folder = ingest("s3://ganray/tests/raw/imgs", "s3://ganray/tests/from-folder", workers=1)
+    assert from_folder.ingested == 6 and [s["file"] for s in from_folder.skipped] == ["broken.png"]
+    archive = tmp_path / "imgs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for n in names:
+            zf.writestr(f"a/{n}", (faces / n).read_bytes())
+        zf.writestr("../up.png", (faces / names[0]).read_bytes())
+    fs.put_file(str(archive), f"{root}/imgs.zip")
+    from_zip = ingest("s3://ganray/tests/raw/imgs.zip", "s3://ganray/tests/from-zip", workers=1)
+    assert from_zip.ingested == 6 and from_zip.skipped == [{"file": "../up.png", "reason":
+                                                            "path climbs out of the archive with '..' (refused)"}]
+    assert from_zip.manifest.dataset_hash != from_folder.manifest.dataset_hash  # keys differ (a/ prefix)
+    with pytest.raises(IngestError, match="source not found"):
+        ingest("s3://ganray/tests/raw/nothing-here", "s3://ganray/tests/x")
+
+
+def test_torch_batches_roll_over_epochs_with_an_exact_state(s3_faces):
+    import torch
+
+    from trainers.data.stream import torch_batches
+
+    s = ShardStream(s3_faces, 0, 2, seed=1, decode_workers=1)
+    it = torch_batches(s, 50)
+    shapes = []
+    for _ in range(3):  # 150 samples of this rank's 120 per epoch: rolls into epoch 1
+        images, samples = next(it)
+        shapes.append((tuple(images.shape), images.dtype, len(samples)))
+    assert shapes == [((50, 3, 16, 16), torch.uint8, 50)] * 3
+    assert s.epoch == 1 and s.state_dict()["consumed"] == 2 * 30
+    s.close()
