@@ -139,6 +139,7 @@ def main() -> None:
         "dataset": {"kind": "ganray data synth", "images": args.images, "resolution": args.resolution,
                     "seed": 0, "vocabulary": loop.tags.vocabulary},
         "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "platform": platform.platform(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default: spin, then sleep)"),
                     "torch": torch.__version__,
                     "load_avg_at_end": os.getloadavg()},
         "notes": "budget = the loop's own training time (data + steps + checkpoint writes); evaluation pauses "

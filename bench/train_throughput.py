@@ -125,8 +125,12 @@ def part_arch(args) -> dict:
 
 
 # -- part 2: Ray Train against a plain loop -----------------------------------
-def measured_run(spec: dict, rank: int, world: int, reporter) -> dict:
-    """Runs GanLoop.run and returns where the time went (called in either process)."""
+def measured_run(spec: dict, rank: int, world: int, reporter, preemption_checks: bool = False) -> dict:
+    """Runs GanLoop.run and returns where the time went (called in either process).
+
+    preemption_checks: as train_worker does under Ray Train (a get_preemption_info collective every
+    preemption.check_every_s); off in a plain process, where there is no Ray to ask.
+    """
     import torch
 
     from trainers.loop import GanLoop
@@ -143,17 +147,24 @@ def measured_run(spec: dict, rank: int, world: int, reporter) -> dict:
             self.calls += 1
             self.slowest = max(self.slowest, dt)
 
+    import resource
+
     loop = GanLoop(spec, rank, world, torch.device("cpu"))
+    loop.preemption.enabled = preemption_checks
     timed = Timed(reporter)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     loop.run(timed)
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     steps = loop.step
     loop.stream.close()
     return {"wall_s": wall, "steps": steps, "img_per_sec_wall": steps * loop.batch / wall,
             "step_seconds": loop.train_seconds, "img_per_sec_steps": steps * loop.batch / loop.train_seconds,
             "report_seconds": timed.seconds, "report_calls": timed.calls, "report_slowest_s": timed.slowest,
             "other_seconds": wall - loop.train_seconds - timed.seconds,
+            "preempt_checks": loop.preemption.checks, "preempt_check_seconds": loop.preemption.check_seconds,
+            "cpu_seconds": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), "pid": os.getpid(),
             "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
@@ -190,22 +201,50 @@ def ray_worker(config: dict) -> None:
 
     ctx = ray.train.get_context()
     torch.set_num_threads(config["threads"])
-    result = measured_run(config["spec"], ctx.get_world_rank(), ctx.get_world_size(), RayReporter())
+    result = measured_run(config["spec"], ctx.get_world_rank(), ctx.get_world_size(), RayReporter(),
+                          preemption_checks=config.get("preemption_checks", True))
     ray.train.report({"bench": json.dumps(result)})
 
 
-def run_ray(spec: dict, workers: int, threads: int, storage: str) -> list[dict]:
+def ray_process_cpu() -> dict[int, float]:
+    """CPU seconds so far of every process of this Ray session (raylet, GCS, dashboard, actors, workers)."""
+    import psutil
+    import ray
+
+    session = ray._private.worker._global_node.get_session_dir_path()  # noqa: SLF001 - a bench may peek
+    out = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if session in cmd or "ray::" in cmd:
+                t = proc.cpu_times()
+                out[proc.pid] = t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def run_ray(spec: dict, workers: int, threads: int, storage: str, preemption_checks: bool = True) -> list[dict]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
-        ray_worker, train_loop_config={"spec": spec, "threads": threads},
+        ray_worker, train_loop_config={"spec": spec, "threads": threads, "preemption_checks": preemption_checks},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": threads}),
         run_config=RunConfig(name=f"bench-{time.time_ns()}", storage_path=storage))
+    before = ray_process_cpu()
+    t0 = time.perf_counter()
     result = trainer.fit()
+    fit_wall = time.perf_counter() - t0
+    after = ray_process_cpu()
     if result.error:
         raise RuntimeError(f"Ray run failed: {result.error}")
-    return [json.loads(result.metrics["bench"])]
+    out = json.loads(result.metrics["bench"])
+    # CPU the rest of Ray used during the fit: daemons, the Train controller and helper actors (processes
+    # still alive at the end), not rank 0's training worker (nor its decode processes, not Ray's).
+    others = sum(v - before.get(pid, 0.0) for pid, v in after.items() if pid != out["pid"])
+    out.update(fit_wall_s=fit_wall, ray_other_cpu_seconds=others)
+    return [out]
 
 
 def part_ray(args) -> dict:
@@ -225,13 +264,15 @@ def part_ray(args) -> dict:
             cases.append({"case": "plain, 1 process", "threads": t, "repeat": rep, **run_plain(spec1, t)})
             cases.append({"case": "ray train, 1 worker", "threads": t, "repeat": rep,
                           **run_ray(spec1, 1, t, str(work / "ray"))[0]})
+            cases.append({"case": "ray train, 1 worker, no preemption checks", "threads": t, "repeat": rep,
+                          **run_ray(spec1, 1, t, str(work / "ray"), preemption_checks=False)[0]})
             if t >= 2:
                 spec2 = spec_for(url, **base, threads=t // 2, workers=2)
                 cases.append({"case": "ray train, 2 workers DDP", "threads": t // 2, "repeat": rep,
                               **run_ray(spec2, 2, t // 2, str(work / "ray"))[0]})
                 cases.append({"case": "plain, 1 process, decode in threads", "threads": t, "repeat": rep,
                               **run_plain(spec1, t, {"GANRAY_DECODE_WORKERS": "0"})})
-            for c in cases[-4:]:
+            for c in cases[-5:]:
                 print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items()}), flush=True)
     finally:
         ray.shutdown()
@@ -240,7 +281,7 @@ def part_ray(args) -> dict:
         rows = [c for c in cases if c["case"] == name]
         summary[name] = {k: statistics.median(r[k] for r in rows)
                          for k in ("img_per_sec_wall", "img_per_sec_steps", "report_seconds", "other_seconds",
-                                   "wall_s")}
+                                   "wall_s", "preempt_check_seconds", "cpu_seconds")}
     plain = summary["plain, 1 process"]["img_per_sec_wall"]
     for name, s in summary.items():
         s["ratio_to_plain"] = s["img_per_sec_wall"] / plain
@@ -271,6 +312,7 @@ def main() -> None:
     result = part_arch(args) if args.part == "arch" else part_ray(args)
     result.update({
         "machine": {"cpus": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default: spin, then sleep)"),
                     "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "load_avg_at_end": os.getloadavg()},
