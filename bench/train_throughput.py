@@ -203,22 +203,24 @@ def ray_worker(config: dict) -> None:
     torch.set_num_threads(config["threads"])
     result = measured_run(config["spec"], ctx.get_world_rank(), ctx.get_world_size(), RayReporter(),
                           preemption_checks=config.get("preemption_checks", True))
-    ray.train.report({"bench": json.dumps(result)})
+    if ctx.get_world_rank() == 0:  # Result.metrics is the last checkpoint's; a file is simpler (one machine)
+        Path(config["out_path"]).write_text(json.dumps(result))
 
 
-def ray_process_cpu() -> dict[int, float]:
-    """CPU seconds so far of every process of this Ray session (raylet, GCS, dashboard, actors, workers)."""
+def ray_process_cpu() -> dict[int, tuple[str, float]]:
+    """(name, CPU seconds so far) of every process of this Ray session (raylet, GCS, dashboard, actors)."""
     import psutil
     import ray
 
     session = ray._private.worker._global_node.get_session_dir_path()  # noqa: SLF001 - a bench may peek
     out = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "name"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
             if session in cmd or "ray::" in cmd:
                 t = proc.cpu_times()
-                out[proc.pid] = t.user + t.system
+                name = cmd.split()[0].rsplit("/", 1)[-1] if not cmd.startswith("ray::") else cmd.split()[0]
+                out[proc.pid] = (name[:40], t.user + t.system)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return out
@@ -228,8 +230,11 @@ def run_ray(spec: dict, workers: int, threads: int, storage: str, preemption_che
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    out_path = Path(storage) / f"result-{time.time_ns()}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
-        ray_worker, train_loop_config={"spec": spec, "threads": threads, "preemption_checks": preemption_checks},
+        ray_worker, train_loop_config={"spec": spec, "threads": threads, "preemption_checks": preemption_checks,
+                                       "out_path": str(out_path)},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": threads}),
         run_config=RunConfig(name=f"bench-{time.time_ns()}", storage_path=storage))
     before = ray_process_cpu()
@@ -239,11 +244,15 @@ def run_ray(spec: dict, workers: int, threads: int, storage: str, preemption_che
     after = ray_process_cpu()
     if result.error:
         raise RuntimeError(f"Ray run failed: {result.error}")
-    out = json.loads(result.metrics["bench"])
+    out = json.loads(out_path.read_text())
     # CPU the rest of Ray used during the fit: daemons, the Train controller and helper actors (processes
     # still alive at the end), not rank 0's training worker (nor its decode processes, not Ray's).
-    others = sum(v - before.get(pid, 0.0) for pid, v in after.items() if pid != out["pid"])
-    out.update(fit_wall_s=fit_wall, ray_other_cpu_seconds=others)
+    used: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        if pid != out["pid"]:
+            used[name] = used.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
+    top = dict(sorted(((k, round(v, 2)) for k, v in used.items() if v > 0.05), key=lambda kv: -kv[1])[:8])
+    out.update(fit_wall_s=fit_wall, ray_other_cpu_seconds=sum(used.values()), ray_other_cpu_top=top)
     return [out]
 
 
@@ -256,23 +265,26 @@ def part_ray(args) -> dict:
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING", runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     t = args.threads
-    base = dict(arch="dcgan", channels=args.channels, batch=64, precision="fp32", steps=args.ray_steps)
+    base = dict(arch="dcgan", channels=args.channels, batch=64, precision="fp32", steps=args.ray_steps,
+                every_steps=args.checkpoint_every or 10 ** 9)
+    spec1 = spec_for(url, **base, threads=t, workers=1)
+    spec2 = spec_for(url, **base, threads=max(t // 2, 1), workers=2)
+    storage = str(work / "ray")
+    runners = {
+        "plain, 1 process": lambda: run_plain(spec1, t),
+        "ray train, 1 worker": lambda: run_ray(spec1, 1, t, storage)[0],
+        "ray train, 1 worker, no preemption checks": lambda: run_ray(spec1, 1, t, storage, False)[0],
+        "ray train, 2 workers DDP": lambda: run_ray(spec2, 2, max(t // 2, 1), storage)[0],
+        "plain, 1 process, decode in threads": lambda: run_plain(spec1, t, {"GANRAY_DECODE_WORKERS": "0"}),
+    }
+    chosen = [c.strip() for c in args.cases.split(";")] if args.cases else list(runners)
     cases = []
     try:
         for rep in range(args.repeats):
-            spec1 = spec_for(url, **base, threads=t, workers=1)
-            cases.append({"case": "plain, 1 process", "threads": t, "repeat": rep, **run_plain(spec1, t)})
-            cases.append({"case": "ray train, 1 worker", "threads": t, "repeat": rep,
-                          **run_ray(spec1, 1, t, str(work / "ray"))[0]})
-            cases.append({"case": "ray train, 1 worker, no preemption checks", "threads": t, "repeat": rep,
-                          **run_ray(spec1, 1, t, str(work / "ray"), preemption_checks=False)[0]})
-            if t >= 2:
-                spec2 = spec_for(url, **base, threads=t // 2, workers=2)
-                cases.append({"case": "ray train, 2 workers DDP", "threads": t // 2, "repeat": rep,
-                              **run_ray(spec2, 2, t // 2, str(work / "ray"))[0]})
-                cases.append({"case": "plain, 1 process, decode in threads", "threads": t, "repeat": rep,
-                              **run_plain(spec1, t, {"GANRAY_DECODE_WORKERS": "0"})})
-            for c in cases[-5:]:
+            for name in chosen:  # interleaved, so that the machine's other load falls on every case alike
+                threads = max(t // 2, 1) if "2 workers" in name else t
+                cases.append({"case": name, "threads": threads, "repeat": rep, **runners[name]()})
+                c = cases[-1]
                 print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items()}), flush=True)
     finally:
         ray.shutdown()
@@ -282,7 +294,7 @@ def part_ray(args) -> dict:
         summary[name] = {k: statistics.median(r[k] for r in rows)
                          for k in ("img_per_sec_wall", "img_per_sec_steps", "report_seconds", "other_seconds",
                                    "wall_s", "preempt_check_seconds", "cpu_seconds")}
-    plain = summary["plain, 1 process"]["img_per_sec_wall"]
+    plain = summary["plain, 1 process"]["img_per_sec_wall"]  # the reference case always runs
     for name, s in summary.items():
         s["ratio_to_plain"] = s["img_per_sec_wall"] / plain
     return {"part": "ray", "model": base, "resolution": args.ray_resolution, "cases": cases, "summary": summary}
@@ -303,6 +315,8 @@ def main() -> None:
     ap.add_argument("--ray-resolution", type=int, default=32)
     ap.add_argument("--ray-steps", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--checkpoint-every", type=int, default=0, help="part ray: checkpoint every N steps (0: never)")
+    ap.add_argument("--cases", help="part ray: ';'-separated case names to run (default: all)")
     ap.add_argument("--work")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
