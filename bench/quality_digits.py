@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--set", action="append", default=[], help="spec override a.b=c (repeatable)")
+    ap.add_argument("--grid", help="write 10 samples per class as one PNG here")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -119,19 +120,24 @@ def main() -> None:
                                                                                   [])], env, 7200).stdout)
         train_wall = time.time() - t0
         svc, svc_held_out = independent_classifier()
-        per_class = {}
+        from sklearn.datasets import load_digits
+
+        real = load_digits()
+        per_class, spread, grid = {}, {}, []
         for k in range(10):
             out = work / f"gen{k}.npz"
             run([GANRAY, "generate", summary["model_uri"], "--tags", f"digit {k}", "--n", str(args.per_class),
                  "--seed", str(1000 * k), "--out", str(out)], env)
             images = np.load(out)["images"]
-            per_class[str(k)] = float((svc.predict(to_8x8(images)) == k).mean())
-            if k == 0:
-                grid = [np.load(out)["images"][:10]]
-            else:
-                grid.append(images[:10])
-        Image.fromarray(np.concatenate([np.concatenate(list(row), axis=1) for row in grid], axis=0)).resize(
-            (10 * 32, 10 * 32), Image.Resampling.NEAREST).save(Path(args.out).with_suffix(".png"))
+            x = to_8x8(images)
+            per_class[str(k)] = float((svc.predict(x) == k).mean())
+            # Not one prototype per class: mean distance to the class mean, generated vs real (8x8, 0..16).
+            r = real.images[real.target == k].reshape(-1, 64)
+            spread[str(k)] = {"generated": float(np.linalg.norm(x - x.mean(0), axis=1).mean()),
+                              "real": float(np.linalg.norm(r - r.mean(0), axis=1).mean())}
+            grid.append(images[:10])
+        if args.grid:
+            Image.fromarray(np.concatenate([np.concatenate(list(row), axis=1) for row in grid], axis=0)).save(args.grid)
         from mlflow.tracking import MlflowClient
 
         uri = json.loads((home / "profile.json").read_text())["mlflow_uri"]
@@ -147,6 +153,7 @@ def main() -> None:
                                   "reads": "generated image -> greyscale -> PIL box 8x8 -> 0..16 scale"},
             "samples_per_class": args.per_class,
             "accuracy_per_class": per_class, "accuracy": float(np.mean(list(per_class.values()))),
+            "spread_per_class": spread,
             "ganray_tag_judge": {k: v for k, v in metrics.items() if k.startswith(("tag_acc", "judge_real"))},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
         }
