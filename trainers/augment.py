@@ -105,9 +105,10 @@ class AugmentPipe:
         """Adds this rank's sign(D(real)) to the statistic, summed over ranks (a collective when distributed)."""
         if self.ada_target is None:
             return
-        stat = torch.tensor([real_logits.detach().float().sign().sum().item(), float(real_logits.numel())])
+        logits = real_logits.detach().float()
+        stat = torch.stack([logits.sign().sum(), torch.tensor(float(logits.numel()), device=logits.device)])
         if self.distributed:
-            dist.all_reduce(stat)
+            dist.all_reduce(stat)  # on the logits' device: NCCL reduces CUDA tensors only
         self.stat_sum += float(stat[0])
         self.stat_count += float(stat[1])
 

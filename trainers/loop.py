@@ -326,8 +326,10 @@ class GanLoop:
                                   float(guard.check_due(now)), float(guard.jit_due(now, step_seconds))])
         else:
             flags = torch.zeros(4)
-        if self.ddp:
+        if self.ddp:  # NCCL (GPU workers) broadcasts CUDA tensors only
+            flags = flags.to(self.device)
             dist.broadcast(flags, 0)
+            flags = flags.cpu()
         if flags[2]:
             guard.poll()
         return bool(flags[0]), bool(flags[1]), bool(flags[3])
@@ -341,7 +343,9 @@ class GanLoop:
             guard.poll()  # a collective: once per round on every rank
             flag = torch.tensor([float(guard.keep_holding(time.time()))]) if self.rank == 0 else torch.zeros(1)
             if self.ddp:
+                flag = flag.to(self.device)
                 dist.broadcast(flag, 0)
+                flag = flag.cpu()
             if not flag[0]:
                 guard.jit_step, guard.notice = None, None
                 return
