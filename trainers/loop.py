@@ -378,7 +378,7 @@ class GanLoop:
             t0 = time.perf_counter()
             images, samples = next(stream)
             if sample_log:
-                sample_log.write(json.dumps({"step": self.step + 1, "rank": self.rank,
+                sample_log.write(json.dumps({"step": self.step + 1, "rank": self.rank, "t": round(time.time(), 3),
                                              "keys": [x["key"] for x in samples]}) + "\n")
             real = from_uint8(images).to(self.device, non_blocking=True)
             t_data = time.perf_counter() - t0
