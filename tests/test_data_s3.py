@@ -32,9 +32,11 @@ FAULTS = ["reset", "slowdown", "internal", "truncate", "stall", "delay"]
 class FaultProxy:
     """Forwards to the S3 server; the first GET of each shard gets the next fault of FAULTS."""
 
-    def __init__(self, upstream: str, stall_s: float = 3.0):
+    def __init__(self, upstream: str, stall_s: float = 3.0, refuse_signed: bool = False):
         self.upstream = urlsplit(upstream)
         self.stall_s = stall_s
+        self.refuse_signed = refuse_signed  # answer presigned GETs as a server in another region would
+        self.signed_gets = 0
         self.injected: dict[str, int] = {k: 0 for k in FAULTS}
         self.requests = 0
         self._seen: set[str] = set()
@@ -76,6 +78,18 @@ class FaultProxy:
             return fault
 
     def handle(self, h: BaseHTTPRequestHandler) -> None:
+        if "X-Amz-Signature=" in h.path:
+            with self._lock:
+                self.signed_gets += 1
+            if self.refuse_signed:
+                body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PermanentRedirect</Code>"
+                        b"<Message>use the bucket's own endpoint</Message></Error>")
+                h.send_response(301)
+                h.send_header("Content-Type", "application/xml")
+                h.send_header("Content-Length", str(len(body)))
+                h.end_headers()
+                h.wfile.write(body)
+                return
         fault = self._fault_for(h)
         if fault == "reset":
             return self._reset(h)
@@ -220,6 +234,36 @@ def test_stream_through_faults_equals_the_clean_stream(s3_faces):
         proxy.close()
     assert faulty == clean and len(clean[0]) == 120
     assert all(proxy.injected[k] >= 1 for k in FAULTS), proxy.injected
+    assert proxy.signed_gets > 0  # the shards came through presigned GETs (urllib3), not s3fs
+
+
+def test_a_server_that_refuses_signed_gets_is_read_through_s3fs(s3_faces):
+    clean = epoch_of(s3_faces, 0, 1, decode_workers=1)
+    proxy = FaultProxy(storage_options_for(s3_faces)["client_kwargs"]["endpoint_url"], refuse_signed=True)
+    try:
+        refused = epoch_of(s3_faces, 0, 1, decode_workers=1, storage_options=proxied_options(s3_faces, proxy))
+    finally:
+        proxy.close()
+    # refused once per fetch thread at most (they ask at the same time), then s3fs for the rest, faults and all
+    assert refused == clean and 1 <= proxy.signed_gets <= 8 and sum(proxy.injected.values()) > 0
+
+
+def test_transport_errors_name_the_shard_and_never_a_signed_url(stack, s3_faces):
+    from trainers.data.shards import ShardFetcher
+    from trainers.data.stream import read_manifest
+
+    manifest = read_manifest(s3_faces)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    opts = {**storage_options_for(s3_faces), "client_kwargs": {"endpoint_url": dead}}
+    fetcher = ShardFetcher(s3_faces, manifest, storage_options=opts, attempts=2, backoff_s=0.01)
+    with pytest.raises(DataError) as err:
+        fetcher.fetch(0)
+    text = str(err.value)
+    assert f"shard {manifest.shards[0].path} of {s3_faces} could not be read after 2 attempts" in text
+    assert "Connect" in text  # says what went wrong
+    assert "X-Amz" not in text and "Signature" not in text and opts["key"] not in text and opts["secret"] not in text
 
 
 def test_missing_and_corrupt_shards_are_named(stack, faces):

@@ -18,7 +18,8 @@ from typing import Any
 
 from trainers.data.errors import DataError
 from trainers.data.manifest import Manifest, ShardInfo
-from trainers.data.storage import open_filesystem
+from trainers.data.signed_get import NotForSignedGet, SignedGetter, redact, usable
+from trainers.data.storage import open_filesystem, storage_options_for
 
 
 class LocalCache:
@@ -95,6 +96,8 @@ class ShardFetcher:
         self.attempts, self.backoff_s, self.max_backoff_s = attempts, backoff_s, max_backoff_s
         self._fs: Any = None
         self._fs_pid = -1
+        opts = storage_options_for(url) if storage_options is None else storage_options
+        self._signed = SignedGetter(opts) if usable(url, opts) else None
         self._lock = threading.Lock()
         self.retried = 0  # transient faults survived, for tests and reports
 
@@ -104,6 +107,16 @@ class ShardFetcher:
                 self._fs, self._root = open_filesystem(self.url, self._storage_options)
                 self._fs_pid = os.getpid()
             return self._fs, self._root.rstrip("/")
+
+    def _get(self, info: ShardInfo) -> bytes:
+        """One GET of the shard: signed and through urllib3 where that works, else through fsspec."""
+        fs, root = self._filesystem()
+        if self._signed is not None:
+            try:
+                return self._signed.get(f"{root}/{info.path}")
+            except NotForSignedGet:
+                self._signed = None  # a redirect or a refused signature: s3fs knows what to do
+        return fs.cat_file(f"{root}/{info.path}")
 
     def _download(self, info: ShardInfo) -> bytes:
         """The shard's bytes; transport faults retried up to `attempts` times, wrong content 3 times."""
@@ -115,14 +128,13 @@ class ShardFetcher:
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
                 time.sleep(delay * (0.5 + random.random()))
             try:
-                fs, root = self._filesystem()
-                data = fs.cat_file(f"{root}/{info.path}")
+                data = self._get(info)
             except FileNotFoundError:
                 raise DataError(f"{where} is missing") from None
             except PermissionError as err:
                 raise DataError(f"{where} cannot be read: access denied ({err})") from None
             except Exception as err:  # noqa: BLE001 - transport faults come in many types
-                last = f"{type(err).__name__}: {err}"
+                last = redact(f"{type(err).__name__}: {err}")
                 continue
             if len(data) != info.bytes:
                 last = f"it has {len(data)} bytes, the manifest says {info.bytes}"

@@ -1,0 +1,104 @@
+"""Whole-object GETs from S3 through presigned URLs: the cheap path for shard downloads.
+
+s3fs reads a body through aiohttp in small chunks; on a 2-core node that costs
+~2.8 ms of client CPU per MB and makes the server work harder too. Signing the
+request with boto3 (locally, no round trip) and reading it with one urllib3
+call costs ~0.75 ms/MB (bench/README.md, "Data streaming"). Everything that is
+not a plain 200 or 404 -- a redirect to another region, a signature the
+server refuses -- is handed back to the caller (``NotForSignedGet``), which
+then uses s3fs for that dataset, so behaviour never depends on this path.
+
+Presigned URLs are credentials for as long as they live: none is ever put in an
+error message (``redact``) or kept after its request.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from typing import Any
+
+# s3fs options this path understands; any other option (anon, profile, requester_pays...) keeps s3fs.
+_UNDERSTOOD = {"key", "secret", "token", "client_kwargs", "config_kwargs", "endpoint_url",
+               "skip_instance_cache", "use_listings_cache"}
+_QUERY = re.compile(r"\?[^\s'\"()]*")
+
+
+class NotForSignedGet(Exception):
+    """The server answered in a way only a full S3 client handles (redirect, refused signature...)."""
+
+
+class TransientGetError(Exception):
+    """A fault worth retrying: a 5xx, a reset, a timeout, a short body."""
+
+
+def redact(text: str) -> str:
+    """text with every URL query (where a signature would be) replaced by '?<signed>'."""
+    return _QUERY.sub("?<signed>", text)
+
+
+def usable(url: str, storage_options: dict[str, Any]) -> bool:
+    """Whether shards of url can be fetched by signed GETs with these s3fs options."""
+    if os.environ.get("GANRAY_S3_SIGNED_GET", "1") == "0":
+        return False
+    return str(url).startswith(("s3://", "s3a://")) and set(storage_options) <= _UNDERSTOOD
+
+
+class SignedGetter:
+    """GETs whole objects; thread-safe; its clients belong to the process that made them."""
+
+    def __init__(self, storage_options: dict[str, Any]):
+        opts = storage_options
+        self._client_kwargs = dict(opts.get("client_kwargs") or {})
+        if opts.get("endpoint_url"):
+            self._client_kwargs.setdefault("endpoint_url", opts["endpoint_url"])
+        self._keys = {k: opts[v] for k, v in (("aws_access_key_id", "key"), ("aws_secret_access_key", "secret"),
+                                               ("aws_session_token", "token")) if opts.get(v)}
+        cfg = opts.get("config_kwargs") or {}
+        self._timeouts = (float(cfg.get("connect_timeout", 10)), float(cfg.get("read_timeout", 60)))
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._s3: Any = None
+        self._http: Any = None
+
+    def _clients(self):
+        with self._lock:
+            if self._pid != os.getpid():  # neither boto3 nor a connection pool survives a fork
+                import boto3
+                import urllib3
+                from botocore.config import Config
+
+                session = boto3.session.Session(**self._keys)
+                self._s3 = session.client("s3", config=Config(signature_version="s3v4"), **self._client_kwargs)
+                self._http = urllib3.PoolManager(maxsize=16, retries=False,
+                                                 timeout=urllib3.Timeout(connect=self._timeouts[0],
+                                                                         read=self._timeouts[1]))
+                self._pid = os.getpid()
+            return self._s3, self._http
+
+    def get(self, path: str) -> bytes:
+        """The bytes of bucket/key path. FileNotFoundError for a 404, TransientGetError for what a
+        retry may fix, NotForSignedGet for answers only s3fs handles."""
+        import urllib3
+
+        s3, http = self._clients()
+        bucket, _, key = path.partition("/")
+        try:
+            signed = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=900)
+        except Exception as err:  # noqa: BLE001 - no credentials, a bad endpoint: let s3fs decide and report
+            raise NotForSignedGet(f"cannot sign a GET: {type(err).__name__}") from None
+        try:
+            resp = http.request("GET", signed, preload_content=True, redirect=False)
+        except urllib3.exceptions.HTTPError as err:
+            raise TransientGetError(redact(f"{type(err).__name__}: {err}")) from None
+        if resp.status == 200:
+            expected = resp.headers.get("Content-Length")
+            if expected is not None and int(expected) != len(resp.data):
+                raise TransientGetError(f"short body: {len(resp.data)} of {expected} bytes")
+            return resp.data
+        if resp.status == 404:
+            raise FileNotFoundError(path)
+        if resp.status >= 500:
+            code = re.search(rb"<Code>([^<]{1,64})</Code>", resp.data or b"")
+            raise TransientGetError(f"HTTP {resp.status}" + (f" {code.group(1).decode()}" if code else ""))
+        raise NotForSignedGet(f"HTTP {resp.status}")
