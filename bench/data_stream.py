@@ -13,7 +13,8 @@ the last (startup is reported apart).
   default 256 MB window the 96 MB of shards stay staged and epoch 2 is not
   downloaded again; the "8 MB windows" row (8 MB read-ahead) downloads every
   epoch; with the default 64 MB read-ahead part of it stays staged; the
-  "local cache" row also keeps shards on local disk;
+  "shards through s3fs" row downloads every epoch with s3fs's ``cat_file``
+  instead of presigned GETs; the "local cache" row also keeps shards on local disk;
 - WebDataset: ``WebDataset(urls).decode("rgb8")`` over HTTP, in the consuming
   process, and under a torch DataLoader with 2 workers; 2 passes;
 - MosaicML Streaming: MDS of the same JPEG bytes, ``StreamingDataset`` +
@@ -35,6 +36,7 @@ import io
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -113,6 +115,10 @@ class Servers:
                "--dashboard-agent-listen-port", str(ports["agent_http"]),
                "--runtime-env-agent-port", str(ports["rtenv"]), "--num-cpus", "2", "--num-gpus", "0"]
         self.ray_temp = temp
+        token = self.work / "ray_auth_token"  # token auth stays on; the readers get the same token file
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
         self.ray = subprocess.Popen(cmd, stdout=open(self.work / "ray.log", "wb"), stderr=subprocess.STDOUT,
                                     env=self.env, start_new_session=True)
         self.ray_address = f"127.0.0.1:{ports['gcs']}"
@@ -261,6 +267,8 @@ def read_ganray(cfg: dict) -> dict:
     from trainers.data.stream import ShardStream
 
     cache = tempfile.mkdtemp(prefix="ganray-cache-") if cfg.get("cache") else None
+    if cfg.get("signed_get") is False:  # shards through s3fs's cat_file, as before presigned GETs
+        os.environ["GANRAY_S3_SIGNED_GET"] = "0"
     s = ShardStream(f"s3://{BUCKET}/{cfg['fmt']}", decode_workers=cfg.get("workers"), cache_dir=cache,
                     window_mb=cfg.get("window_mb", 256), readahead_mb=cfg.get("readahead_mb"))
     cpu = {}
@@ -419,6 +427,8 @@ READERS = {
     "ganray (jpg, 8 MB windows: every epoch downloaded)": (read_ganray, {"fmt": "jpg", "window_mb": 8,
                                                                           "readahead_mb": 8}),
     "ganray (jpg, 8 MB windows, 64 MB read-ahead)": (read_ganray, {"fmt": "jpg", "window_mb": 8}),
+    "ganray (jpg, 8 MB windows, shards through s3fs)": (read_ganray, {"fmt": "jpg", "window_mb": 8,
+                                                                       "readahead_mb": 8, "signed_get": False}),
     "ganray (png)": (read_ganray, {"fmt": "png"}),
     "WebDataset, no loader": (read_webdataset, {}),
     "WebDataset, DataLoader 2 workers": (read_webdataset, {"loader": True}),
