@@ -538,4 +538,7 @@ def train_worker(config: dict[str, Any]) -> None:
             loop.restore(d)
     control = config.get("control")
     stop = ActorStopSignal(control["name"], control["namespace"]) if control and rank == 0 else NeverStop()
-    loop.run(RayReporter(), stop)
+    try:
+        loop.run(RayReporter(), stop)
+    finally:  # decode processes and staged shards (in /dev/shm) go now, not when the actor is reaped
+        loop.stream.close()
