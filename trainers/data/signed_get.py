@@ -55,6 +55,7 @@ class SignedGetter:
         self._keys = {k: opts[v] for k, v in (("aws_access_key_id", "key"), ("aws_secret_access_key", "secret"),
                                                ("aws_session_token", "token")) if opts.get(v)}
         cfg = opts.get("config_kwargs") or {}
+        self._config = {"signature_version": "s3v4", **cfg}  # addressing style, region... as s3fs gets them
         self._timeouts = (float(cfg.get("connect_timeout", 10)), float(cfg.get("read_timeout", 60)))
         self._lock = threading.Lock()
         self._pid = -1
@@ -69,7 +70,7 @@ class SignedGetter:
                 from botocore.config import Config
 
                 session = boto3.session.Session(**self._keys)
-                self._s3 = session.client("s3", config=Config(signature_version="s3v4"), **self._client_kwargs)
+                self._s3 = session.client("s3", config=Config(**self._config), **self._client_kwargs)
                 self._http = urllib3.PoolManager(maxsize=16, retries=False,
                                                  timeout=urllib3.Timeout(connect=self._timeouts[0],
                                                                          read=self._timeouts[1]))
@@ -81,7 +82,10 @@ class SignedGetter:
         retry may fix, NotForSignedGet for answers only s3fs handles."""
         import urllib3
 
-        s3, http = self._clients()
+        try:
+            s3, http = self._clients()
+        except Exception as err:  # noqa: BLE001 - options only s3fs understands: let it decide and report
+            raise NotForSignedGet(f"cannot make a client: {type(err).__name__}") from None
         bucket, _, key = path.partition("/")
         try:
             signed = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=900)
