@@ -197,7 +197,7 @@ def ray_worker(config: dict) -> None:
     import ray.train
     import torch
 
-    from trainers.loop import RayReporter
+    from trainers.ray_worker import RayReporter
 
     ctx = ray.train.get_context()
     torch.set_num_threads(config["threads"])

@@ -228,7 +228,7 @@ def _fit_and_register(spec: JobSpec, env: Endpoints, c, run_id: str, storage: St
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from trainers.loop import train_worker
+    from trainers.ray_worker import train_worker
 
     _ray_init(env)
     actor_name, control = _control_actor(spec.name)

@@ -315,6 +315,14 @@ class GanLoop:
         return make_grid(to_uint8(generate_images(g, z.to(self.device), c.to(self.device) if c is not None else None)))
 
     # -- the loop --------------------------------------------------------
+    def _from_rank0(self, t: torch.Tensor) -> torch.Tensor:
+        """Rank 0's value of a small CPU tensor on every rank (NCCL broadcasts CUDA tensors only)."""
+        if not self.ddp:
+            return t
+        t = t.to(self.device)
+        dist.broadcast(t, 0)
+        return t.cpu()
+
     def _flags(self, stop: StopSignal, last_report: float, step_seconds: float) -> tuple[bool, bool, bool]:
         """(stop, report now, just-in-time checkpoint now), decided by rank 0 and shared, so that
         every rank reports, checkpoints and calls the preemption collective alike."""
@@ -326,10 +334,7 @@ class GanLoop:
                                   float(guard.check_due(now)), float(guard.jit_due(now, step_seconds))])
         else:
             flags = torch.zeros(4)
-        if self.ddp:  # NCCL (GPU workers) broadcasts CUDA tensors only
-            flags = flags.to(self.device)
-            dist.broadcast(flags, 0)
-            flags = flags.cpu()
+        flags = self._from_rank0(flags)
         if flags[2]:
             guard.poll()
         return bool(flags[0]), bool(flags[1]), bool(flags[3])
@@ -342,10 +347,7 @@ class GanLoop:
             time.sleep(0.5)
             guard.poll()  # a collective: once per round on every rank
             flag = torch.tensor([float(guard.keep_holding(time.time()))]) if self.rank == 0 else torch.zeros(1)
-            if self.ddp:
-                flag = flag.to(self.device)
-                dist.broadcast(flag, 0)
-                flag = flag.cpu()
+            flag = self._from_rank0(flag)
             if not flag[0]:
                 guard.jit_step, guard.notice = None, None
                 return
@@ -483,62 +485,3 @@ class DirectoryReporter:
             dest = self.root / (name or f"checkpoint_{len(self.checkpoints):09d}")
             shutil.copytree(checkpoint_dir, dest, dirs_exist_ok=True)
             self.checkpoints.append(dest)
-
-
-# -- Ray Train ------------------------------------------------------------
-class RayReporter:
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, name: str | None) -> None:
-        import ray.train
-
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
-
-
-class ActorStopSignal:
-    """Polls the driver's control actor (non-blocking, at most twice a second)."""
-
-    def __init__(self, name: str, namespace: str):
-        self.name, self.namespace = name, namespace
-        self._actor, self._pending, self._last, self._stop = None, None, 0.0, False
-
-    def requested(self) -> bool:
-        import ray
-
-        if self._stop:
-            return True
-        try:
-            if self._actor is None:
-                self._actor = ray.get_actor(self.name, namespace=self.namespace)
-            if self._pending is None and time.monotonic() - self._last > 0.5:
-                self._pending = self._actor.stop_requested.remote()
-            if self._pending is not None:
-                ready, _ = ray.wait([self._pending], timeout=0)
-                if ready:
-                    self._stop = bool(ray.get(self._pending))
-                    self._pending, self._last = None, time.monotonic()
-        except Exception:  # noqa: BLE001 - no driver, no stop request: keep training
-            self._actor, self._pending, self._last = None, None, time.monotonic() + 5
-        return self._stop
-
-
-def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker entry: builds the loop, resumes from Ray's latest checkpoint, trains."""
-    import ray.train
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = torch.device(f"cuda:{ctx.get_local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(config["spec"]["scaling"]["cpus_per_worker"])))
-    loop = GanLoop(config["spec"], rank, world, device)
-    loop.preemption.enabled = True
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            loop.restore(d)
-    control = config.get("control")
-    stop = ActorStopSignal(control["name"], control["namespace"]) if control and rank == 0 else NeverStop()
-    try:
-        loop.run(RayReporter(), stop)
-    finally:  # decode processes and staged shards (in /dev/shm) go now, not when the actor is reaped
-        loop.stream.close()

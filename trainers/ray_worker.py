@@ -1,0 +1,67 @@
+"""The Ray Train side of a worker: the entry point TorchTrainer runs, its reporter and stop signal."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from trainers.loop import GanLoop, NeverStop
+
+
+class RayReporter:
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, name: str | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
+
+
+class ActorStopSignal:
+    """Polls the driver's control actor (non-blocking, at most twice a second)."""
+
+    def __init__(self, name: str, namespace: str):
+        self.name, self.namespace = name, namespace
+        self._actor, self._pending, self._last, self._stop = None, None, 0.0, False
+
+    def requested(self) -> bool:
+        import ray
+
+        if self._stop:
+            return True
+        try:
+            if self._actor is None:
+                self._actor = ray.get_actor(self.name, namespace=self.namespace)
+            if self._pending is None and time.monotonic() - self._last > 0.5:
+                self._pending = self._actor.stop_requested.remote()
+            if self._pending is not None:
+                ready, _ = ray.wait([self._pending], timeout=0)
+                if ready:
+                    self._stop = bool(ray.get(self._pending))
+                    self._pending, self._last = None, time.monotonic()
+        except Exception:  # noqa: BLE001 - no driver, no stop request: keep training
+            self._actor, self._pending, self._last = None, None, time.monotonic() + 5
+        return self._stop
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker entry: builds the loop, resumes from Ray's latest checkpoint, trains."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = torch.device(f"cuda:{ctx.get_local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(config["spec"]["scaling"]["cpus_per_worker"])))
+    loop = GanLoop(config["spec"], rank, world, device)
+    loop.preemption.enabled = True
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            loop.restore(d)
+    control = config.get("control")
+    stop = ActorStopSignal(control["name"], control["namespace"]) if control and rank == 0 else NeverStop()
+    try:
+        loop.run(RayReporter(), stop)
+    finally:  # decode processes and staged shards (in /dev/shm) go now, not when the actor is reaped
+        loop.stream.close()
