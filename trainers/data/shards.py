@@ -92,12 +92,12 @@ class ShardFetcher:
                  cache: LocalCache | None = None, attempts: int = 8, backoff_s: float = 0.1,
                  max_backoff_s: float = 5.0):
         self.url, self.manifest, self.cache = url, manifest, cache
-        self._storage_options = storage_options
+        # Resolved once (environment, then the local stack's profile), for s3fs and signed GETs alike.
+        self._storage_options = storage_options_for(url) if storage_options is None else storage_options
         self.attempts, self.backoff_s, self.max_backoff_s = attempts, backoff_s, max_backoff_s
         self._fs: Any = None
         self._fs_pid = -1
-        opts = storage_options_for(url) if storage_options is None else storage_options
-        self._signed = SignedGetter(opts) if usable(url, opts) else None
+        self._signed = SignedGetter(self._storage_options) if usable(url, self._storage_options) else None
         self._lock = threading.Lock()
         self.retried = 0  # transient faults survived, for tests and reports
 
