@@ -33,7 +33,8 @@ import numpy as np
 from trainers.data.decode import decode_image  # noqa: F401 - part of this module's surface
 from trainers.data.manifest import MANIFEST_NAME, Manifest
 from trainers.data.order import EpochOrder
-from trainers.data.pipeline import DecodePool, IndexCache, Pipeline, default_decode_workers
+from trainers.data.decode_pool import DecodePool, default_decode_workers
+from trainers.data.pipeline import IndexCache, Pipeline
 from trainers.data.errors import DataError
 from trainers.data.shards import LocalCache, ShardFetcher
 from trainers.data.storage import open_filesystem
