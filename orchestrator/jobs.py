@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainers.data.storage import ganray_home
+from trainers.errors import GanrayError
+from trainers.settings import ganray_home
 
 
-class JobBusyError(RuntimeError):
+class JobBusyError(GanrayError, RuntimeError):
     """Another driver is running the same job name."""
 
 

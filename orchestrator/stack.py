@@ -29,12 +29,13 @@ from typing import Any
 
 import requests
 
-from trainers.data.storage import ganray_home
+from trainers.errors import GanrayError
+from trainers.settings import ganray_home
 
 LOCAL_BUCKET = "ganray"
 
 
-class StackError(RuntimeError):
+class StackError(GanrayError, RuntimeError):
     """A service of the local stack could not be started or reached."""
 
 
@@ -133,6 +134,13 @@ class LocalStack:
         prev = self._previous_port(name)
         return prev if prev and port_free(prev) else free_port()
 
+    def credentials(self) -> dict[str, str]:
+        """The local S3 server's keys ({} when it has none yet)."""
+        try:
+            return json.loads((self.home / "credentials.json").read_text())
+        except FileNotFoundError:
+            return {}
+
     def ray_env(self) -> dict[str, str]:
         """Environment that makes a process talk to this stack's Ray with its token."""
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.home / "ray" / "auth_token")}
@@ -216,15 +224,11 @@ class LocalStack:
         return Service("mlflow", p.pid, port, str(self.logs / "mlflow.log"))
 
     def _start_ray(self, ports: dict[str, int], profile: dict[str, Any]) -> Service:
-        from trainers.data.storage import read_local_credentials
+        from orchestrator.environment import stack_env
 
-        env = {**self.ray_env(), "GANRAY_HOME": str(self.home),
-               "MLFLOW_TRACKING_URI": profile["mlflow_uri"], "RAY_USAGE_STATS_ENABLED": "0"}
-        if profile.get("s3_endpoint"):
-            creds = read_local_credentials()
-            env.update({"AWS_ENDPOINT_URL_S3": profile["s3_endpoint"],
-                        "AWS_ACCESS_KEY_ID": creds["access_key"],
-                        "AWS_SECRET_ACCESS_KEY": creds["secret_key"], "AWS_REGION": "us-east-1"})
+        creds = self.credentials() if profile.get("s3_endpoint") else None
+        env = {**stack_env(self.home, profile, creds, ray=False), **self.ray_env(), "GANRAY_HOME": str(self.home),
+               "RAY_USAGE_STATS_ENABLED": "0"}
         cmd = [_bin("ray"), "start", "--head", "--block", "--disable-usage-stats",
                "--node-ip-address", "127.0.0.1",
                "--port", str(ports["gcs"]), "--temp-dir", ray_temp_dir(self.home),
@@ -272,10 +276,11 @@ class LocalStack:
 
     def _ensure_bucket(self, port: int) -> None:
         import boto3
-        from trainers.data.storage import read_local_credentials
 
-        creds = read_local_credentials()
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+        from orchestrator.environment import LOCAL_S3_REGION
+
+        creds = self.credentials()
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name=LOCAL_S3_REGION,
                           aws_access_key_id=creds["access_key"], aws_secret_access_key=creds["secret_key"])
         try:
             s3.head_bucket(Bucket=LOCAL_BUCKET)

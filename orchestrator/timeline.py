@@ -13,12 +13,12 @@ from typing import Any
 
 
 class Timeline:
-    def __init__(self, last_step: int = 0, events: list[dict[str, Any]] | None = None, fresh_driver: bool = True):
+    def __init__(self, last_step: int = 0, events: list[dict[str, Any]] | None = None):
         self.max_step = last_step
         self.events = list(events or [])
         self.pending: dict[str, Any] | None = None
         self.last_stopped = False
-        self.fresh_driver = fresh_driver and last_step > 0
+        self.fresh_driver = last_step > 0  # a new driver of a run that already reported
 
     def observe(self, m: dict[str, Any], now: float) -> dict[str, Any] | None:
         """Feeds one report; returns an event when it closes one."""

@@ -68,3 +68,32 @@ def faces(tmp_path_factory):
     d = tmp_path_factory.mktemp("faces")
     write_synthetic_dataset(d, 240, 16, seed=3)
     return d
+
+
+def ganray_elsewhere(tracking_uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The CLI on "another machine": a fresh, empty GANRAY_HOME that shares only the tracking URI."""
+    home = Path(tempfile.mkdtemp(prefix="gre-", dir="/tmp"))
+    try:
+        env = {k: v for k, v in cli_env(home).items() if not k.startswith(("AWS_", "RAY_", "GANRAY_"))}
+        env.update(GANRAY_HOME=str(home), MLFLOW_TRACKING_URI=tracking_uri)
+        proc = subprocess.run([str(Path(sys.executable).parent / "ganray"), *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ganray {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def status_elsewhere(tracking_uri: str, name: str) -> dict:
+    """`ganray status NAME --json` as a machine that did not run the job sees it."""
+    import json
+
+    return json.loads(ganray_elsewhere(tracking_uri, "status", name, "--json").stdout)
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(stack, ganray_home) -> str:
+    import json
+
+    return json.loads((ganray_home / "profile.json").read_text())["mlflow_uri"]

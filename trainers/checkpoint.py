@@ -9,6 +9,7 @@ the evaluations so far), one ``rank_R.pt`` per rank (its RNG states) and ``grid.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,30 @@ from trainers.networks import build_generator
 
 STATE_FILE = "state.pt"
 GRID_FILE = "grid.png"
+_NAME = re.compile(r"checkpoint_(\d{9,})$")
 
 
 def rank_file(rank: int) -> str:
+    """The file name of one rank's RNG state."""
     return f"rank_{rank}.pt"
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint written at step (sorts by step)."""
+    return f"checkpoint_{step:09d}"
+
+
+def checkpoint_step(path: str) -> int:
+    """The step of a checkpoint from its folder name or any path or URL ending in it."""
+    match = _NAME.search(str(path).rstrip("/"))
+    if not match:
+        raise ValueError(f"{path!r} is not a checkpoint folder (checkpoint_NNNNNNNNN)")
+    return int(match.group(1))
+
+
+def grid_name(step: int) -> str:
+    """The file name a checkpoint's sample grid gets in the job's MLflow run (under samples/)."""
+    return f"step_{step:09d}.png"
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:

@@ -6,12 +6,25 @@ same two methods, feeding the same ``c`` input of the networks.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable, Sequence
 
 import torch
 
+from trainers.errors import GanrayError
 
-class UnknownTagError(ValueError):
+
+def normalise_tags(raw: Iterable[str]) -> list[str]:
+    """Strips and lower-cases tags, keeping inner spaces ("Blonde  Hair" -> "blonde hair"), without repeats."""
+    out = []
+    for t in raw:
+        t = re.sub(r"\s+", " ", str(t)).strip().lower()
+        if t and t not in out:
+            out.append(t)
+    return out
+
+
+class UnknownTagError(GanrayError, ValueError):
     """A requested tag is not in the model's vocabulary; the message lists the known ones."""
 
 

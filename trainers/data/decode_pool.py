@@ -12,14 +12,16 @@ import weakref
 
 import numpy as np
 
+from trainers import settings
+
 from trainers.data.decode import ShardViews, decode_task, worker_main
 
 
 def default_decode_workers() -> int:
     """Decode processes per stream: ``GANRAY_DECODE_WORKERS``, else the cores this process may use."""
-    env = os.environ.get("GANRAY_DECODE_WORKERS")
-    if env:
-        return max(0, int(env))
+    env = settings.get_int("GANRAY_DECODE_WORKERS")
+    if env is not None:
+        return max(0, env)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:

@@ -18,6 +18,8 @@ import re
 import threading
 from typing import Any
 
+from trainers import settings
+
 # s3fs options this path understands; any other option (anon, profile, requester_pays...) keeps s3fs.
 _UNDERSTOOD = {"key", "secret", "token", "client_kwargs", "config_kwargs", "endpoint_url",
                "skip_instance_cache", "use_listings_cache"}
@@ -39,7 +41,7 @@ def redact(text: str) -> str:
 
 def usable(url: str, storage_options: dict[str, Any]) -> bool:
     """Whether shards of url can be fetched by signed GETs with these s3fs options."""
-    if os.environ.get("GANRAY_S3_SIGNED_GET", "1") == "0":
+    if (settings.get("GANRAY_S3_SIGNED_GET") or "1") == "0":
         return False
     return str(url).startswith(("s3://", "s3a://")) and set(storage_options) <= _UNDERSTOOD
 

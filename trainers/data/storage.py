@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import fsspec
 
+from trainers.settings import env_or_profile, ganray_home, read_profile
 
-def ganray_home() -> Path:
-    """The folder that holds all local-stack state (``GANRAY_HOME``, default ~/.ganray)."""
-    return Path(os.environ.get("GANRAY_HOME") or Path.home() / ".ganray").expanduser().resolve()
-
-
-def read_profile() -> dict[str, Any]:
-    """The local stack's profile (endpoints, non-secret), or {} when no stack was set up."""
-    path = ganray_home() / "profile.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
+__all__ = ["ganray_home", "read_profile", "read_local_credentials", "s3_endpoint", "storage_options_for",
+           "open_filesystem", "join"]
 
 
 def read_local_credentials() -> dict[str, str]:
@@ -38,11 +28,7 @@ def read_local_credentials() -> dict[str, str]:
 
 def s3_endpoint() -> str | None:
     """The S3 endpoint URL to use: ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, then the profile's."""
-    return (
-        os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or read_profile().get("s3_endpoint")
-    )
+    return env_or_profile(("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), "s3_endpoint")
 
 
 def storage_options_for(url: str) -> dict[str, Any]:

@@ -24,13 +24,11 @@ that names it.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Iterator
 
 import numpy as np
 
-from trainers.data.decode import decode_image  # noqa: F401 - part of this module's surface
 from trainers.data.manifest import MANIFEST_NAME, Manifest
 from trainers.data.order import EpochOrder
 from trainers.data.decode_pool import DecodePool, default_decode_workers
@@ -38,6 +36,7 @@ from trainers.data.pipeline import IndexCache, Pipeline
 from trainers.data.errors import DataError
 from trainers.data.shards import LocalCache, ShardFetcher
 from trainers.data.storage import open_filesystem
+from trainers import settings
 
 __all__ = ["DataError", "ShardStream", "batches", "read_manifest", "torch_batches"]
 
@@ -62,11 +61,6 @@ def read_manifest(url: str, storage_options: dict | None = None, attempts: int =
         return Manifest.from_json(text, where=f"{url}/{MANIFEST_NAME}")
     except ValueError as err:
         raise DataError(str(err)) from None
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
 
 
 class ShardStream:
@@ -94,8 +88,8 @@ class ShardStream:
         self.window_bytes = max(1, int(window_mb * (1 << 20)))
         self.order = EpochOrder([s.samples for s in self.manifest.shards], [s.bytes for s in self.manifest.shards],
                                 self.seed, self.shuffle, self.window_bytes)
-        cache_dir = cache_dir or os.environ.get("GANRAY_DATA_CACHE")
-        cache_mb = cache_mb if cache_mb is not None else (_env_int("GANRAY_DATA_CACHE_MB") or 10 * 1024)
+        cache_dir = cache_dir or settings.get("GANRAY_DATA_CACHE")
+        cache_mb = cache_mb if cache_mb is not None else (settings.get_int("GANRAY_DATA_CACHE_MB") or 10 * 1024)
         self.cache = LocalCache(cache_dir, int(cache_mb * (1 << 20))) if cache_dir else None
         self.fetcher = ShardFetcher(self.url, self.manifest, storage_options, self.cache)
         res = self.manifest.resolution

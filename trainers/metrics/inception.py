@@ -13,7 +13,6 @@ recommendation; the network itself does no resizing), scaled to [-1, 1].
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +21,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from trainers import settings
+from trainers.errors import GanrayError
+
 INPUT_SIZE = 299
 FEATURES = 2048
 WEIGHTS_ENV = "GANRAY_FID_WEIGHTS"
 STANDARD_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 
 
-class WeightsError(ValueError):
+class WeightsError(GanrayError, ValueError):
     """Inception weights are missing, unreadable or not the FID layout; the message says which."""
 
 
@@ -185,7 +187,7 @@ class InceptionV3Features(nn.Module):
 
 def resolve_weights(path: str | None) -> Path:
     """The weights file: ``path`` (eval.fid_weights) or $GANRAY_FID_WEIGHTS; WeightsError when neither exists."""
-    chosen = path or os.environ.get(WEIGHTS_ENV)
+    chosen = path or settings.get(WEIGHTS_ENV)
     if not chosen:
         raise WeightsError(
             f"FID/KID need the Inception weights {STANDARD_WEIGHTS} as a local file: set eval.fid_weights in "

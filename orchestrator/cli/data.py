@@ -1,0 +1,80 @@
+"""``ganray data synth|ingest``: the built-in synthetic faces, and ingest into shards."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from trainers.errors import GanrayError, UsageError
+
+
+@click.group()
+def data() -> None:
+    """Datasets: the built-in synthetic faces, and ingest into shards."""
+
+
+@data.command("synth")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--n", "n", type=int, default=1000, show_default=True, help="Number of images.")
+@click.option("--resolution", type=int, default=64, show_default=True, help="Image size (power of two).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_synth(dest: str, n: int, resolution: int, seed: int) -> None:
+    """Draw a deterministic dataset of tagged anime-style faces into DEST (PNGs + labels.csv)."""
+    from trainers.data.synth import write_synthetic_dataset
+
+    try:
+        labels = write_synthetic_dataset(dest, n, resolution, seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    click.echo(f"wrote {n} images and {labels}")
+
+
+@data.command("ingest")
+@click.argument("src")
+@click.argument("dest")
+@click.option("--labels", type=click.Path(dir_okay=False), help="labels CSV (file,tags[,caption]) or JSON.")
+@click.option("--resolution", type=int, help="Centre-crop and resize to this size (default: the first image's).")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg"]), default="png", show_default=True)
+@click.option("--shard-mb", type=float, default=64, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Processes that decode and resize.")
+def data_ingest(src: str, dest: str, labels: str | None, resolution: int | None, fmt: str, shard_mb: float,
+                workers: int) -> None:
+    """Turn SRC (a folder, .zip or .tar of images, or an fsspec URL of one) into WebDataset shards at DEST.
+
+    Writes DEST/manifest.json last and DEST/ingest_report.json with every skipped
+    file and its reason. Exit status 0 when anything was ingested, 1 when nothing
+    was or DEST is unreachable or not writable.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from trainers.data.ingest import IngestError, ingest
+
+    if labels is None and "://" not in src and (Path(src) / "labels.csv").is_file():
+        labels = str(Path(src) / "labels.csv")
+    try:
+        columns = [TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        with Progress(*columns, transient=True, console=None) as bar:
+            task = bar.add_task("ingest", total=None)
+            report = ingest(src, dest, labels, resolution, fmt, shard_mb, workers,
+                            progress=lambda i, n: bar.update(task, completed=i, total=n))
+    except IngestError as err:
+        raise GanrayError(str(err)) from None
+    _print_report(report, dest)
+
+
+def _print_report(report, dest: str) -> None:
+    m = report.manifest
+    click.echo(f"ingested {report.ingested} images into {len(m.shards)} shards at {dest} "
+               f"({m.resolution}x{m.resolution}, {len(m.tags)} tags, hash {m.dataset_hash[:12]})")
+    if report.skipped:
+        kinds = Counter(s["reason"].split(" (")[0].split(":")[0] for s in report.skipped)
+        click.echo(f"skipped {len(report.skipped)} files (all listed in {dest.rstrip('/')}/ingest_report.json):",
+                   err=True)
+        for kind, n in kinds.most_common():
+            click.echo(f"  {n:6d}  {kind}", err=True)
+        for s in report.skipped[:5]:
+            click.echo(f"  e.g. {s['file']}: {s['reason']}", err=True)
+
+
+COMMANDS = [data]

@@ -1,0 +1,23 @@
+"""Registered generators: ``ganray generate`` (and, beside it, the registry commands)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("generate")
+@click.argument("model_uri")
+@click.option("--n", "n", type=int, default=16, show_default=True, help="Number of samples (1 to 1024).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i.")
+@click.option("--tags", help="Comma-separated tags (conditional models only).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="PATH.png (a grid) or PATH.npz (uint8 NxHxWx3).")
+def generate_cmd(model_uri: str, n: int, seed: int, tags: str | None, out: str) -> None:
+    """Sample a registered generator (models:/NAME/VERSION or models:/NAME@ALIAS)."""
+    from orchestrator.generate import generate
+
+    tag_list = [t.strip() for t in tags.split(",") if t.strip()] if tags else None
+    path = generate(model_uri, n, seed, out, tag_list)
+    click.echo(f"wrote {n} samples of {model_uri} to {path}")
+
+
+COMMANDS = [generate_cmd]

@@ -1,0 +1,80 @@
+"""The driver's side of Ray: connect, the job's control actor, and fit() on a thread Ctrl-C cannot reach."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from trainers import settings
+from trainers.errors import GanrayError
+
+NAMESPACE = "ganray"
+
+
+class ClusterError(GanrayError, RuntimeError):
+    """No Ray cluster, or one that refuses us; the message says which."""
+
+
+def ray_init(ray_address: str | None) -> None:
+    """Connects to the cluster once per process; the worker-side GANRAY_* variables set here travel to
+    every worker in the job's runtime environment (credentials never do)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not ray_address:
+        raise ClusterError("no Ray cluster: start the local stack (`ganray local up`) or set RAY_ADDRESS")
+    env_vars = settings.worker_env()
+    try:
+        ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING",
+                 configure_logging=True, runtime_env={"env_vars": env_vars} if env_vars else None)
+    except Exception as err:  # noqa: BLE001
+        raise ClusterError(f"cannot connect to the Ray cluster at {ray_address}: {type(err).__name__}: {err}") from None
+
+
+def control_actor(name: str):
+    """(actor name, handle) of the job's control actor, through which workers learn of a stop request.
+
+    Replaces one left by a driver that died. It lives on the driver's node, which is not a spot
+    node that may vanish.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    class JobControl:
+        def __init__(self):
+            self.stop = False
+
+        def request_stop(self) -> None:
+            self.stop = True
+
+        def stop_requested(self) -> bool:
+            return self.stop
+
+    actor_name = f"control-{name}"
+    try:
+        ray.kill(ray.get_actor(actor_name, namespace=NAMESPACE))
+    except ValueError:
+        pass
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return actor_name, JobControl.options(name=actor_name, namespace=NAMESPACE, scheduling_strategy=here).remote()
+
+
+def fit_in_thread(trainer) -> Any:
+    """trainer.fit() on a helper thread, so that Ctrl-C reaches the driver's handler (a checkpoint, then
+    a clean stop) instead of Ray's, which aborts the run without one."""
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # noqa: BLE001 - re-raised on the main thread
+            box["error"] = err
+
+    t = threading.Thread(target=target, name="ganray-fit", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

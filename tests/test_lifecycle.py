@@ -1,0 +1,88 @@
+"""The job lifecycle against a real MLflow server, without Ray: every move is checked against the
+table and lands in both stores; the state a machine that did not run the job sees is the same."""
+from __future__ import annotations
+
+import pytest
+from ray.train import Result
+
+from conftest import status_elsewhere
+from orchestrator import jobs, runs
+from orchestrator.lifecycle import RERUNNABLE, TRANSITIONS, Lifecycle, State, TransitionError, check
+from orchestrator.spec import parse_spec
+
+S = State
+
+
+def _spec(name: str, url: str = "/nonexistent/data", **train):
+    return parse_spec({"name": name, "data": {"url": url}, "model": {"arch": "dcgan"},
+                       "train": {"steps": 10, **train}})
+
+
+def _new_job(c, name: str, storage: str = "/tmp/unused-storage") -> Lifecycle:
+    spec = _spec(name)
+    return Lifecycle(c, name, runs.create_run(c, spec.to_dict(), spec.digest(), f"{storage}/{name}"), S.CREATED)
+
+
+def _states(c, life: Lifecycle) -> tuple[str, str]:
+    return c.get_run(life.run_id).data.tags[runs.STATE_TAG], jobs.read_record(life.name)["state"]
+
+
+def test_the_table_allows_reruns_from_running_stopped_interrupted_and_failed_only():
+    for state in State:
+        assert (S.STARTING in TRANSITIONS[state]) == (state in RERUNNABLE or state is S.CREATED)
+    assert {S.RUNNING, S.STOPPED, S.INTERRUPTED, S.FAILED} <= RERUNNABLE and S.FINISHED not in RERUNNABLE
+    for frm, to in ((S.FINISHED, S.RUNNING), (S.SUPERSEDED, S.STARTING), (S.CREATED, S.FINISHED),
+                    (S.STOPPED, S.FINISHED), (S.FAILED, S.RUNNING)):
+        with pytest.raises(TransitionError, match=f"from {frm.value} to {to.value}"):
+            check(frm, to)
+    assert all(S.SUPERSEDED in TRANSITIONS[s] for s in State if s is not S.SUPERSEDED)
+
+
+def test_every_move_writes_mlflow_and_the_local_record_and_a_refused_move_changes_nothing(stack, tracking_uri):
+    c = runs.client(tracking_uri)
+    life = _new_job(c, "life-moves")
+    path = [S.STARTING, S.RUNNING, S.STOPPED, S.STARTING, S.RUNNING, S.INTERRUPTED, S.STARTING, S.STARTING,
+            S.RUNNING, S.STARTING, S.RUNNING, S.FAILED]
+    for to in path:
+        life.move(to)
+        assert _states(c, life) == (to.value, to.value)
+    assert c.get_run(life.run_id).info.status == "FAILED"
+    with pytest.raises(TransitionError):
+        life.move(S.FINISHED)
+    assert _states(c, life) == ("failed", "failed") and life.state is S.FAILED
+    seen = status_elsewhere(tracking_uri, "life-moves")
+    assert seen["state"] == "failed" and seen["run_id"] == life.run_id and seen["total_steps"] == 10
+    assert isinstance(seen["step"], int) and isinstance(seen["preemptions"], int) and seen["failures"] == 0
+
+
+def test_a_fit_that_raised_or_left_no_checkpoint_is_failed(stack, tracking_uri, tmp_path):
+    from orchestrator.driver import JobError, outcome
+
+    c = runs.client(tracking_uri)
+    for name, result, reason in (
+            ("life-error", Result(metrics={}, checkpoint=None, error=RuntimeError("worker 1 died"), path=str(tmp_path)),
+             "worker 1 died"),
+            ("life-raised", RuntimeError("placement group timed out"), "placement group timed out"),
+            ("life-nockpt", Result(metrics={}, checkpoint=None, error=None, path=str(tmp_path)),
+             "ended without a checkpoint")):
+        life = _new_job(c, name)
+        life.move(S.STARTING)
+        life.move(S.RUNNING)
+        with pytest.raises(JobError, match=reason):
+            outcome(name, life, result, "/tmp/unused-storage")
+        assert _states(c, life) == ("failed", "failed")
+        assert reason in jobs.read_record(name)["error"]
+        assert status_elsewhere(tracking_uri, name)["state"] == "failed"
+
+
+def test_a_refused_changed_spec_leaves_the_state_as_it_was(stack, tracking_uri):
+    from orchestrator.driver import JobError, run_job
+
+    c = runs.client(tracking_uri)
+    life = _new_job(c, "life-changed")
+    for to in (S.STARTING, S.RUNNING, S.STOPPED):
+        life.move(to)
+    with pytest.raises(JobError, match=r"train.steps: 10 -> 11.*--fresh"):
+        run_job(_spec("life-changed", steps=11), progress=False)
+    assert _states(c, life) == ("stopped", "stopped")
+    assert status_elsewhere(tracking_uri, "life-changed")["state"] == "stopped"

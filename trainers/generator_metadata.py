@@ -1,0 +1,80 @@
+"""What a registered generator carries about itself, and the one reader of it.
+
+A generator registered by ganray is an exported module with one input, ``[z | c]``
+(N, z_dim + c_dim), and this metadata under the model's ``metadata["ganray"]``: the
+generator config (arch, resolution, z and c sizes: enough to rebuild it), the tag
+vocabulary in the order of c, the conditioning, the step and dataset it came from,
+and its latest evaluation. The registry writes it (``to_dict``); ``generate`` and the
+server read it back (``read_metadata``), so both agree on every key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainers.errors import GanrayError
+
+METADATA_KEY = "ganray"
+
+
+class MetadataError(GanrayError, ValueError):
+    """A model whose metadata is not ganray's, or does not hold together."""
+
+
+@dataclass(frozen=True)
+class GeneratorMetadata:
+    generator_config: dict[str, Any]
+    vocabulary: list[str] = field(default_factory=list)
+    conditioning: str = "none"
+    step: int | None = None
+    dataset_hash: str | None = None
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def arch(self) -> str:
+        return str(self.generator_config["arch"])
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.generator_config["z_dim"])
+
+    @property
+    def c_dim(self) -> int:
+        return int(self.generator_config.get("c_dim") or 0)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.generator_config["resolution"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (JSON-safe); ``input`` says what the exported module takes."""
+        return {"generator_config": self.generator_config, "vocabulary": list(self.vocabulary),
+                "conditioning": self.conditioning, "c_dim": self.c_dim, "input": "z|c" if self.c_dim else "z",
+                "step": self.step, "dataset_hash": self.dataset_hash, "evaluation": self.evaluation}
+
+    @classmethod
+    def from_checkpoint_info(cls, info: dict[str, Any]) -> "GeneratorMetadata":
+        """From ``generator_from_checkpoint``'s info: finite numbers and strings of the last evaluation only."""
+        evaluation = {k: v for k, v in (info.get("evaluation") or {}).items()
+                      if isinstance(v, (int, float, str)) and not (isinstance(v, float) and v != v)}
+        config = dict(info["generator_config"])
+        conditioning = info.get("conditioning") or ("tags" if config.get("c_dim") else "none")
+        step = info.get("step")
+        return cls(config, list(info.get("tags") or []), conditioning, int(step) if step is not None else None,
+                   info.get("dataset_hash"), evaluation)
+
+
+def read_metadata(model_metadata: dict[str, Any] | None, where: str = "the model") -> GeneratorMetadata:
+    """The ganray metadata of a logged model's metadata dict; MetadataError when it is not ganray's.
+
+    Versions registered before ``vocabulary`` was named so carry it as ``tags``.
+    """
+    raw = (model_metadata or {}).get(METADATA_KEY)
+    if not isinstance(raw, dict) or not isinstance(raw.get("generator_config"), dict):
+        raise MetadataError(f"{where} was not registered by ganray (no generator metadata)")
+    vocabulary = list(raw.get("vocabulary", raw.get("tags")) or [])
+    meta = GeneratorMetadata(raw["generator_config"], vocabulary, raw.get("conditioning") or "none",
+                             raw.get("step"), raw.get("dataset_hash"), dict(raw.get("evaluation") or {}))
+    if meta.c_dim and meta.conditioning == "tags" and len(vocabulary) != meta.c_dim:
+        raise MetadataError(f"{where} takes {meta.c_dim} tags but its metadata lists {len(vocabulary)}")
+    return meta
