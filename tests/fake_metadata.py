@@ -1,8 +1,11 @@
 """A fake cloud metadata server on loopback (AWS IMDSv2 and GCE), for agent and chaos tests.
 
 Control endpoints (test-only): ``POST /__notice?in=SECONDS`` schedules a spot
-stop that many seconds ahead; ``POST /__mode?m=ok|error|hang`` makes every
-metadata answer normal, a 500, or a hang longer than any client timeout.
+stop that many seconds ahead; ``POST /__mode?m=ok|error|hang|trickle|garbage``
+makes every metadata answer normal, a 500, a hang longer than any client
+timeout, a trickle (the whole answer, status line first, one byte every
+``&every=SECONDS``, default 0.2: no single read ever times out), or, for the
+notice endpoints, a 200 whose body is ``&body=TEXT`` (the token still works).
 Run as a process: ``python tests/fake_metadata.py PORT``.
 """
 from __future__ import annotations
@@ -22,6 +25,8 @@ class State:
         self.terminate_at: float | None = None
         self.mode = "ok"
         self.requests = 0
+        self.body = "garbage"  # the 200 answer in mode "garbage"
+        self.trickle_s = 0.2  # seconds between bytes in mode "trickle"
 
 
 def make_handler(state: State):
@@ -36,8 +41,22 @@ def make_handler(state: State):
             self.end_headers()
             self.wfile.write(data)
 
+        def _trickle(self) -> None:
+            data = b"HTTP/1.0 200 OK\r\nContent-Length: 40\r\n\r\n" + b"x" * 40
+            try:
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(state.trickle_s)
+            except OSError:  # the client gave up: that is the point
+                pass
+            self.close_connection = True
+
         def _faulty(self) -> bool:
             state.requests += 1
+            if state.mode == "trickle":
+                self._trickle()
+                return True
             if state.mode == "error":
                 self._send(500, "boom")
                 return True
@@ -62,6 +81,8 @@ def make_handler(state: State):
                 return self._send(200, "ok")
             if url.path == "/__mode":
                 state.mode = q["m"][0]
+                state.body = q.get("body", [state.body])[0]
+                state.trickle_s = float(q.get("every", [state.trickle_s])[0])
                 return self._send(200, "ok")
             self._send(404)
 
@@ -71,6 +92,8 @@ def make_handler(state: State):
             if self.path == "/latest/meta-data/spot/instance-action":
                 if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
                     return self._send(401)
+                if state.mode == "garbage":
+                    return self._send(200, state.body)
                 if state.terminate_at is None:
                     return self._send(404, "Not Found")
                 when = datetime.fromtimestamp(state.terminate_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -78,6 +101,8 @@ def make_handler(state: State):
             if self.path == "/computeMetadata/v1/instance/preempted":
                 if self.headers.get("Metadata-Flavor") != "Google":
                     return self._send(403)
+                if state.mode == "garbage":
+                    return self._send(200, state.body)
                 return self._send(200, "TRUE" if state.terminate_at is not None else "FALSE")
             self._send(404)
 

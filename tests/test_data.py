@@ -24,7 +24,8 @@ def test_ingest_writes_shards_manifest_and_report(faces, tmp_path):
     assert sum(s.samples for s in m.shards) == 240 and m.resolution == 16
     assert any(t.endswith(" hair") for t in m.tags)
     on_disk = json.loads((tmp_path / "ds" / "ingest_report.json").read_text())
-    assert on_disk == {"ingested": 240, "skipped": []}
+    assert on_disk["ingested"] == 240 and on_disk["skipped"] == [] and on_disk["version"] == report.version
+    assert all(s.path.startswith(f"{report.version}/shard-") for s in m.shards)
     # the hash depends on content, not on how it is sharded
     again = ingest(faces, str(tmp_path / "ds2"), faces / "labels.csv", shard_mb=64)
     assert again.manifest.dataset_hash == m.dataset_hash and len(again.manifest.shards) == 1
@@ -98,8 +99,8 @@ def test_sample_fields(faces, tmp_path):
 def test_missing_dataset_and_corrupt_shard_are_named(faces, tmp_path):
     with pytest.raises(DataError, match="manifest.json not found"):
         read_manifest(str(tmp_path / "nowhere"))
-    ingest(faces, str(tmp_path / "ds"), faces / "labels.csv")
-    shard = next((tmp_path / "ds").glob("shard-*.tar"))
+    m = ingest(faces, str(tmp_path / "ds"), faces / "labels.csv").manifest
+    shard = tmp_path / "ds" / m.shards[0].path
     shard.write_bytes(shard.read_bytes()[:1000])
     with pytest.raises(DataError, match=shard.name):
         next(iter(ShardStream(str(tmp_path / "ds"))))

@@ -1,6 +1,7 @@
 """The notice agent against a fake metadata server, and the loop's use of a notice (in-process)."""
 from __future__ import annotations
 
+import logging
 import time
 from types import SimpleNamespace
 
@@ -73,11 +74,80 @@ def test_a_notice_shorter_than_the_margin_still_drains_with_a_future_deadline(me
     assert got and got[0] >= time.time() + 0.5
 
 
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def agent_lines(caplog, level=logging.WARNING) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "ganray.agent" and r.levelno >= level]
+
+
+def test_garbage_answers_are_logged_once_each_then_once_a_minute_and_polling_goes_on(metadata, caplog):
+    caplog.set_level(logging.INFO, logger="ganray.agent")
+    url, state = metadata
+    clock, drains = FakeClock(), []
+    agent = NoticeAgent(AwsSpotWatcher(url, timeout_s=0.5), lambda d, m: drains.append(d), clock=clock)
+    state.mode = "garbage"
+    for body in ["<html>oops</html>", '{"action": "terminate"}', '{"action": "terminate", "time": "soon"}']:
+        state.body = body
+        for _ in range(5):
+            assert not agent.step()
+            clock.t += 1
+    got = agent_lines(caplog)
+    assert len(got) == 3, got  # one line per distinct answer, not one per poll
+    assert "200 with something that is not JSON: '<html>oops</html>'" in got[0] and "still polling" in got[0]
+    assert "JSON without `time`" in got[1] and "unparseable `time`" in got[2] and '"soon"' in got[2]
+    state.body = "<html>oops</html>"  # seen before: quiet within the minute since the last line
+    for _ in range(30):
+        assert not agent.step()
+        clock.t += 1
+    assert len(agent_lines(caplog)) == 3
+    clock.t += 60
+    assert not agent.step()
+    assert len(agent_lines(caplog)) == 4 and "still failing: 35 polls since the last line" in agent_lines(caplog)[-1]
+    for _ in range(5):
+        assert not agent.step()
+    assert len(agent_lines(caplog)) == 4
+    state.mode, state.terminate_at = "ok", time.time() + 60  # it kept polling: the notice is seen at once
+    assert agent.step() and len(drains) == 1
+    assert "metadata server answers again" in agent_lines(caplog, logging.INFO)
+
+
+def test_gcp_garbage_is_logged_once(metadata, caplog):
+    url, state = metadata
+    state.mode, state.body = "garbage", "MAYBE"
+    agent = NoticeAgent(GcpPreemptionWatcher(url, timeout_s=0.5), lambda d, m: None, clock=FakeClock())
+    assert not any(agent.step() for _ in range(5))
+    got = agent_lines(caplog)
+    assert len(got) == 1 and "neither TRUE nor FALSE: 'MAYBE'" in got[0]
+
+
+@pytest.mark.parametrize("make", [lambda url: AwsSpotWatcher(url, timeout_s=0.5, deadline_s=1.0),
+                                  lambda url: GcpPreemptionWatcher(url, timeout_s=0.5, deadline_s=1.0)])
+def test_a_trickling_server_is_cut_off_by_the_deadline_of_a_poll(metadata, caplog, make):
+    url, state = metadata
+    state.mode, state.trickle_s = "trickle", 0.1  # a byte every 0.1 s: no read ever waits 0.5 s
+    agent = NoticeAgent(make(url), lambda d, m: None, clock=FakeClock())
+    for _ in range(2):
+        t0 = time.monotonic()
+        assert not agent.step()
+        assert time.monotonic() - t0 < 1.8
+    got = agent_lines(caplog)
+    assert len(got) == 1 and "DeadlineExceeded" in got[0] and "within 1.0 s" in got[0]
+    state.mode, state.terminate_at = "ok", time.time() + 60
+    assert agent.step()
+
+
 # -- the loop's side, in-process -------------------------------------------------
 def test_loop_writes_one_jit_checkpoint_and_loses_no_step(tmp_path, faces):
     from orchestrator.spec import parse_spec
     from trainers.data.ingest import ingest
-    from trainers.loop import DirectoryReporter, GanLoop
+    from tests.reporters import DirectoryReporter
+    from trainers.loop import GanLoop
 
     ingest(faces, str(tmp_path / "ds"), faces / "labels.csv")
     spec = parse_spec({"name": "p", "data": {"url": str(tmp_path / "ds")},

@@ -1,46 +1,44 @@
 """Ingest: a folder, zip or tar of images (+ labels) -> WebDataset tar shards + manifest.json.
 
 Bad input never stops the run and is never silent: every skipped file is listed
-with its reason in ``DEST/ingest_report.json``. Images are processed in
-``workers`` processes, in order, and written into shards as they come (memory
-stays bounded by a shard); the manifest is written last. The dataset hash
-depends on the processed images, labels and resolution only.
+with its reason in ``DEST/ingest_report.json``, and a bad labels file is an
+error naming its line or field (``labels.py``). Source members are read bounded
+by ``max_member_mb`` (``sources.py``). Images are processed in ``workers``
+processes, in order, and written into shards as they come (memory stays bounded
+by a shard and the images in flight) inside a new version folder; the manifest
+switches last, so a dataset already at DEST stays readable throughout
+(``versions.py``). The dataset hash depends on the processed images, labels and
+resolution only.
 """
 from __future__ import annotations
 
-import csv
-import hashlib
 import io
 import json
-import posixpath
-import re
-import tarfile
 import warnings
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from trainers.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, content_hash
-from trainers.data.sources import Source, SourceError, open_source
+from trainers.data.labels import Label, LabelsError, normalise_tags, read_labels
+from trainers.data.manifest import Manifest
+from trainers.data.sources import DEFAULT_MAX_MEMBER_MB, MemberRefused, Source, SourceError, open_source
 from trainers.data.storage import join, open_filesystem
+from trainers.data.versions import Destination
+from trainers.data.writer import ShardWriter
+
+__all__ = ["IngestError", "IngestReport", "Label", "ingest", "normalise_tags", "process_image", "read_labels"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_PIXELS = 64 * 1024 * 1024  # beyond this an image is treated as a decompression bomb
 
 
 class IngestError(RuntimeError):
-    """Ingest cannot run at all (unreachable destination, nothing ingestible)."""
-
-
-@dataclass
-class Label:
-    tags: list[str]
-    caption: str | None = None
+    """Ingest cannot run at all (unreachable destination, bad labels file, nothing ingestible)."""
 
 
 @dataclass
@@ -48,62 +46,16 @@ class IngestReport:
     ingested: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
     manifest: Manifest | None = None
+    version: str | None = None  # the version folder the manifest now names
+    removed: list[str] = field(default_factory=list)  # old version folders (or pre-version shards) removed
+    notes: list[str] = field(default_factory=list)
 
     def skip(self, file: str, reason: str) -> None:
         self.skipped.append({"file": file, "reason": reason})
 
     def to_json(self) -> str:
-        return json.dumps({"ingested": self.ingested, "skipped": self.skipped}, indent=2)
-
-
-def normalise_tags(raw: Iterable[str]) -> list[str]:
-    """Strips and lower-cases tags, keeping inner spaces ("Blonde  Hair" -> "blonde hair")."""
-    out = []
-    for t in raw:
-        t = re.sub(r"\s+", " ", str(t)).strip().lower()
-        if t and t not in out:
-            out.append(t)
-    return out
-
-
-def _label(value: object, where: str) -> Label:
-    if isinstance(value, list):
-        return Label(normalise_tags(value))
-    if not isinstance(value, dict):
-        raise IngestError(f"labels {where}: expected an object with tags and caption, got {type(value).__name__}")
-    tags = value.get("tags") or []
-    tags = tags.split(",") if isinstance(tags, str) else tags
-    caption = value.get("caption")
-    return Label(normalise_tags(tags), str(caption) if caption not in (None, "") else None)
-
-
-def read_labels(path: str | Path) -> dict[str, Label]:
-    """Reads labels: CSV with columns file,tags[,caption] or JSON {file: {tags, caption}}.
-
-    Keys are relative POSIX paths inside the source; tags are stripped and lower-cased.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise IngestError(f"labels file not found: {path}")
-    if path.suffix.lower() == ".json":
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise IngestError(f"labels file {path} is not valid JSON: {err}") from None
-        if not isinstance(raw, dict):
-            raise IngestError(f"labels file {path} must be a JSON object {{file: {{tags, caption}}}}")
-        return {posixpath.normpath(str(k)): _label(v, f"{path}[{k!r}]") for k, v in raw.items()}
-    labels = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "file" not in reader.fieldnames:
-            raise IngestError(f"labels CSV {path} needs a `file` column (got {reader.fieldnames})")
-        for row in reader:
-            name = (row.get("file") or "").strip()
-            if name:
-                tags = normalise_tags((row.get("tags") or "").split(","))
-                labels[posixpath.normpath(name)] = Label(tags, (row.get("caption") or "").strip() or None)
-    return labels
+        return json.dumps({"ingested": self.ingested, "skipped": self.skipped, "version": self.version,
+                           "removed": self.removed, "notes": self.notes}, indent=2)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -160,6 +112,16 @@ def process_image(data: bytes, resolution: int | None, fmt: str) -> tuple[bytes,
     return out.getvalue(), res
 
 
+def _check_scheme(url: str, what: str) -> None:
+    """An unknown scheme is an error that lists the ones that work, before anything else happens."""
+    from fsspec.registry import known_implementations
+
+    scheme = str(url).split("://", 1)[0].lower() if "://" in str(url) else None
+    if scheme is not None and scheme not in known_implementations:
+        raise IngestError(f"{what} {url}: unknown URL scheme {scheme!r}; use a local path, file://... or s3://... "
+                          "(any other fsspec scheme whose package is installed works too)")
+
+
 def _check_writable(dest: str) -> None:
     try:
         fs, root = open_filesystem(dest)
@@ -173,15 +135,6 @@ def _check_writable(dest: str) -> None:
         raise IngestError(f"destination {dest} is unreachable or not writable: {type(err).__name__}: {err}") from None
 
 
-def _key_for(rel: str, used: set[str]) -> str:
-    key = re.sub(r"[^A-Za-z0-9_-]", "_", str(Path(rel).with_suffix("")))
-    base, n = key, 1
-    while key in used:
-        key, n = f"{base}_{n}", n + 1
-    used.add(key)
-    return key
-
-
 def _process(item: tuple[str, bytes, int | None, str]) -> tuple[str, tuple[bytes, int] | None, str | None]:
     rel, data, resolution, fmt = item
     try:
@@ -192,8 +145,12 @@ def _process(item: tuple[str, bytes, int | None, str]) -> tuple[str, tuple[bytes
         return rel, None, f"cannot process image ({type(err).__name__}: {err})"
 
 
-def _processed(items: Iterator[tuple[str, bytes, int | None, str]], workers: int) -> Iterator[tuple]:
-    """_process over items, in order, in `workers` processes (in this one for workers <= 1), bounded in flight."""
+def _processed(items: Iterator[tuple[str, bytes, int | None, str]], workers: int,
+               max_inflight_bytes: int) -> Iterator[tuple]:
+    """_process over items, in order, in `workers` processes (in this one for workers <= 1).
+
+    In flight: at most workers * 16 items and, past the first, max_inflight_bytes of input.
+    """
     if workers <= 1:
         yield from map(_process, items)
         return
@@ -201,90 +158,47 @@ def _processed(items: Iterator[tuple[str, bytes, int | None, str]], workers: int
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         pending: deque = deque()
+        inflight = 0
         for item in items:
-            pending.append(pool.submit(_process, item))
-            if len(pending) >= workers * 16:
-                yield pending.popleft().result()
+            pending.append((pool.submit(_process, item), len(item[1])))
+            inflight += len(item[1])
+            while pending and (len(pending) >= workers * 16 or inflight > max_inflight_bytes):
+                fut, size = pending.popleft()
+                inflight -= size
+                yield fut.result()
         while pending:
-            yield pending.popleft().result()
-
-
-class _ShardWriter:
-    """Writes samples into tar shards of about shard_mb and keeps what the manifest needs."""
-
-    def __init__(self, dest: str, fmt: str, shard_mb: float):
-        self.fs, self.root = open_filesystem(dest)
-        self.fmt, self.limit = fmt, max(1, int(shard_mb * 1024 * 1024))
-        self.shards: list[ShardInfo] = []
-        self.tag_counts: dict[str, int] = {}
-        self.hash_items: list[tuple[str, str, str]] = []
-        self.used: set[str] = set()
-        self._new()
-
-    def _new(self) -> None:
-        self.buf, self.count = io.BytesIO(), 0
-        self.tar = tarfile.open(fileobj=self.buf, mode="w", format=tarfile.USTAR_FORMAT)
-
-    def _add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), 0, 0o644
-        self.tar.addfile(info, io.BytesIO(data))
-
-    def add(self, rel: str, data: bytes, label: Label | None) -> None:
-        key = _key_for(rel, self.used)
-        meta = {"tags": label.tags if label else [], "caption": label.caption if label else None, "source": rel}
-        self._add(f"{key}.{self.fmt}", data)
-        self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-        self.count += 1
-        for t in meta["tags"]:
-            self.tag_counts[t] = self.tag_counts.get(t, 0) + 1
-        self.hash_items.append((key, hashlib.sha256(data).hexdigest(), json.dumps(meta["tags"]) + str(meta["caption"])))
-        if self.buf.tell() >= self.limit:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.count:
-            return
-        self.tar.close()
-        data = self.buf.getvalue()
-        name = f"shard-{len(self.shards):06d}.tar"
-        with self.fs.open(f"{self.root}/{name}", "wb") as fh:
-            fh.write(data)
-        self.shards.append(ShardInfo(name, self.count, len(data), hashlib.sha256(data).hexdigest()))
-        self._new()
-
-    def publish(self, resolution: int) -> Manifest:
-        """Writes the last shard, then the manifest (last: it publishes the dataset)."""
-        self.flush()
-        manifest = Manifest(num_samples=sum(s.samples for s in self.shards), resolution=resolution,
-                            image_format=self.fmt, shards=self.shards, tags=dict(sorted(self.tag_counts.items())),
-                            dataset_hash=content_hash(self.hash_items, resolution))
-        with self.fs.open(f"{self.root}/{MANIFEST_NAME}", "wb") as fh:
-            fh.write(manifest.to_json().encode())
-        return manifest
+            yield pending.popleft()[0].result()
 
 
 def ingest(src: str | Path, dest: str, labels_file: str | Path | None = None, resolution: int | None = None,
            fmt: str = "png", shard_mb: float = 64, workers: int = 2,
-           progress: Callable[[int, int], None] | None = None) -> IngestReport:
+           progress: Callable[[int, int], None] | None = None, *, labels_encoding: str = "utf-8",
+           max_member_mb: float = DEFAULT_MAX_MEMBER_MB) -> IngestReport:
     """Ingests src (folder, .zip, .tar or fsspec URL) into dest; returns the report.
 
     The report is also written to dest/ingest_report.json. Raises IngestError
-    when dest is unreachable or unwritable (before any work), when the source
-    cannot be opened, or when nothing could be ingested.
+    when an argument is wrong, dest is unreachable or unwritable (before any
+    work), the labels file is unusable (naming its line or field; it is decoded
+    with labels_encoding), the source cannot be opened, or nothing could be
+    ingested. A source member (archive member or file) larger than max_member_mb
+    is skipped and reported, never read whole. A dataset already at dest stays
+    published and readable until the new manifest replaces it (``versions.py``).
     """
-    if fmt not in ("png", "jpg"):
-        raise IngestError(f"--format must be png or jpg, got {fmt!r}")
-    if resolution is not None and resolution < 1:
-        raise IngestError(f"--resolution must be positive, got {resolution}")
+    _check_arguments(fmt, resolution, shard_mb, max_member_mb)
+    _check_scheme(src, "source")
+    _check_scheme(dest, "destination")
     _check_writable(dest)
-    labels = read_labels(labels_file) if labels_file else None
     try:
-        source = open_source(src)
+        labels = read_labels(labels_file, labels_encoding) if labels_file else None
+    except LabelsError as err:
+        raise IngestError(str(err)) from None
+    try:
+        source = open_source(src, max(1, int(max_member_mb * 2 ** 20)))
     except SourceError as err:
         raise IngestError(str(err)) from None
     try:
-        report = _ingest(source, dest, labels, resolution, fmt, shard_mb, workers, progress, labels_file)
+        report = _ingest(source, Destination(dest), labels, _Job(resolution, fmt, shard_mb, workers,
+                                                                 max_member_mb, labels_file), progress)
     finally:
         source.close()
     _write_report(dest, report)
@@ -294,10 +208,29 @@ def ingest(src: str | Path, dest: str, labels_file: str | Path | None = None, re
     return report
 
 
-def _ingest(source: Source, dest: str, labels: dict[str, Label] | None, resolution: int | None, fmt: str,
-            shard_mb: float, workers: int, progress: Callable[[int, int], None] | None,
-            labels_file: str | Path | None) -> IngestReport:
-    report = IngestReport()
+def _check_arguments(fmt: str, resolution: int | None, shard_mb: float, max_member_mb: float) -> None:
+    if fmt not in ("png", "jpg"):
+        raise IngestError(f"--format must be png or jpg, got {fmt!r}")
+    if resolution is not None and resolution < 1:
+        raise IngestError(f"--resolution must be positive, got {resolution}")
+    if not shard_mb > 0:
+        raise IngestError(f"--shard-mb must be positive, got {shard_mb}")
+    if not max_member_mb > 0:
+        raise IngestError(f"--max-member-mb must be positive, got {max_member_mb}")
+
+
+@dataclass
+class _Job:
+    resolution: int | None
+    fmt: str
+    shard_mb: float
+    workers: int
+    max_member_mb: float
+    labels_file: str | Path | None
+
+
+def _candidates(source: Source, labels: dict[str, Label] | None, labels_file, report: IngestReport) -> list[str]:
+    """The image members to process, in order; everything else goes into the report with its reason."""
     for name, reason in source.refused:
         report.skip(name, reason)
     labels_name = Path(labels_file).name if labels_file else None
@@ -315,36 +248,55 @@ def _ingest(source: Source, dest: str, labels: dict[str, Label] | None, resoluti
             report.skip(name, "no label for this file")
         else:
             candidates.append(name)
+    return candidates
 
-    def items() -> Iterator[tuple[str, bytes, int | None, str]]:
-        for name in candidates:
-            try:
-                data = source.read(name)
-            except Exception as err:  # noqa: BLE001 - an unreadable member is skipped, not fatal
-                data = None
-                report.skip(name, f"cannot read ({type(err).__name__}: {err})")
-            if data is not None:
-                yield name, data, resolution, fmt
 
-    writer = _ShardWriter(dest, fmt, shard_mb)
-    done = 0
-    for rel, result, err in _processed(items(), workers):
-        done += 1
-        if err:
-            report.skip(rel, err)
-        else:
-            data, res = result
-            if resolution is None:
-                resolution = res
-            if res != resolution:
-                report.skip(rel, f"resolution {res} differs from the dataset's {resolution}; pass --resolution")
+def _read_all(source: Source, candidates: list[str], job: _Job, report: IngestReport) -> Iterator[tuple]:
+    for name in candidates:
+        try:
+            data = source.read(name)
+        except MemberRefused as err:
+            data = None
+            report.skip(name, str(err))
+        except Exception as err:  # noqa: BLE001 - an unreadable member is skipped, not fatal
+            data = None
+            report.skip(name, f"cannot read ({type(err).__name__}: {err})")
+        if data is not None:
+            yield name, data, job.resolution, job.fmt
+
+
+def _ingest(source: Source, dest: Destination, labels: dict[str, Label] | None, job: _Job,
+            progress: Callable[[int, int], None] | None) -> IngestReport:
+    report = IngestReport()
+    candidates = _candidates(source, labels, job.labels_file, report)
+    version = dest.begin()
+    try:
+        writer = ShardWriter(dest, version, job.fmt, job.shard_mb)
+        resolution = job.resolution
+        budget = max(256 * 2 ** 20, int(2 * job.max_member_mb * 2 ** 20))
+        for done, (rel, result, err) in enumerate(_processed(_read_all(source, candidates, job, report),
+                                                             job.workers, budget), 1):
+            if err:
+                report.skip(rel, err)
             else:
-                writer.add(rel, data, labels.get(rel) if labels is not None else None)
-                report.ingested += 1
-        if progress:
-            progress(done, len(candidates))
-    if report.ingested:
-        report.manifest = writer.publish(resolution)
+                data, res = result
+                resolution = resolution or res
+                if res != resolution:
+                    report.skip(rel, f"resolution {res} differs from the dataset's {resolution}; pass --resolution")
+                else:
+                    writer.add(rel, data, labels.get(rel) if labels is not None else None)
+                    report.ingested += 1
+            if progress:
+                progress(done, len(candidates))
+        if report.ingested:
+            report.manifest = writer.manifest(resolution)
+            report.removed, note = dest.publish(report.manifest, version)
+            report.version, report.notes = version, [note] if note else []
+        else:
+            dest.abandon(version)
+    except BaseException:
+        dest.abandon(version)  # the published dataset was never touched; only this version's folder goes
+        raise
     return report
 
 
