@@ -129,7 +129,8 @@ def test_generate_from_the_registry(demo, ganray_home, tmp_path):
 
 CONTINUE_ON_TWO_RANKS = """
 import json, os, torch, torch.distributed as dist
-from trainers.loop import DirectoryReporter, GanLoop
+from tests.reporters import DirectoryReporter
+from trainers.loop import GanLoop
 torch.set_num_threads(1)  # as the Ray Train workers (cpus_per_worker: 1)
 rank = int(os.environ["RANK"])
 dist.init_process_group("gloo", rank=rank, world_size=2)

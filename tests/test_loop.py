@@ -1,15 +1,18 @@
 """The training loop in-process: every architecture trains, checkpoints everything, and resumes exactly."""
+import json
 import math
 
 import pytest
 import torch
 
 from orchestrator.spec import parse_spec
+from tests.reporters import DirectoryReporter
 from trainers.checkpoint import generator_from_checkpoint, load_rank_state, load_state
 from trainers.data.ingest import ingest
-from trainers.loop import DirectoryReporter, GanLoop, accumulation_rounds
+from trainers.loop import GanLoop, accumulation_rounds
 from trainers.loss import GanLoss
 from trainers.networks import build_models
+from trainers.spec import ModelSpec, TrainSpec
 
 DCGAN = {"arch": "dcgan", "z_dim": 16, "channels": 8}
 COND_DCGAN = {"arch": "cond-dcgan", "z_dim": 16, "channels": 8, "embed_dim": 8}
@@ -30,13 +33,13 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("GANRAY_FID_WEIGHTS", raising=False)
 
 
-def make_spec(url, model=None, steps=12, every=6, eval=None, **train):
+def make_spec(url, model=None, steps=12, every=6, eval=None, resolution=None, **train):
     t = {"steps": steps, "batch_size": 8, **train}
-    raw = {"name": "t", "data": {"url": url}, "model": model or DCGAN, "train": t,
+    raw = {"name": "t", "data": {"url": url, "resolution": resolution}, "model": model or DCGAN, "train": t,
            "checkpoint": {"every_steps": every}}
     if eval:
         raw["eval"] = eval
-    return parse_spec(raw).to_dict()
+    return parse_spec(raw)
 
 
 def flat(module):
@@ -149,10 +152,17 @@ def test_checkpoint_round_trip_restores_every_state_item(dataset, tmp_path, mode
         assert key in state, key
     assert state["step"] == 4 and state["kimg"] == pytest.approx(0.032) and state["stream"]["consumed"] == 32
     assert state["opt_g"]["state"] and state["opt_d"]["state"]
-    if train.get("precision") == "fp16":
-        assert state["scaler_g"]["scale"] > 0 and state["scaler_d"]["_growth_tracker"] >= 0
-    else:
-        assert state["augment"]["p"] != 1.0 or state["augment"]["stat_count"] >= 0
+    if train.get("precision") == "fp16":  # both scalers on, each with its scale and growth count
+        for scaler in (state["scaler_g"], state["scaler_d"]):
+            assert scaler["scale"] > 0 and 0 <= scaler["_growth_tracker"] < scaler["growth_interval"]
+        assert state["augment"] is None
+    else:  # fp32: scalers off; ADA adjusted p at the last step (ada_interval 1) and reset its statistic
+        assert state["scaler_g"] == {} and state["scaler_d"] == {}
+        aug = state["augment"]
+        assert -1 <= aug["last_rt"] <= 1 and aug["stat_sum"] == 0 and aug["stat_count"] == 0
+        moves = (1.0 - aug["p"]) / (8 * 1 / 500_000)  # p starts at 1; each step moves it by batch/(ada_kimg*1000)
+        assert 0 <= round(moves) <= 4 and moves == pytest.approx(round(moves), abs=1e-6)
+    assert state["spec"] == loop.spec.model_dump(mode="json") and json.loads(json.dumps(state["spec"]))
     rank = load_rank_state(ckpt, 0)
     assert set(rank) >= {"noise", "torch"}
 
@@ -168,10 +178,8 @@ def test_checkpoint_round_trip_restores_every_state_item(dataset, tmp_path, mode
 
 
 def test_wrong_resolution_is_refused(dataset):
-    spec = make_spec(dataset)
-    spec["data"]["resolution"] = 64
     with pytest.raises(ValueError, match="data.resolution=64.*16x16"):
-        GanLoop(spec)
+        GanLoop(make_spec(dataset, resolution=64))
 
 
 def test_accumulation_rounds_split_the_worker_batch_evenly():
@@ -181,10 +189,9 @@ def test_accumulation_rounds_split_the_worker_batch_evenly():
 
 def test_accumulated_micro_batches_give_the_full_batch_gradient():
     torch.manual_seed(0)
-    g, d = build_models({**COND_DCGAN, "conditioning": "tags"}, 16, c_dim=4)
+    g, d = build_models(ModelSpec(**COND_DCGAN), 16, c_dim=4)
     g.eval()  # BatchNorm on running stats: samples independent of each other, as accumulation assumes
-    t = parse_spec({"name": "t", "data": {"url": "x"}, "model": COND_DCGAN,
-                    "train": {"dragan_lambda": 0.0}}).to_dict()["train"]
+    t = TrainSpec(dragan_lambda=0.0)
     real, z = torch.randn(8, 3, 16, 16), torch.randn(8, 16)
     c = (torch.rand(8, 4) > 0.5).float()
 
@@ -242,3 +249,16 @@ def test_a_new_world_size_keeps_the_global_batch_and_the_stream_position(dataset
     assert not torch.equal(ranks[0].noise.get_state(), ranks[1].noise.get_state())
     with pytest.raises(ValueError, match="batch_size=8 does not divide by 3 workers"):
         GanLoop(make_spec(dataset, COND_DCGAN), rank=0, world_size=3)
+
+
+def test_the_sample_log_hook_records_the_keys_of_every_step(dataset, tmp_path, monkeypatch):
+    from trainers.sample_log import open_sample_log
+
+    monkeypatch.delenv("GANRAY_SAMPLE_LOG", raising=False)
+    assert open_sample_log(0) is None
+    monkeypatch.setenv("GANRAY_SAMPLE_LOG", str(tmp_path / "log"))
+    GanLoop(make_spec(dataset, steps=3, every=3)).run(DirectoryReporter(tmp_path / "ck"))
+    (log,) = (tmp_path / "log").glob("rank0-*.jsonl")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["step"] for e in lines] == [1, 2, 3] and all(e["rank"] == 0 and len(e["keys"]) == 8 for e in lines)
+    assert len({k for e in lines for k in e["keys"]}) == 24  # no sample twice within the epoch

@@ -1,9 +1,11 @@
 """JobSpec fields of the trainer suite: architectures, conditioning, penalties, augmentation, eval."""
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from orchestrator.spec import SpecError, load_spec, parse_spec
+from orchestrator.spec import ARCHES, CONDITIONAL_ARCHES, ModelSpec, SpecError, load_spec, parse_spec
+from trainers.spec import check_resolution as spec_check_resolution
 
 BASE = {"name": "x", "data": {"url": "s3://d"}, "model": {"arch": "dcgan"}}
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,4 +57,32 @@ def test_eval_section():
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_spec_validates(path):
     s = load_spec(path)
-    assert s.model.arch in ("dcgan", "cond-dcgan", "stylegan2")
+    assert s.model.arch in ARCHES
+
+
+@pytest.mark.parametrize("resolution", [8, 16, 24, 48, 64, 1024, 2048])
+def test_the_spec_and_the_networks_share_one_resolution_rule(resolution):
+    from trainers.networks import build_models, check_resolution
+
+    assert check_resolution is spec_check_resolution
+    valid = resolution in (16, 64, 1024)
+    if valid:
+        assert spec(data={"url": "s3://d", "resolution": resolution}).data.resolution == resolution
+        check_resolution(resolution)
+    else:
+        with pytest.raises(SpecError, match="data.resolution.*power of two from 16 to 1024"):
+            spec(data={"url": "s3://d", "resolution": resolution})
+        with pytest.raises(ValueError, match="power of two from 16 to 1024"):
+            build_models(spec().model, resolution)
+
+
+def test_architecture_names_are_defined_once():
+    from trainers import networks
+
+    assert get_args(ModelSpec.model_fields["arch"].annotation) == ARCHES == networks.ARCHES
+    assert set(CONDITIONAL_ARCHES) < set(ARCHES)
+    for arch in CONDITIONAL_ARCHES:
+        assert spec(model={"arch": arch, "conditioning": "tags"}).model.conditional
+    for arch in set(ARCHES) - set(CONDITIONAL_ARCHES):
+        with pytest.raises(SpecError, match=f"{arch} is unconditional"):
+            spec(model={"arch": arch, "conditioning": "tags"})

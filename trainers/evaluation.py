@@ -16,26 +16,29 @@ import torch
 
 from trainers.conditioning import TagEncoder
 from trainers.data.manifest import Manifest
-from trainers.dataset import iter_samples, read_images
 from trainers.grid import to_uint8
 from trainers.networks import generate_images
+from trainers.spec import JobSpec
+from trainers.stored_order import iter_samples, read_images
 
 EVAL_SEED = 1234567
 
 
 class Evaluator:
-    """Computes spec['eval']['metrics'] for a generator; one instance per run, on rank 0."""
+    """Computes the spec's eval.metrics for a generator; one instance per run, on rank 0."""
 
-    def __init__(self, spec: dict[str, Any], manifest: Manifest, tags: TagEncoder | None,
-                 device: torch.device | None = None, storage_options: dict | None = None):
-        self.ev, self.url, self.manifest, self.tags = spec["eval"], spec["data"]["url"], manifest, tags
-        self.device, self.storage_options = device or torch.device("cpu"), storage_options
-        self.metrics = list(self.ev["metrics"])
+    def __init__(self, spec: JobSpec, manifest: Manifest, tags: TagEncoder | None,
+                 device: torch.device | None = None):
+        """Raises ValueError now (not at the first evaluation) when FID/KID have no Inception weights
+        or tag_accuracy has no tags."""
+        self.ev, self.url, self.manifest, self.tags = spec.eval, spec.data.url, manifest, tags
+        self.device = device or torch.device("cpu")
+        self.metrics = list(self.ev.metrics)
         self.weights = None
         if "fid" in self.metrics or "kid" in self.metrics:
             from trainers.metrics.inception import resolve_weights
 
-            self.weights = resolve_weights(self.ev.get("fid_weights"))
+            self.weights = resolve_weights(self.ev.fid_weights)
         if "tag_accuracy" in self.metrics and (tags is None or not tags.dim):
             raise ValueError("eval.metrics has tag_accuracy but the model is not tag-conditioned")
         self._net = self._real = self._judge = None
@@ -48,7 +51,7 @@ class Evaluator:
         if self.tags is None:
             return None
         if self._tag_pool is None:
-            self._tag_pool = [s["tags"] for s in iter_samples(self.url, self.storage_options)]
+            self._tag_pool = [s["tags"] for s in iter_samples(self.url)]
         idx = np.random.default_rng(seed).integers(0, len(self._tag_pool), n)
         return self.tags.encode([self._tag_pool[i] for i in idx])
 
@@ -62,7 +65,7 @@ class Evaluator:
 
     def _real_chunks(self):
         batch = []
-        for sample in iter_samples(self.url, self.storage_options, self.ev["num_real"]):
+        for sample in iter_samples(self.url, self.ev.num_real):
             batch.append(sample["image"])
             if len(batch) == 256:
                 yield np.stack(batch)
@@ -92,8 +95,8 @@ class Evaluator:
             self._net = load_inception(self.weights, self.device)
         if self._real is None:
             self._real, _ = RealStatistics.load_or_compute(self.manifest.dataset_hash, self.weights,
-                                                           self.ev["num_real"], self._net, self._real_chunks)
-        n = self.ev["num_samples"]
+                                                           self.ev.num_real, self._net, self._real_chunks)
+        n = self.ev.num_samples
         feats = []
         c_all = self._tag_sets(n, EVAL_SEED + 1)
         for i in range(0, n, 500):
@@ -118,13 +121,13 @@ class Evaluator:
 
         if self._judge is None:
             def labelled():
-                images, tag_lists = read_images(self.url, self.storage_options, limit=20000)
+                images, tag_lists = read_images(self.url, limit=20000)
                 return images, self.tags.encode(tag_lists).numpy()
 
             self._judge, self._judge_scores, _ = load_or_train_judge(self.manifest.dataset_hash, labelled,
                                                                      self.tags.vocabulary,
-                                                                     self.ev.get("judge_epochs", 15))
-        n = self.ev["tag_samples"]
+                                                                     self.ev.judge_epochs)
+        n = self.ev.tag_samples
         c = self._tag_sets(n, EVAL_SEED + 2)
         images = self._generate(g, n, EVAL_SEED + 3, c)
         out: dict[str, Any] = score(predict(self._judge, images), c.numpy(), self.tags.vocabulary)

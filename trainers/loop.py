@@ -1,7 +1,8 @@
 """The training loop: phases, cadence and state, one instance per worker.
 
-``train_worker`` is the Ray Train entry point (plain PyTorch plus
-``ray.train.report``); ``GanLoop`` runs the same loop in-process for tests.
+``GanLoop`` is one worker's loop; ``trainers/ray_worker.py`` runs it under Ray Train
+(restore, loop, ``ray.train.report``) and tests and benchmarks run it in-process.
+It reads a validated JobSpec (``trainers/spec.py``), never a default of its own.
 The loop knows phases (D step, G step, their lazy regularisers, EMA, augment
 probability, reports, checkpoints, evaluation); the math lives in ``loss.py``
 and the networks in ``networks/``, as in StyleGAN2-ADA.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -27,12 +27,14 @@ from trainers.augment import AugmentPipe
 from trainers.checkpoint import GRID_FILE, STATE_FILE, load_rank_state, load_state, rank_file, save_atomic
 from trainers.conditioning import TagEncoder
 from trainers.data.stream import ShardStream, batches
-from trainers.dataset import iter_samples
 from trainers.distributed import average_gradients, broadcast_module, distributed_ready
 from trainers.grid import from_uint8, make_grid, to_uint8
 from trainers.loss import GanLoss
 from trainers.networks import build_models, generate_images
 from trainers.preemption import PreemptionGuard
+from trainers.sample_log import open_sample_log
+from trainers.spec import JobSpec
+from trainers.stored_order import iter_samples
 
 GRID_SEED, GRID_SAMPLES = 20251127, 16
 
@@ -91,73 +93,80 @@ class Phase:
 
 
 class GanLoop:
-    """One worker's training state and loop for a JobSpec (as a dict)."""
+    """One worker's training state and loop for a JobSpec."""
 
-    def __init__(self, spec: dict[str, Any], rank: int = 0, world_size: int = 1,
-                 device: torch.device | None = None, storage_options: dict | None = None):
-        self.spec, self.rank, self.world_size = spec, rank, world_size
-        t, m = spec["train"], spec["model"]
-        if t["batch_size"] % world_size:
-            raise ValueError(f"train.batch_size={t['batch_size']} does not divide by {world_size} workers")
-        self.batch, self.local_batch = t["batch_size"], t["batch_size"] // world_size
-        self.rounds = accumulation_rounds(self.local_batch, t.get("max_batch_per_worker"))
+    def __init__(self, spec: JobSpec | dict[str, Any], rank: int = 0, world_size: int = 1,
+                 device: torch.device | None = None):
+        """spec: a JobSpec, or its dict (``JobSpec.to_dict()``, or any partial spec), validated here,
+        so that every value the loop reads is the spec's or the model's one default."""
+        self.spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+        self.rank, self.world_size = rank, world_size
+        t, m = self.spec.train, self.spec.model
+        if t.batch_size % world_size:
+            raise ValueError(f"train.batch_size={t.batch_size} does not divide by {world_size} workers")
+        self.batch, self.local_batch = t.batch_size, t.batch_size // world_size
+        self.rounds = accumulation_rounds(self.local_batch, t.max_batch_per_worker)
         self.device = device or torch.device("cpu")
-        self.storage_options = storage_options
-        self.stream = ShardStream(spec["data"]["url"], rank, world_size, seed=t["seed"],
-                                  storage_options=storage_options)
+        self.stream = ShardStream(self.spec.data.url, rank, world_size, seed=t.seed)
         self.resolution = self.stream.manifest.resolution
-        want = spec["data"].get("resolution")
+        want = self.spec.data.resolution
         if want and want != self.resolution:
-            raise ValueError(f"data.resolution={want} but {spec['data']['url']} holds {self.resolution}x"
+            raise ValueError(f"data.resolution={want} but {self.spec.data.url} holds {self.resolution}x"
                              f"{self.resolution} images")
-        conditional = m.get("conditioning", "none") != "none"
-        self.tags = TagEncoder(self.stream.manifest.vocabulary) if conditional else None
-        if conditional and not self.tags.dim:
-            raise ValueError(f"model.conditioning={m['conditioning']} but {spec['data']['url']} has no tags "
-                             "(ingest it with a labels file)")
-        torch.manual_seed(t["seed"])  # same initial weights on every rank
+        self.tags = self._tag_encoder()
+        torch.manual_seed(t.seed)  # same initial weights on every rank
         g, d = build_models(m, self.resolution, self.tags.dim if self.tags else 0)
         self.g, self.d = g.to(self.device), d.to(self.device)
         self.ddp = distributed_ready(world_size)
         if self.ddp:  # the same seed gives the same weights; this makes sure of it
             broadcast_module(self.g)
             broadcast_module(self.d)
-        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False) if t["ema"] else None
-        torch.manual_seed(t["seed"] * 7919 + rank + 1)  # per-rank noise inputs from here on
-        self.noise = torch.Generator(self.device).manual_seed(t["seed"] * 7919 + rank)
-        self.augment = AugmentPipe(t.get("augment_policy", "color,translation,cutout"), t.get("augment_p", 1.0),
-                                   t.get("ada_target"), t.get("ada_interval", 4), t.get("ada_kimg", 500),
-                                   self.batch, self.ddp) if t.get("augment", "none") == "diffaug" else None
+        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False) if t.ema else None
+        torch.manual_seed(t.seed * 7919 + rank + 1)  # per-rank noise inputs from here on
+        self.noise = torch.Generator(self.device).manual_seed(t.seed * 7919 + rank)
+        self.augment = AugmentPipe(t.augment_policy, t.augment_p, t.ada_target, t.ada_interval, t.ada_kimg,
+                                   self.batch, self.ddp) if t.augment == "diffaug" else None
         self.loss = GanLoss(self.g, self.d, t, self.noise, self.augment,
-                            autocast=lambda: _autocast(self.device, t["precision"]), distributed=self.ddp)
+                            autocast=lambda: _autocast(self.device, t.precision), distributed=self.ddp)
         self.phases = self._build_phases()
         self.opt_g = next(p.opt for p in self.phases if p.module is self.g)
         self.opt_d = next(p.opt for p in self.phases if p.module is self.d)
         self.scaler_g = next(p.scaler for p in self.phases if p.module is self.g)
         self.scaler_d = next(p.scaler for p in self.phases if p.module is self.d)
         self.step, self.images_seen, self.train_seconds = 0, 0, 0.0
-        p = spec.get("preemption", {})
+        p = self.spec.preemption
         # Off in-process; train_worker turns it on under Ray Train (or tests inject a query).
-        self.preemption = PreemptionGuard(p.get("check_every_s", 1.0), p.get("margin_s", 5.0), enabled=False)
+        self.preemption = PreemptionGuard(p.check_every_s, p.margin_s, enabled=False)
         self.resumed_from: int | None = None
         self.restored_at: float | None = None
         self.evaluations: list[dict[str, Any]] = []
         self._grid_c: torch.Tensor | None = None
         self.evaluator = None
-        if rank == 0 and (spec.get("eval") or {}).get("metrics"):
+        if rank == 0 and self.spec.eval.metrics:
             from trainers.evaluation import Evaluator
 
-            self.evaluator = Evaluator(spec, self.stream.manifest, self.tags, self.device, storage_options)
+            self.evaluator = Evaluator(self.spec, self.stream.manifest, self.tags, self.device)
+
+    def _tag_encoder(self) -> TagEncoder | None:
+        """The dataset's tag vocabulary for a conditional model (None otherwise); an error without tags."""
+        data, model = self.spec.data, self.spec.model
+        if not model.conditional:
+            return None
+        tags = TagEncoder(self.stream.manifest.vocabulary)
+        if not tags.dim:
+            raise ValueError(f"model.conditioning={model.conditioning} but {data.url} has no tags "
+                             "(ingest it with a labels file)")
+        return tags
 
     def _build_phases(self) -> list[Phase]:
         """D's phases, then G's: 'main' every step; a lazy regulariser as its own phase every interval steps."""
-        t = self.spec["train"]
-        betas = (t["beta1"], t["beta2"])
-        fp16 = t["precision"] == "fp16"
-        d_reg = t.get("r1_interval", 16) if t.get("r1_gamma", 0) > 0 else None
-        g_reg = t.get("pl_interval", 4) if t.get("pl_weight", 0) > 0 and self.loss.style_gan else None
+        t = self.spec.train
+        betas = (t.beta1, t.beta2)
+        fp16 = t.precision == "fp16"
+        d_reg = t.r1_interval if t.r1_gamma > 0 else None
+        g_reg = t.pl_interval if t.pl_weight > 0 and self.loss.style_gan else None
         phases = []
-        for name, module, lr, reg in (("D", self.d, t["lr_d"], d_reg), ("G", self.g, t["lr_g"], g_reg)):
+        for name, module, lr, reg in (("D", self.d, t.lr_d, d_reg), ("G", self.g, t.lr_g, g_reg)):
             lazy = reg if reg and reg > 1 else None
             opt = lazy_adam(module.parameters(), lr, betas, lazy)
             scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -181,10 +190,11 @@ class GanLoop:
             "loss": self.loss.state_dict(),
             "step": self.step, "images_seen": self.images_seen, "kimg": self.images_seen / 1000,
             "train_seconds": self.train_seconds,
-            "stream": self.stream.state_dict(), "spec": self.spec, "world_size": self.world_size,
+            "stream": self.stream.state_dict(), "spec": self.spec.model_dump(mode="json"),
+            "world_size": self.world_size,
             "generator_config": self.g.config, "dataset_hash": self.stream.manifest.dataset_hash,
             "tags": self.stream.manifest.vocabulary,
-            "conditioning": self.spec["model"].get("conditioning", "none"),
+            "conditioning": self.spec.model.conditioning,
             "evaluations": self.evaluations,
         }
 
@@ -228,7 +238,7 @@ class GanLoop:
             if "cuda" in r and self.device.type == "cuda":
                 torch.cuda.set_rng_state(r["cuda"], self.device)
         else:  # a new world size: fresh, still deterministic, per-rank noise
-            seed = self.spec["train"]["seed"] * 7919 + self.rank + 104729 * self.step
+            seed = self.spec.train.seed * 7919 + self.rank + 104729 * self.step
             self.noise.manual_seed(seed)
             torch.manual_seed(seed + 1)
 
@@ -284,9 +294,9 @@ class GanLoop:
     def _update_ema(self) -> None:
         if self.g_ema is None:
             return
-        t = self.spec["train"]
-        ema_nimg = (t["ema_kimg"] or self.batch * 10 / 32) * 1000
-        rampup = t.get("ema_rampup", 0.05)
+        t = self.spec.train
+        ema_nimg = (t.ema_kimg or self.batch * 10 / 32) * 1000
+        rampup = t.ema_rampup
         if rampup is not None:  # ramp-up, as StyleGAN2-ADA
             ema_nimg = min(ema_nimg, (self.images_seen + self.batch) * rampup)
         beta = 0.5 ** (self.batch / max(ema_nimg, 1e-8))
@@ -301,7 +311,7 @@ class GanLoop:
         if self.tags is None:
             return None
         if self._grid_c is None:
-            tag_lists = [s["tags"] for s in iter_samples(self.spec["data"]["url"], self.storage_options, GRID_SAMPLES)]
+            tag_lists = [s["tags"] for s in iter_samples(self.spec.data.url, limit=GRID_SAMPLES)]
             tag_lists += [[]] * (GRID_SAMPLES - len(tag_lists))
             self._grid_c = self.tags.encode(tag_lists)
         return self._grid_c
@@ -330,7 +340,7 @@ class GanLoop:
         if self.rank == 0:
             now = time.time()
             flags = torch.tensor([float(stop.requested()),
-                                  float(time.monotonic() - last_report >= self.spec["train"]["report_every_s"]),
+                                  float(time.monotonic() - last_report >= self.spec.train.report_every_s),
                                   float(guard.check_due(now)), float(guard.jit_due(now, step_seconds))])
         else:
             flags = torch.zeros(4)
@@ -353,10 +363,10 @@ class GanLoop:
                 return
 
     def _eval_due(self) -> bool:
-        every = (self.spec.get("eval") or {}).get("every_steps")
-        if not (self.spec.get("eval") or {}).get("metrics"):
+        every = self.spec.eval.every_steps
+        if not self.spec.eval.metrics:
             return False
-        return self.step >= self.spec["train"]["steps"] or bool(every and self.step % every == 0)
+        return self.step >= self.spec.train.steps or bool(every and self.step % every == 0)
 
     def evaluate(self) -> dict[str, Any]:
         """Rank 0: the configured metrics of G_ema now (kept in the checkpoint); other ranks: {}."""
@@ -370,13 +380,13 @@ class GanLoop:
     def run(self, reporter: Reporter, stop: StopSignal | None = None) -> dict[str, Any]:
         """Trains until train.steps (or a stop request); returns the last metrics."""
         stop = stop or NeverStop()
-        t, every = self.spec["train"], self.spec["checkpoint"]["every_steps"]
+        t, every = self.spec.train, self.spec.checkpoint.every_steps
         stream = batches(self.stream, self.local_batch)
         window = _Window()
         last_report, metrics = time.monotonic(), {}
-        sample_log = _open_sample_log(self.rank)
+        sample_log = open_sample_log(self.rank)
         first_step_at = None
-        while self.step < t["steps"]:
+        while self.step < t.steps:
             t0 = time.perf_counter()
             images, samples = next(stream)
             if sample_log:
@@ -394,7 +404,7 @@ class GanLoop:
                 first_step_at = time.time()
             stopping, report_due, jit_due = self._flags(stop, last_report, dt)
             resumed_report = self.resumed_from is not None  # the same on every rank: all restored
-            ckpt_due = self.step % every == 0 or self.step >= t["steps"] or stopping or jit_due
+            ckpt_due = self.step % every == 0 or self.step >= t.steps or stopping or jit_due
             eval_due = self._eval_due() and not jit_due  # inside a notice window there is no time to evaluate
             if not (ckpt_due or report_due or resumed_report or eval_due):
                 continue
@@ -436,7 +446,7 @@ class GanLoop:
             if self.augment.last_rt is not None:
                 extra["ada_rt"] = self.augment.last_rt
         return {
-            "step": self.step, "total_steps": self.spec["train"]["steps"], "kimg": self.images_seen / 1000,
+            "step": self.step, "total_steps": self.spec.train.steps, "kimg": self.images_seen / 1000,
             "epoch": self.stream.epoch, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
             "img_per_sec": ips, "sec_per_kimg": 1000 / ips if ips else 0.0,
             "data_wait_frac": window.data / secs, "world_size": self.world_size,
@@ -461,27 +471,3 @@ class _Window:
     def means(self) -> dict[str, float]:
         return {k: v / self.counts[k] for k, v in self.sums.items()}
 
-
-def _open_sample_log(rank: int):
-    """Test hook: with GANRAY_SAMPLE_LOG=DIR, each rank logs the sample keys of every step it computes."""
-    root = os.environ.get("GANRAY_SAMPLE_LOG")
-    if not root:
-        return None
-    os.makedirs(root, exist_ok=True)
-    return open(os.path.join(root, f"rank{rank}-{os.getpid()}.jsonl"), "a", buffering=1)
-
-
-class DirectoryReporter:
-    """In-process reporter: keeps metrics and copies checkpoints into root/NAME."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.metrics: list[dict[str, Any]] = []
-        self.checkpoints: list[Path] = []
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, name: str | None) -> None:
-        self.metrics.append(dict(metrics))
-        if checkpoint_dir:
-            dest = self.root / (name or f"checkpoint_{len(self.checkpoints):09d}")
-            shutil.copytree(checkpoint_dir, dest, dirs_exist_ok=True)
-            self.checkpoints.append(dest)

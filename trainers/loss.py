@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from trainers.spec import TrainSpec
+
 Backward = Callable[[torch.Tensor], None]
 
 
@@ -37,17 +39,12 @@ def d_loss_fake(kind: str, logits: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Discriminator loss: 'ns' (non-saturating logistic) or 'hinge'."""
-    return d_loss_real(kind, real_logits).mean() + d_loss_fake(kind, fake_logits).mean()
-
-
-def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Generator loss for the same kinds as d_loss (ns: softplus(-l); hinge: -l)."""
+def g_loss_fake(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """G's loss on its images, per sample: 'ns' softplus(-l) or 'hinge' -l."""
     if kind == "ns":
-        return F.softplus(-fake_logits).mean()
+        return F.softplus(-logits)
     if kind == "hinge":
-        return -fake_logits.mean()
+        return -logits
     raise ValueError(f"unknown loss {kind!r}")
 
 
@@ -79,13 +76,13 @@ def aux_tag_loss(aux_logits: torch.Tensor | None, c: torch.Tensor | None) -> tor
 
 
 class GanLoss:
-    """Every phase's forward passes and backward calls for one (G, D) pair and a train config.
+    """Every phase's forward passes and backward calls for one (G, D) pair and the spec's train section.
 
     ``noise`` drives every random draw the loss makes (style mixing, path-length noise, DRAGAN
     points, augmentation), so a run restored from a checkpoint repeats the same draws.
     """
 
-    def __init__(self, G, D, train: dict[str, Any], noise: torch.Generator, augment=None,
+    def __init__(self, G, D, train: TrainSpec, noise: torch.Generator, augment=None,
                  autocast: Callable[[], Any] = nullcontext, distributed: bool = False):
         self.G, self.D, self.t, self.noise, self.augment = G, D, train, noise, augment
         self.autocast, self.distributed = autocast, distributed
@@ -100,7 +97,7 @@ class GanLoss:
             with self.autocast():
                 return self.G(z, c), None
         ws = self.G.mapping(z, c, update_w_avg=update_w_avg)
-        prob = self.t.get("style_mixing", 0.0)
+        prob = self.t.style_mixing
         if prob > 0 and ws.shape[1] > 1:
             cutoff = int(torch.randint(1, ws.shape[1], (), generator=self.noise, device=self.noise.device))
             if float(torch.rand((), generator=self.noise, device=self.noise.device)) >= prob:
@@ -123,82 +120,102 @@ class GanLoss:
     def accumulate_gradients(self, phase: str, real: torch.Tensor, real_c: torch.Tensor | None,
                              gen_z: torch.Tensor, gen_c: torch.Tensor | None, gain: float,
                              backward: Backward) -> dict[str, torch.Tensor]:
-        """Runs phase on one micro-batch and calls backward(loss * gain); returns detached stats."""
+        """Runs phase on one micro-batch and calls backward(loss * gain); returns detached stats.
+
+        The terms run in StyleGAN2-ADA's order (G main, path length, D on fakes, D on reals with R1,
+        DRAGAN), so that every random draw comes in the same order whatever the phase split.
+        """
         t, stats = self.t, {}
         do_gmain = phase in ("Gmain", "Gboth")
-        do_gpl = phase in ("Greg", "Gboth") and self.style_gan and t.get("pl_weight", 0) > 0
+        do_gpl = phase in ("Greg", "Gboth") and self.style_gan and t.pl_weight > 0
         do_dmain = phase in ("Dmain", "Dboth")
-        do_dr1 = phase in ("Dreg", "Dboth") and t.get("r1_gamma", 0) > 0
-        do_dragan = do_dmain and t.get("dragan_lambda", 0) > 0
-        aux_weight = t.get("aux_weight", 1.0)
-
+        do_dr1 = phase in ("Dreg", "Dboth") and t.r1_gamma > 0
         if do_gmain:
-            img, _ = self.run_G(gen_z, gen_c, update_w_avg=True)
-            logits, aux = self.run_D(img, gen_c)
-            loss = F.softplus(-logits) if t["loss"] == "ns" else -logits
-            stats["loss_g_adv"] = loss.detach().mean()
-            aux_loss = aux_tag_loss(aux, gen_c)
-            if aux_loss is not None:
-                loss = loss + aux_weight * aux_loss
-                stats["aux_fake"] = aux_loss.detach().mean()
-            stats["loss_g"] = loss.detach().mean()
-            backward(loss.mean() * gain)
-
+            backward(self._g_main(gen_z, gen_c, stats) * gain)
         if do_gpl:
-            n = max(gen_z.shape[0] // 2, 1)
-            img, ws = self.run_G(gen_z[:n], gen_c[:n] if gen_c is not None else None)
-            pl_noise = torch.randn(img.shape, generator=self.noise, device=self.noise.device).to(img)
-            pl_noise = pl_noise / math.sqrt(img.shape[2] * img.shape[3])
-            (grads,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
-            lengths = grads.float().square().sum(2).mean(1).sqrt()
-            batch_mean = lengths.detach().mean()
-            if self.distributed:
-                batch_mean = batch_mean.clone()
-                dist.all_reduce(batch_mean)
-                batch_mean /= dist.get_world_size()
-            self.pl_mean.copy_(self.pl_mean.lerp(batch_mean, 0.01))
-            penalty = (lengths - self.pl_mean).square() * t["pl_weight"]
-            stats["pl_penalty"] = penalty.detach().mean()
-            backward(penalty.mean() * gain)
-
+            backward(self._g_path_length(gen_z, gen_c, stats) * gain)
         if do_dmain:
-            with torch.no_grad():
-                img, _ = self.run_G(gen_z, gen_c)
-            logits, _ = self.run_D(img.detach(), gen_c)
-            loss_fake = d_loss_fake(t["loss"], logits)
-            stats["d_fake"] = logits.detach().mean()
-            backward(loss_fake.mean() * gain)
-
+            backward(self._d_fake(gen_z, gen_c, stats) * gain)
         if do_dmain or do_dr1:
-            real_tmp = real.detach().requires_grad_(do_dr1)
-            logits, aux = self.run_D(real_tmp, real_c)
-            loss = torch.zeros_like(logits)
-            if do_dmain:
-                loss = d_loss_real(t["loss"], logits)
-                stats["d_real"] = logits.detach().mean()
-                stats["loss_d"] = (loss.detach().mean() + loss_fake.detach().mean())
-                if self.augment is not None:
-                    self.augment.accumulate(logits)
-                aux_loss = aux_tag_loss(aux, real_c)
-                if aux_loss is not None:
-                    loss = loss + aux_weight * aux_loss
-                    stats["aux_real"] = aux_loss.detach().mean()
-            if do_dr1:
-                r1 = r1_penalty(logits, real_tmp)
-                stats["r1_penalty"] = r1.detach().mean()
-                loss = loss + r1 * (t["r1_gamma"] / 2)
-            backward(loss.mean() * gain)
-
-        if do_dragan:
-            points = dragan_points(real, self.noise).requires_grad_(True)
-            logits, _ = self.run_D(points, real_c)
-            penalty = dragan_penalty(logits, points)
-            stats["dragan_penalty"] = penalty.detach().mean()
-            backward(penalty.mean() * t["dragan_lambda"] * gain)
+            backward(self._d_real(real, real_c, do_dmain, do_dr1, stats) * gain)
+        if do_dmain and t.dragan_lambda > 0:
+            backward(self._dragan(real, real_c, stats) * gain)
         return stats
 
+    def _g_main(self, gen_z, gen_c, stats: dict) -> torch.Tensor:
+        """G's adversarial loss (plus the auxiliary tag loss) on its images: the mean to backward."""
+        img, _ = self.run_G(gen_z, gen_c, update_w_avg=True)
+        logits, aux = self.run_D(img, gen_c)
+        loss = g_loss_fake(self.t.loss, logits)
+        stats["loss_g_adv"] = loss.detach().mean()
+        aux_loss = aux_tag_loss(aux, gen_c)
+        if aux_loss is not None:
+            loss = loss + self.t.aux_weight * aux_loss
+            stats["aux_fake"] = aux_loss.detach().mean()
+        stats["loss_g"] = loss.detach().mean()
+        return loss.mean()
+
+    def _g_path_length(self, gen_z, gen_c, stats: dict) -> torch.Tensor:
+        """StyleGAN2's path length penalty on half the micro-batch; moves the running mean length."""
+        n = max(gen_z.shape[0] // 2, 1)
+        img, ws = self.run_G(gen_z[:n], gen_c[:n] if gen_c is not None else None)
+        pl_noise = torch.randn(img.shape, generator=self.noise, device=self.noise.device).to(img)
+        pl_noise = pl_noise / math.sqrt(img.shape[2] * img.shape[3])
+        (grads,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
+        lengths = grads.float().square().sum(2).mean(1).sqrt()
+        batch_mean = lengths.detach().mean()
+        if self.distributed:
+            batch_mean = batch_mean.clone()
+            dist.all_reduce(batch_mean)
+            batch_mean /= dist.get_world_size()
+        self.pl_mean.copy_(self.pl_mean.lerp(batch_mean, 0.01))
+        penalty = (lengths - self.pl_mean).square() * self.t.pl_weight
+        stats["pl_penalty"] = penalty.detach().mean()
+        return penalty.mean()
+
+    def _d_fake(self, gen_z, gen_c, stats: dict) -> torch.Tensor:
+        """D's loss on G's images (G frozen); keeps the per-sample term for the loss_d stat."""
+        with torch.no_grad():
+            img, _ = self.run_G(gen_z, gen_c)
+        logits, _ = self.run_D(img.detach(), gen_c)
+        loss_fake = d_loss_fake(self.t.loss, logits)
+        stats["d_fake"] = logits.detach().mean()
+        stats["loss_d"] = loss_fake.detach().mean()  # the real half is added by _d_real
+        return loss_fake.mean()
+
+    def _d_real(self, real, real_c, main: bool, r1: bool, stats: dict) -> torch.Tensor:
+        """D on real images: its loss and auxiliary tag loss (main), the R1 penalty (r1), or both."""
+        real_tmp = real.detach().requires_grad_(r1)
+        logits, aux = self.run_D(real_tmp, real_c)
+        loss = torch.zeros_like(logits)
+        if main:
+            loss = d_loss_real(self.t.loss, logits)
+            stats["d_real"] = logits.detach().mean()
+            stats["loss_d"] = loss.detach().mean() + stats["loss_d"]
+            if self.augment is not None:
+                self.augment.accumulate(logits)
+            aux_loss = aux_tag_loss(aux, real_c)
+            if aux_loss is not None:
+                loss = loss + self.t.aux_weight * aux_loss
+                stats["aux_real"] = aux_loss.detach().mean()
+        if r1:
+            penalty = r1_penalty(logits, real_tmp)
+            stats["r1_penalty"] = penalty.detach().mean()
+            loss = loss + penalty * (self.t.r1_gamma / 2)
+        return loss.mean()
+
+    def _dragan(self, real, real_c, stats: dict) -> torch.Tensor:
+        """DRAGAN's penalty at points perturbed around the real images, weighted by dragan_lambda."""
+        points = dragan_points(real, self.noise).requires_grad_(True)
+        logits, _ = self.run_D(points, real_c)
+        penalty = dragan_penalty(logits, points)
+        stats["dragan_penalty"] = penalty.detach().mean()
+        return penalty.mean() * self.t.dragan_lambda
+
     def state_dict(self) -> dict[str, Any]:
+        """The loss's own state: the path length running mean."""
         return {"pl_mean": self.pl_mean.detach().cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what state_dict returned."""
         self.pl_mean.copy_(state["pl_mean"].to(self.pl_mean.device))

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from trainers.loop import GanLoop, NeverStop
+from trainers.spec import JobSpec
 
 
 class RayReporter:
@@ -51,9 +52,10 @@ def train_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = torch.device(f"cuda:{ctx.get_local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+    spec = JobSpec.model_validate(config["spec"])
     if device.type == "cpu":
-        torch.set_num_threads(max(1, int(config["spec"]["scaling"]["cpus_per_worker"])))
-    loop = GanLoop(config["spec"], rank, world, device)
+        torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
+    loop = GanLoop(spec, rank, world, device)
     loop.preemption.enabled = True
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:

@@ -11,12 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainers.networks.common import check_resolution, dcgan_init
+from trainers.networks.common import dcgan_init
 from trainers.networks.cond_dcgan import CondDcganDiscriminator, CondDcganGenerator
 from trainers.networks.dcgan import DcganDiscriminator, DcganGenerator
 from trainers.networks.stylegan2 import StyleGan2Discriminator, StyleGan2Generator
-
-ARCHES = ("dcgan", "cond-dcgan", "stylegan2")
+from trainers.spec import ARCHES, ModelSpec, check_resolution
 
 __all__ = ["ARCHES", "build_generator", "build_models", "check_resolution", "generate_images",
            "PackedInputGenerator", "DcganGenerator", "DcganDiscriminator", "CondDcganGenerator",
@@ -24,43 +23,45 @@ __all__ = ["ARCHES", "build_generator", "build_models", "check_resolution", "gen
 
 
 def build_generator(config: dict[str, Any]) -> nn.Module:
-    """A generator from its config (what ``generator.config`` holds), freshly initialised."""
+    """A generator from its config (what ``generator.config`` holds), freshly initialised.
+
+    A config carries every key its architecture's generator writes; a missing one is a KeyError.
+    """
     check_resolution(config["resolution"])
-    arch, cap = config["arch"], config.get("channels_max", 512)
+    arch = config["arch"]
     if arch == "dcgan":
-        return DcganGenerator(config["z_dim"], config["resolution"], config["channels"], cap)
+        return DcganGenerator(config["z_dim"], config["resolution"], config["channels"], config["channels_max"])
     if arch == "cond-dcgan":
-        return CondDcganGenerator(config["z_dim"], config["c_dim"], config["resolution"], config["channels"], cap,
-                                  config.get("embed_dim", 32))
+        return CondDcganGenerator(config["z_dim"], config["c_dim"], config["resolution"], config["channels"],
+                                  config["channels_max"], config["embed_dim"])
     if arch == "stylegan2":
-        return StyleGan2Generator(config["z_dim"], config.get("c_dim", 0), config["resolution"], config["channels"],
-                                  cap, config.get("w_dim"), config.get("mapping_layers", 8))
+        return StyleGan2Generator(config["z_dim"], config["c_dim"], config["resolution"], config["channels"],
+                                  config["channels_max"], config["w_dim"], config["mapping_layers"])
     raise ValueError(f"unknown generator arch {arch!r}; known: {', '.join(ARCHES)}")
 
 
-def build_models(model: dict[str, Any], resolution: int, c_dim: int = 0) -> tuple[nn.Module, nn.Module]:
+def build_models(model: ModelSpec, resolution: int, c_dim: int = 0) -> tuple[nn.Module, nn.Module]:
     """(G, D) for the spec's model section at resolution; c_dim is the conditioning size (0: none).
 
+    Raises ValueError for a resolution outside the rule or a conditional model without tags.
     DCGAN-family networks get DCGAN's N(0, 0.02) init; StyleGAN2 keeps its equalised-lr init.
     """
     check_resolution(resolution)
-    arch, conditional = model["arch"], model.get("conditioning", "none") != "none"
-    if conditional and c_dim < 1:
-        raise ValueError(f"model.conditioning={model.get('conditioning')} but the dataset has no tags to condition on")
-    c_dim = c_dim if conditional else 0
-    cap = model.get("channels_max", 512)
-    config = {"arch": arch, "z_dim": model["z_dim"], "c_dim": c_dim, "resolution": resolution,
-              "channels": model["channels"], "channels_max": cap, "embed_dim": model.get("embed_dim", 32),
-              "w_dim": model.get("w_dim"), "mapping_layers": model.get("mapping_layers", 8)}
+    if model.conditional and c_dim < 1:
+        raise ValueError(f"model.conditioning={model.conditioning} but the dataset has no tags to condition on")
+    c_dim = c_dim if model.conditional else 0
+    config = {"arch": model.arch, "z_dim": model.z_dim, "c_dim": c_dim, "resolution": resolution,
+              "channels": model.channels, "channels_max": model.channels_max, "embed_dim": model.embed_dim,
+              "w_dim": model.w_dim, "mapping_layers": model.mapping_layers}
     g = build_generator(config)
-    if arch == "dcgan":
-        d: nn.Module = DcganDiscriminator(resolution, model["channels"], cap)
-    elif arch == "cond-dcgan":
-        d = CondDcganDiscriminator(c_dim, resolution, model["channels"], cap)
+    if model.arch == "dcgan":
+        d: nn.Module = DcganDiscriminator(resolution, model.channels, model.channels_max)
+    elif model.arch == "cond-dcgan":
+        d = CondDcganDiscriminator(c_dim, resolution, model.channels, model.channels_max)
     else:
-        d = StyleGan2Discriminator(c_dim, resolution, model["channels"], cap, model.get("mbstd_group", 4),
-                                   model.get("mapping_layers", 8))
-    if arch in ("dcgan", "cond-dcgan"):
+        d = StyleGan2Discriminator(c_dim, resolution, model.channels, model.channels_max, model.mbstd_group,
+                                   model.mapping_layers)
+    if model.arch in ("dcgan", "cond-dcgan"):
         dcgan_init(g, d)
     return g, d
 

@@ -1,15 +1,9 @@
-"""Helpers every architecture shares: layer widths and the resolution rule."""
+"""Helpers every architecture shares: layer widths and init (the resolution rule is the spec's)."""
 from __future__ import annotations
 
 from typing import Callable
 
 from torch import nn
-
-
-def check_resolution(resolution: int) -> None:
-    """Raises ValueError unless resolution is a power of two from 16 to 1024."""
-    if not isinstance(resolution, int) or resolution < 16 or resolution > 1024 or resolution & (resolution - 1):
-        raise ValueError(f"resolution must be a power of two from 16 to 1024, got {resolution}")
 
 
 def channel_widths(resolution: int, channels: int, channels_max: int = 512) -> Callable[[int], int]:

@@ -1,8 +1,8 @@
 """Whole-dataset reads in stored order (for evaluation statistics, judges and sample grids).
 
-Training reads go through ``ShardStream`` with its seeded order and state; these reads
-use a separate, unshuffled stream that decodes in threads and is closed after use, so
-they never touch the training stream's position.
+Training reads go through ``ShardStream`` with its seeded order and state (``trainers/data``);
+these reads use a separate, unshuffled stream that decodes in threads and is closed after
+use, so they never touch the training stream's position.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 from trainers.data.stream import ShardStream
 
 
-def iter_samples(url: str, storage_options: dict | None = None, limit: int | None = None) -> Iterator[dict]:
+def iter_samples(url: str, limit: int | None = None) -> Iterator[dict]:
     """The dataset's samples (dicts with ``image`` uint8 HxWx3 and ``tags``) in stored order, at most limit."""
-    stream = ShardStream(url, shuffle=False, storage_options=storage_options, decode_workers=0)
+    stream = ShardStream(url, shuffle=False, decode_workers=0)
     try:
         for i, sample in enumerate(stream):
             if limit is not None and i >= limit:
@@ -25,11 +25,10 @@ def iter_samples(url: str, storage_options: dict | None = None, limit: int | Non
         stream.close()
 
 
-def read_images(url: str, storage_options: dict | None = None, limit: int | None = None,
-                ) -> tuple[np.ndarray, list[list[str]]]:
+def read_images(url: str, limit: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
     """(uint8 NxHxWx3 images, tag lists) of the first `limit` samples in stored order."""
     images, tags = [], []
-    for sample in iter_samples(url, storage_options, limit):
+    for sample in iter_samples(url, limit):
         images.append(sample["image"])
         tags.append(list(sample["tags"]))
     return np.stack(images), tags
