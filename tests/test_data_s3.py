@@ -288,16 +288,20 @@ def test_local_cache_serves_when_storage_is_gone_and_stays_bounded(stack, faces,
     total = sum(s.bytes for s in m.shards)
     first = epoch_of(url, 0, 1, decode_workers=0, cache_dir=str(tmp_path / "cache"), cache_mb=1)
     fs, root = open_filesystem(url)
+    blobs = {s.path: fs.cat_file(f"{root}/{s.path}") for s in m.shards}
     fs.rm([f"{root}/{s.path}" for s in m.shards])
     again = epoch_of(url, 0, 1, decode_workers=0, cache_dir=str(tmp_path / "cache"), cache_mb=1)
     assert again == first and len(first) == 240
-    # a bound smaller than the dataset evicts the least recently used shards
+    # a bound smaller than the dataset evicts the least recently used shards (real bytes: every shard kept verifies)
+    assert len(m.shards) >= 4
     cache = LocalCache(tmp_path / "small", max_bytes=total // 3)
     for s in m.shards:
-        cache.put(m.dataset_hash, s, b"x" * s.bytes)
+        cache.put(m.dataset_hash, s, blobs[s.path])
         time.sleep(0.01)
-    assert cache.size() <= total // 3
-    assert cache.get(m.dataset_hash, m.shards[0]) is None  # evicted (and it would not verify anyway)
+    held = [s for s in m.shards if cache.get(m.dataset_hash, s) is not None]
+    assert 0 < cache.size() <= total // 3 and 0 < len(held) < len(m.shards)
+    assert m.shards[-1] in held and m.shards[0] not in held  # the newest kept, the oldest evicted
+    assert sum(s.bytes for s in held) == cache.size()
 
 
 def test_cli_ingest_exit_codes_and_summary(stack, faces, tmp_path):
