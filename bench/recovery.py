@@ -65,11 +65,11 @@ def steps_lost(log_dir: Path) -> int:
 
 
 def one_run(mode: str, settings: str, home: Path, data_url: str, work: Path) -> dict:
-    profile = json.loads((home / "profile.json").read_text())
-    creds = json.loads((home / "credentials.json").read_text())
-    env = {"GANRAY_HOME": str(home), "MLFLOW_TRACKING_URI": profile["mlflow_uri"],
-           "AWS_ENDPOINT_URL_S3": profile["s3_endpoint"], "AWS_ACCESS_KEY_ID": creds["access_key"],
-           "AWS_SECRET_ACCESS_KEY": creds["secret_key"], "AWS_REGION": "us-east-1",
+    from orchestrator.environment import stack_env
+    from orchestrator.stack import LocalStack
+
+    stack = LocalStack(home)
+    env = {**stack_env(home, stack.profile(), stack.credentials(), ray=False), "GANRAY_HOME": str(home),
            "GANRAY_SAMPLE_LOG": str(work / "samples")}
     cluster = LocalCluster(work / "cluster", env, tuned=settings == "tuned")
     server, state = serve()

@@ -266,11 +266,10 @@ class NoticeAgent:
         log.info("node drained for preemption")
         return True
 
-    def run(self, once_drained: str = "wait") -> None:
-        """Polls until drained, then waits (the node is about to go) or returns."""
+    def run(self) -> None:
+        """Polls until stopped; after the drain it keeps waiting (the node is about to go)."""
         while not self._stop.is_set():
-            if self.step() and once_drained == "return":
-                return
+            self.step()
             self._stop.wait(self.poll_s)
 
     def stop(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from trainers.errors import UsageError
 from trainers.spec import (ARCHES, CONDITIONAL_ARCHES, CheckpointSpec, DataSpec, EvalSpec, JobSpec, ModelSpec,
                            PreemptionSpec, RegistrySpec, ScalingSpec, TrainSpec)
 
@@ -22,7 +23,7 @@ __all__ = ["ARCHES", "CONDITIONAL_ARCHES", "CheckpointSpec", "DataSpec", "EvalSp
            "load_spec", "parse_spec", "same_spec"]
 
 
-class SpecError(ValueError):
+class SpecError(UsageError, ValueError):
     """A JobSpec that cannot run; the message names the field and the value."""
 
 

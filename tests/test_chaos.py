@@ -38,11 +38,9 @@ def chaos_data(stack, ganray_home, faces):
 
 @pytest.fixture
 def cluster(stack, ganray_home, tmp_path):
-    profile = json.loads((ganray_home / "profile.json").read_text())
-    creds = json.loads((ganray_home / "credentials.json").read_text())
-    env = {"GANRAY_HOME": str(ganray_home), "MLFLOW_TRACKING_URI": profile["mlflow_uri"],
-           "AWS_ENDPOINT_URL_S3": profile["s3_endpoint"], "AWS_ACCESS_KEY_ID": creds["access_key"],
-           "AWS_SECRET_ACCESS_KEY": creds["secret_key"], "AWS_REGION": "us-east-1",
+    from orchestrator.environment import stack_env
+
+    env = {**stack_env(ganray_home, stack.profile(), stack.credentials(), ray=False), "GANRAY_HOME": str(ganray_home),
            "GANRAY_SAMPLE_LOG": str(tmp_path / "samples")}
     c = LocalCluster(tmp_path / "cluster", env)
     c.start_head()
@@ -106,12 +104,14 @@ def wait_for_checkpoint(ganray_home: Path, name: str, step: int, timeout: float 
 
 def check_epochs(steps: dict[int, list[dict]], num_samples: int, world: int) -> None:
     """Within each epoch no sample is seen twice, and the epoch is covered but for its tail."""
-    per_epoch_steps = num_samples // BATCH  # the loop's batches may straddle epochs; count by position
+    # the loop's batches may straddle epochs; count by position in the global order
     keys = [k for s in sorted(steps) for e in sorted(steps[s], key=lambda e: e["rank"]) for k in e["keys"]]
-    for i in range(0, len(keys) - num_samples + 1, num_samples - num_samples % world):
-        epoch = keys[i:i + num_samples - num_samples % world]
+    per_epoch = num_samples - num_samples % world
+    assert len(keys) >= per_epoch, "the job should run at least one epoch"
+    for i in range(0, len(keys) - per_epoch + 1, per_epoch):
+        epoch = keys[i:i + per_epoch]
         assert len(set(epoch)) == len(epoch), "a sample was seen twice within one epoch"
-    assert per_epoch_steps > 0
+    assert len(set(keys[:per_epoch])) == per_epoch, "the first epoch covers the dataset but for its tail"
 
 
 def run_timeline(ganray_home: Path, run_id: str) -> list[dict]:

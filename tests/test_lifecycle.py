@@ -86,3 +86,41 @@ def test_a_refused_changed_spec_leaves_the_state_as_it_was(stack, tracking_uri):
         run_job(_spec("life-changed", steps=11), progress=False)
     assert _states(c, life) == ("stopped", "stopped")
     assert status_elsewhere(tracking_uri, "life-changed")["state"] == "stopped"
+
+
+def test_a_driver_that_died_after_registering_finishes_on_the_rerun_without_a_second_version(
+        stack, tracking_uri, faces, tmp_path):
+    from orchestrator import registry
+    from orchestrator.driver import run_job
+    from tests.reporters import DirectoryReporter
+    from trainers.checkpoint import generator_from_checkpoint
+    from trainers.data.ingest import ingest
+    from trainers.generator_metadata import GeneratorMetadata
+    from trainers.loop import GanLoop
+
+    ingest(faces, str(tmp_path / "data"), faces / "labels.csv", shard_mb=0.05)
+    storage = tmp_path / "ckpt"
+    spec = parse_spec({"name": "life-finish", "data": {"url": str(tmp_path / "data")},
+                       "model": {"arch": "dcgan", "z_dim": 8, "channels": 4}, "train": {"steps": 2, "batch_size": 4},
+                       "checkpoint": {"every_steps": 2, "storage": str(storage)}})
+    reporter = DirectoryReporter(storage / "life-finish")
+    GanLoop(spec).run(reporter)  # a real last-step checkpoint, as the workers write it
+    ckpt = str(reporter.checkpoints[-1])
+    c = runs.client(tracking_uri)
+    life = Lifecycle(c, spec.name, runs.create_run(c, spec.to_dict(), spec.digest(), str(storage / spec.name)),
+                     S.CREATED)
+    life.move(S.STARTING)
+    life.move(S.RUNNING)
+    c.set_tag(life.run_id, runs.CHECKPOINT_TAG, ckpt)  # what the controller callback records
+    c.set_tag(life.run_id, runs.CHECKPOINT_STEP_TAG, "2")
+    g, info = generator_from_checkpoint(ckpt)
+    first = registry.register_generator(c, life.run_id, spec.model_name, g, GeneratorMetadata.from_checkpoint_info(info),
+                                        spec.digest(), ckpt)
+    # ... and the driver died here, before the summary. The rerun finishes without training:
+    summary = run_job(spec, progress=False)
+    assert summary["state"] == "finished" and summary["version"] == first == 1 and summary["steps"] == 2
+    assert len(c.search_model_versions(f"name='{spec.model_name}'")) == 1
+    assert _states(c, life) == ("finished", "finished")
+    seen = status_elsewhere(tracking_uri, spec.name)
+    assert (seen["state"], seen["checkpoint"]) == ("finished", ckpt)
+    assert run_job(spec, progress=False) == summary  # and a finished job prints its summary again

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from orchestrator.generate import GenerateError, tag_vector
+from trainers.generator_metadata import GeneratorMetadata, MetadataError, read_metadata
+from trainers.sampling import SamplingError, condition_vector
 from trainers.conditioning import TagEncoder, UnknownTagError
 from trainers.metrics.fid import RealStatistics, feature_stats, frechet_distance, kernel_inception_distance
 from trainers.metrics.inception import (InceptionV3Features, WeightsError, features, load_inception, preprocess,
@@ -156,12 +157,29 @@ def test_tag_requests_are_checked_against_the_vocabulary():
     torch.testing.assert_close(enc.encode_request(["hat", "blonde hair"]), torch.tensor([1.0, 0.0, 1.0]))
     with pytest.raises(UnknownTagError, match="'green hair'.*known tags: blonde hair, blue eyes, hat"):
         enc.encode_request(["green hair"])
-    meta = {"c_dim": 3, "tags": enc.vocabulary, "generator_config": {"arch": "cond-dcgan", "c_dim": 3}}
-    torch.testing.assert_close(tag_vector(meta, ["Blue  Eyes"], "models:/m/1"), torch.tensor([0.0, 1.0, 0.0]))
-    with pytest.raises(GenerateError, match="unknown tag 'wings'; known tags: blonde hair, blue eyes, hat"):
-        tag_vector(meta, ["wings"], "models:/m/1")
-    with pytest.raises(GenerateError, match="tag-conditioned: pass --tags"):
-        tag_vector(meta, None, "models:/m/1")
-    with pytest.raises(GenerateError, match="unconditional"):
-        tag_vector({"generator_config": {"arch": "dcgan"}}, ["hat"], "models:/m/1")
-    assert tag_vector({"generator_config": {"arch": "dcgan"}}, None, "models:/m/1") is None
+    meta = GeneratorMetadata({"arch": "cond-dcgan", "z_dim": 4, "c_dim": 3, "resolution": 16}, enc.vocabulary, "tags")
+    torch.testing.assert_close(condition_vector(meta, ["Blue  Eyes"], "models:/m/1"), torch.tensor([0.0, 1.0, 0.0]))
+    with pytest.raises(SamplingError, match="unknown tag 'wings'; known tags: blonde hair, blue eyes, hat"):
+        condition_vector(meta, ["wings"], "models:/m/1")
+    with pytest.raises(SamplingError, match="tag-conditioned: give tags"):
+        condition_vector(meta, None, "models:/m/1")
+    plain = GeneratorMetadata({"arch": "dcgan", "z_dim": 4, "c_dim": 0, "resolution": 16})
+    with pytest.raises(SamplingError, match="unconditional"):
+        condition_vector(plain, ["hat"], "models:/m/1")
+    assert condition_vector(plain, None, "models:/m/1") is None
+
+
+def test_registered_metadata_round_trips_and_older_versions_still_read():
+    info = {"generator_config": {"arch": "cond-dcgan", "z_dim": 8, "c_dim": 2, "resolution": 32}, "step": 40,
+            "tags": ["hat", "smile"], "conditioning": "tags", "dataset_hash": "abc",
+            "evaluation": {"tag_acc": 0.9, "fid": float("nan"), "eval_settings": "x", "per_tag": [1, 2]}}
+    meta = GeneratorMetadata.from_checkpoint_info(info)
+    assert meta.evaluation == {"tag_acc": 0.9, "eval_settings": "x"}  # finite numbers and strings only
+    back = read_metadata({"ganray": meta.to_dict()})
+    assert back == meta and (back.z_dim, back.c_dim, back.resolution, back.arch) == (8, 2, 32, "cond-dcgan")
+    old = {"ganray": {"generator_config": info["generator_config"], "tags": ["hat", "smile"], "c_dim": 2}}
+    assert read_metadata(old).vocabulary == ["hat", "smile"]  # registered before "vocabulary" was named
+    with pytest.raises(MetadataError, match="not registered by ganray"):
+        read_metadata({"other": {}}, "models:/x/1")
+    with pytest.raises(MetadataError, match="takes 2 tags but its metadata lists 1"):
+        read_metadata({"ganray": {**old["ganray"], "tags": ["hat"], "conditioning": "tags"}}, "models:/x/1")

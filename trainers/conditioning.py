@@ -7,11 +7,12 @@ same two methods, feeding the same ``c`` input of the networks.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from trainers.errors import GanrayError
+
+if TYPE_CHECKING:  # torch is imported where a vector is made: ingest reads tags without it
+    import torch
 
 
 def normalise_tags(raw: Iterable[str]) -> list[str]:
@@ -41,6 +42,8 @@ class TagEncoder:
 
     def encode(self, tag_lists: Iterable[Iterable[str]]) -> torch.Tensor:
         """(N, dim) float multi-hot for N samples' tags; tags outside the vocabulary are ignored."""
+        import torch
+
         rows = list(tag_lists)
         c = torch.zeros(len(rows), self.dim)
         for i, tags in enumerate(rows):
@@ -61,4 +64,6 @@ class TagEncoder:
 
     def decode(self, c: torch.Tensor, threshold: float = 0.5) -> list[list[str]]:
         """Tag lists for rows of c (multi-hot or probabilities)."""
+        import torch
+
         return [[self.vocabulary[j] for j in torch.nonzero(row > threshold).flatten().tolist()] for row in c]

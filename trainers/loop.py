@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 
 from trainers.augment import AugmentPipe
-from trainers.checkpoint import GRID_FILE, STATE_FILE, load_rank_state, load_state, rank_file, save_atomic
+from trainers.checkpoint import (GRID_FILE, STATE_FILE, checkpoint_name, load_rank_state, load_state, rank_file,
+                                 save_atomic)
 from trainers.conditioning import TagEncoder
 from trainers.data.stream import ShardStream, batches
 from trainers.distributed import average_gradients, broadcast_module, distributed_ready
@@ -422,7 +423,7 @@ class GanLoop:
                 tmp = tempfile.mkdtemp(prefix="ganray-ckpt-")
                 try:
                     self.write_checkpoint(tmp)
-                    reporter.report(metrics, tmp, f"checkpoint_{self.step:09d}")
+                    reporter.report(metrics, tmp, checkpoint_name(self.step))
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
                 self.train_seconds += time.perf_counter() - t_ckpt

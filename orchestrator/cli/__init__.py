@@ -39,9 +39,9 @@ def main(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from orchestrator.cli import agent, data, jobs, local, models
+    from orchestrator.cli import agent, data, generate, jobs, local
 
-    for module in (local, data, jobs, models, agent):
+    for module in (local, data, jobs, generate, agent):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from trainers.errors import GanrayError, UsageError
+from trainers.errors import UsageError
 
 
 @click.group()
@@ -38,28 +38,31 @@ def data_synth(dest: str, n: int, resolution: int, seed: int) -> None:
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg"]), default="png", show_default=True)
 @click.option("--shard-mb", type=float, default=64, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Processes that decode and resize.")
+@click.option("--labels-encoding", default="utf-8", show_default=True, help="Text encoding of the labels file.")
+@click.option("--max-member-mb", type=float, default=256, show_default=True,
+              help="Skip (and report) any file or archive member larger than this, decompressed.")
 def data_ingest(src: str, dest: str, labels: str | None, resolution: int | None, fmt: str, shard_mb: float,
-                workers: int) -> None:
+                workers: int, labels_encoding: str, max_member_mb: float) -> None:
     """Turn SRC (a folder, .zip or .tar of images, or an fsspec URL of one) into WebDataset shards at DEST.
 
-    Writes DEST/manifest.json last and DEST/ingest_report.json with every skipped
-    file and its reason. Exit status 0 when anything was ingested, 1 when nothing
-    was or DEST is unreachable or not writable.
+    Shards go into a new version folder DEST/v-<time>-<id>/ and DEST/manifest.json
+    switches to them last, so readers of the previous version keep working; older
+    versions are removed by a later ingest. DEST/ingest_report.json lists every
+    skipped file and its reason. Exit status 0 when anything was ingested, 1 when
+    nothing was or DEST is unreachable or not writable, 2 for bad arguments.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from trainers.data.ingest import IngestError, ingest
+    from trainers.data.ingest import ingest
 
     if labels is None and "://" not in src and (Path(src) / "labels.csv").is_file():
         labels = str(Path(src) / "labels.csv")
-    try:
-        columns = [TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with Progress(*columns, transient=True, console=None) as bar:
-            task = bar.add_task("ingest", total=None)
-            report = ingest(src, dest, labels, resolution, fmt, shard_mb, workers,
-                            progress=lambda i, n: bar.update(task, completed=i, total=n))
-    except IngestError as err:
-        raise GanrayError(str(err)) from None
+    columns = [TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, transient=True, console=None) as bar:
+        task = bar.add_task("ingest", total=None)
+        report = ingest(src, dest, labels, resolution, fmt, shard_mb, workers,
+                        progress=lambda i, n: bar.update(task, completed=i, total=n),
+                        labels_encoding=labels_encoding, max_member_mb=max_member_mb)
     _print_report(report, dest)
 
 

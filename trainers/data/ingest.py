@@ -24,20 +24,22 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from trainers.data.labels import Label, LabelsError, normalise_tags, read_labels
+from trainers.conditioning import normalise_tags
+from trainers.errors import GanrayError
+from trainers.data.labels import Label, LabelsError, read_labels
 from trainers.data.manifest import Manifest
 from trainers.data.sources import DEFAULT_MAX_MEMBER_MB, MemberRefused, Source, SourceError, open_source
 from trainers.data.storage import join, open_filesystem
 from trainers.data.versions import Destination
 from trainers.data.writer import ShardWriter
 
-__all__ = ["IngestError", "IngestReport", "Label", "ingest", "normalise_tags", "process_image", "read_labels"]
+__all__ = ["IngestError", "IngestReport", "Label", "ingest", "process_image", "read_labels"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_PIXELS = 64 * 1024 * 1024  # beyond this an image is treated as a decompression bomb
 
 
-class IngestError(RuntimeError):
+class IngestError(GanrayError, RuntimeError):
     """Ingest cannot run at all (unreachable destination, bad labels file, nothing ingestible)."""
 
 

@@ -15,7 +15,8 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+
+from trainers.conditioning import normalise_tags
 
 ENCODING_HINT = "pass the file's encoding with --labels-encoding (labels_encoding=), e.g. latin-1, cp1252, shift_jis"
 
@@ -28,16 +29,6 @@ class LabelsError(ValueError):
 class Label:
     tags: list[str]
     caption: str | None = None
-
-
-def normalise_tags(raw: Iterable[str]) -> list[str]:
-    """Strips and lower-cases tags, keeping inner spaces ("Blonde  Hair" -> "blonde hair")."""
-    out = []
-    for t in raw:
-        t = re.sub(r"\s+", " ", str(t)).strip().lower()
-        if t and t not in out:
-            out.append(t)
-    return out
 
 
 def read_labels(path: str | Path, encoding: str = "utf-8") -> dict[str, Label]:

@@ -47,7 +47,7 @@ def read_manifest(url: str, storage_options: dict | None = None, attempts: int =
     path = f"{root.rstrip('/')}/{MANIFEST_NAME}"
     for attempt in range(attempts):
         try:
-            text = fs.cat_file(path).decode()
+            text = fs.cat_file(path)
             break
         except FileNotFoundError:
             raise DataError(f"no dataset at {url}: {MANIFEST_NAME} not found (run `ganray data ingest` first)") from None

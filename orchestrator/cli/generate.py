@@ -1,4 +1,4 @@
-"""Registered generators: ``ganray generate`` (and, beside it, the registry commands)."""
+"""``ganray generate``: samples of a registered generator."""
 from __future__ import annotations
 
 import click
