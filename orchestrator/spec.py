@@ -8,6 +8,7 @@ laptop. Endpoints and credentials never belong in a spec.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from trainers.errors import UsageError
 from trainers.spec import (ARCHES, CONDITIONAL_ARCHES, CheckpointSpec, DataSpec, EvalSpec, JobSpec, ModelSpec,
                            PreemptionSpec, RegistrySpec, ScalingSpec, TrainSpec)
+from trainers.urls import redact_url
 
 __all__ = ["ARCHES", "CONDITIONAL_ARCHES", "CheckpointSpec", "DataSpec", "EvalSpec", "JobSpec", "ModelSpec",
            "PreemptionSpec", "RegistrySpec", "ScalingSpec", "SpecError", "TrainSpec", "apply_overrides",
@@ -27,18 +29,42 @@ class SpecError(UsageError, ValueError):
     """A JobSpec that cannot run; the message names the field and the value."""
 
 
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading unquoted exponent numbers (1e-4, 2E5, -3.5e+2) as floats.
+
+    YAML 1.1 (PyYAML's resolver) wants a dot and a signed exponent, so it reads ``lr_g: 1e-4`` as a
+    string; YAML 1.2 and every user read it as a number. A quoted '1e-4' stays a string (and a spec
+    refuses it: types are strict)."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """A YAML document as the spec reads it (safe, with exponent numbers as numbers)."""
+    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error shows it: repr, with any URL credential replaced by ***."""
+    return repr(redact_url(value)) if isinstance(value, str) else repr(value)
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tuple[")))
         value = e.get("input")
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown field `{loc}` (value {value!r})")
+            lines.append(f"unknown field `{loc}` (value {_shown(value)})")
         elif e["type"] == "missing":
             lines.append(f"missing field `{loc}`")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"field `{loc}`: {msg} (got {value!r})" if loc else msg)
+            lines.append(f"field `{loc}`: {msg} (got {_shown(value)})" if loc else msg)
     return "invalid JobSpec:\n  " + "\n  ".join(lines)
 
 
@@ -54,8 +80,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise SpecError(f"--set {item!r}: `{p}` is not a section")
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+                raise SpecError(f"--set {key.strip()}: `{p}` is not a section")
+        try:
+            node[parts[-1]] = read_yaml(value) if value.strip() else ""
+        except yaml.YAMLError:
+            raise SpecError(f"--set {key.strip()}=...: the value is not valid YAML") from None
     return raw
 
 
@@ -74,7 +103,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Reads and validates a JobSpec YAML file; raises SpecError for a missing, unreadable or invalid file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise SpecError(f"spec file not found: {path}") from None
     except yaml.YAMLError as err:

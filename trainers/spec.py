@@ -15,6 +15,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainers.urls import url_problem
+
 Arch = Literal["dcgan", "cond-dcgan", "stylegan2"]
 ARCHES: tuple[str, ...] = get_args(Arch)  # the architecture names, defined once
 CONDITIONAL_ARCHES: tuple[str, ...] = ("cond-dcgan", "stylegan2")
@@ -34,13 +36,27 @@ def check_resolution(resolution: Any) -> None:
         raise ValueError(f"resolution must be {RESOLUTION_RULE}, got {resolution}")
 
 
+def check_storage_url(url: str | None) -> str | None:
+    """A storage URL field's validator: no credentials in it, a known scheme (the error never echoes a secret)."""
+    if url is not None:
+        problem = url_problem(url)
+        if problem:
+            raise ValueError(problem)
+    return url
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict types (no "100" for 100, no true for 1), finite floats; inputs left out of pydantic's own
+    # messages (orchestrator/spec.py prints them, redacted).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False,
+                              hide_input_in_errors=True)
 
 
 class DataSpec(_Strict):
     url: str = Field(min_length=1, description="fsspec URL or local path of an ingested dataset")
     resolution: int | None = Field(None, description="must match the dataset's; None takes it from the manifest")
+
+    check_url = field_validator("url")(check_storage_url)
 
     @field_validator("resolution")
     @classmethod
@@ -149,6 +165,18 @@ class ScalingSpec(_Strict):
     gpus_per_worker: float = Field(0, ge=0)
     cpus_per_worker: float = Field(1, gt=0)
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_type(cls, v):
+        """A count or a [min, max] pair of ints (a list, as YAML and JSON write it); no bools, no strings."""
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+        if isinstance(v, list):
+            v = tuple(v)
+        if not (is_int(v) or (isinstance(v, tuple) and len(v) == 2 and all(map(is_int, v)))):
+            raise ValueError("must be a count or [min, max] with 1 <= min <= max")
+        return v
+
     @field_validator("workers")
     @classmethod
     def _workers(cls, v):
@@ -168,6 +196,8 @@ class CheckpointSpec(_Strict):
     every_steps: int = Field(1000, ge=1)
     keep: int = Field(3, ge=1)
     storage: str | None = Field(None, description="URL or path; default: the local stack's storage")
+
+    check_storage = field_validator("storage")(check_storage_url)
 
 
 class PreemptionSpec(_Strict):
