@@ -1,6 +1,8 @@
 """The driver's side of Ray: connect, the job's control actor, and fit() on a thread Ctrl-C cannot reach."""
 from __future__ import annotations
 
+import json
+import os
 import threading
 from typing import Any
 
@@ -8,6 +10,7 @@ from trainers import settings
 from trainers.errors import GanrayError
 
 NAMESPACE = "ganray"
+JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a submitted driver
 
 
 class ClusterError(GanrayError, RuntimeError):
@@ -16,14 +19,20 @@ class ClusterError(GanrayError, RuntimeError):
 
 def ray_init(ray_address: str | None) -> None:
     """Connects to the cluster once per process; the worker-side GANRAY_* variables set here travel to
-    every worker in the job's runtime environment (credentials never do)."""
+    every worker in the job's runtime environment (credentials never do). A submitted driver adds
+    only those its submission's runtime env does not already set."""
     import ray
 
     if ray.is_initialized():
         return
     if not ray_address:
         raise ClusterError("no Ray cluster: start the local stack (`ganray local up`) or set RAY_ADDRESS")
-    env_vars = settings.worker_env()
+    if ray_address.startswith(("http://", "https://")):
+        raise ClusterError(f"RAY_ADDRESS={ray_address} is a dashboard URL: a driver connects to the cluster's GCS "
+                           "(HEAD:6379); send the job through the dashboard with `ganray submit` instead")
+    # A submitted job's runtime env already carries the submitter's; Ray refuses the same key twice.
+    job_env = submitted_job_config().get("runtime_env", {}).get("env_vars") or {}
+    env_vars = {k: v for k, v in settings.worker_env().items() if k not in job_env}
     try:
         ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING",
                  configure_logging=True, runtime_env={"env_vars": env_vars} if env_vars else None)
@@ -31,10 +40,35 @@ def ray_init(ray_address: str | None) -> None:
         raise ClusterError(f"cannot connect to the Ray cluster at {ray_address}: {type(err).__name__}: {err}") from None
 
 
+def submitted_job_config() -> dict[str, Any]:
+    """The job config Ray's job supervisor hands a submitted driver ({} for a driver started by hand):
+    its runtime env and metadata, which hold the submission id."""
+    raw = os.environ.get(JOB_CONFIG_VAR)
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {}
+
+
+def own_submission_id() -> str | None:
+    """The Ray Job API submission id this driver runs as, or None when it was not submitted."""
+    return (submitted_job_config().get("metadata") or {}).get("job_submission_id") or None
+
+
+def own_job_id() -> str | None:
+    """This driver's Ray job id (hex), once connected."""
+    import ray
+
+    return ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
+
+
 def control_actor(name: str):
     """(actor name, handle) of the job's control actor, through which workers learn of a stop request.
 
-    Replaces one left by a driver that died. It lives on the driver's node, which is not a spot
+    Only the holder of the job's cluster lock (``cluster_lock.py``) gets here, so one found under
+    the name is a dead driver's and is replaced. It lives on the driver's node, which is not a spot
     node that may vanish.
     """
     import ray

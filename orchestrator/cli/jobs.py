@@ -1,4 +1,5 @@
-"""``ganray run`` and ``ganray status``: run a JobSpec; see every job's state from its MLflow run."""
+"""``ganray run`` and ``ganray status``: run a JobSpec; see every job's state from its MLflow run (and, with
+``--address``, its Ray job's state on a cluster)."""
 from __future__ import annotations
 
 import json
@@ -37,6 +38,10 @@ def run_cmd(spec_path: str, overrides: tuple[str, ...], fresh: bool, summary_jso
     click.echo(text)
     if summary.get("state") == "stopped":
         click.echo(f"ganray: stopped at step {summary['steps']}; run the same spec again to resume", err=True)
+        sys.stdout.flush()
+        from orchestrator.job_api import stop_own_submission
+
+        stop_own_submission()  # a submitted driver: Ray records STOPPED (its stop ends this process, status 0)
         sys.exit(130)
 
 
@@ -59,12 +64,27 @@ def job_statuses(name: str | None) -> list[dict[str, Any]]:
             for r in records]
 
 
+def with_cluster(statuses: list[dict[str, Any]], name: str | None, address: str | None) -> list[dict[str, Any]]:
+    """Statuses with `ray_status` (and `submission_id`) of each name's latest submission, when --address or
+    an http(s) RAY_ADDRESS names a cluster's dashboard; as they are otherwise."""
+    from orchestrator.job_api import JobApi, cluster_address
+
+    url = cluster_address(address)
+    if url is None:
+        return statuses
+    from orchestrator.submission import with_ray_status
+
+    return with_ray_status(statuses, JobApi(url).submissions(name), name)
+
+
 @click.command("status")
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON: one object for NAME, else a list.")
-def status_cmd(name: str | None, as_json: bool) -> None:
+@click.option("--address", metavar="URL", help="A cluster's dashboard, http://HEAD:8265 (or RAY_ADDRESS set to it): "
+              "show each job's Ray state (ray_status) beside its training state.")
+def status_cmd(name: str | None, as_json: bool, address: str | None) -> None:
     """Jobs and their state, step and last checkpoint, as the tracking server records them."""
-    statuses = job_statuses(name)
+    statuses = with_cluster(job_statuses(name), name, address)
     if name and not statuses:
         raise GanrayError(f"no job named {name!r}")
     if as_json:
@@ -73,8 +93,9 @@ def status_cmd(name: str | None, as_json: bool) -> None:
     if not statuses:
         click.echo("no jobs yet")
     for s in statuses:
-        click.echo(f"{s['name']:24s} {s['state']:11s} step {s['step']}/{s['total_steps']}  "
-                   f"preemptions {s['preemptions']}  failures {s['failures']}  checkpoint {s['checkpoint'] or '-'}")
+        ray = f"  ray {s['ray_status'] or '-'}" if "ray_status" in s else ""
+        click.echo(f"{s['name']:24s} {s['state'] or '-':11s} step {s['step']}/{s['total_steps']}  "
+                   f"preemptions {s['preemptions']}  failures {s['failures']}  checkpoint {s['checkpoint'] or '-'}{ray}")
 
 
 COMMANDS = [run_cmd, status_cmd]

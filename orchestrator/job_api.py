@@ -1,0 +1,233 @@
+"""Ray's Job API, as ganray uses it: the dashboard's address and token, and a job name's submissions.
+
+Everything here talks HTTP to the cluster's dashboard (``JobSubmissionClient`` and the state
+API), which is all a laptop reaches. The address is ``--address``, else ``RAY_ADDRESS`` when it
+is an http(s) URL, else the embedded stack's dashboard. The Ray token goes into one
+``Authorization`` header (``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH``, else the
+embedded stack's token file for its own dashboard, else Ray's ``~/.ray/auth_token``) and
+nowhere else: not in an error, a log line or a job's runtime env. A ganray submission carries
+the metadata ``ganray.job`` (the job name) and ``ganray.digest`` (the spec digest).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from orchestrator.ray_runtime import ClusterError
+from trainers import settings
+
+JOB_KEY, DIGEST_KEY = "ganray.job", "ganray.digest"
+ACTIVE = frozenset({"PENDING", "RUNNING"})
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+_ADDRESS_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")  # Ray lets these override a client's address
+
+
+def _http(value: str | None) -> bool:
+    return bool(value) and value.startswith(("http://", "https://"))
+
+
+def cluster_address(explicit: str | None = None) -> str | None:
+    """The dashboard URL that --address or RAY_ADDRESS names, or None when neither is an http(s) URL."""
+    if explicit:
+        if not _http(explicit):
+            raise ClusterError(f"--address {explicit}: expected the dashboard's URL, e.g. http://HEAD:8265")
+        return explicit.rstrip("/")
+    env = os.environ.get("RAY_ADDRESS")
+    return env.rstrip("/") if _http(env) else None
+
+
+def dashboard_address(explicit: str | None = None) -> str:
+    """--address, else an http(s) RAY_ADDRESS, else the embedded stack's dashboard; ClusterError if none."""
+    address = cluster_address(explicit) or settings.read_profile().get("dashboard_url")
+    if not address:
+        raise ClusterError("no Ray dashboard: pass --address http://HEAD:8265, set RAY_ADDRESS to that URL, "
+                           "or start the local stack (`ganray local up`)")
+    return address.rstrip("/")
+
+
+def is_local_stack(address: str) -> bool:
+    """Whether address is the embedded stack's own dashboard (its Ray runs from this installation)."""
+    return address.rstrip("/") == (settings.read_profile().get("dashboard_url") or "").rstrip("/")
+
+
+def auth_token(address: str) -> str | None:
+    """The Ray token for address (see the module doc), or None. Never print it."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    files = [os.environ.get("RAY_AUTH_TOKEN_PATH")]
+    if is_local_stack(address):
+        files.append(str(settings.ganray_home() / "ray" / "auth_token"))
+    files.append(str(Path.home() / ".ray" / "auth_token"))
+    for f in files:
+        with contextlib.suppress(OSError):
+            if f and Path(f).is_file() and Path(f).read_text().strip():
+                return Path(f).read_text().strip()
+    return None
+
+
+@contextlib.contextmanager
+def _own_address() -> Iterator[None]:
+    """Ray's clients prefer RAY_ADDRESS over the address they are given: hide it while one is built."""
+    saved = {k: os.environ.pop(k) for k in _ADDRESS_VARS if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One ganray job submission as the dashboard reports it."""
+    id: str
+    name: str
+    digest: str
+    status: str  # PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED
+    job_id: str | None  # the Ray job id of its driver, once that driver connected
+    start_time: int
+    end_time: int | None
+    message: str | None
+    entrypoint: str
+    driver: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+
+def _submission(d) -> Submission | None:
+    meta = d.metadata or {}
+    if not d.submission_id or JOB_KEY not in meta:
+        return None
+    driver = d.driver_info.model_dump() if getattr(d, "driver_info", None) else {}
+    return Submission(d.submission_id, meta[JOB_KEY], meta.get(DIGEST_KEY, ""), str(getattr(d.status, "value", d.status)),
+                      d.job_id, int(d.start_time or 0), d.end_time, d.message, d.entrypoint, driver)
+
+
+class JobApi:
+    """A client of one cluster's Job API; every failure is a ClusterError naming the dashboard."""
+
+    def __init__(self, address: str):
+        self.address = address
+        token = auth_token(address)
+        self._token = token
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        from ray.job_submission import JobSubmissionClient
+
+        with _own_address():
+            self.client = self._call(JobSubmissionClient, address, headers=dict(self._headers))
+
+    @classmethod
+    def connect(cls, explicit: str | None = None) -> "JobApi":
+        """The Job API at --address, an http(s) RAY_ADDRESS or the embedded stack's dashboard."""
+        return cls(dashboard_address(explicit))
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - Ray raises RuntimeError, ConnectionError, AuthenticationError...
+            raise self._error(err) from None
+
+    def _error(self, err: Exception) -> ClusterError:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if self._token:
+            text = text.replace(self._token, "***")
+        if type(err).__name__ == "AuthenticationError" or " 401" in text or " 403" in text:
+            why = ("the dashboard refused the Ray token (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH)" if self._token
+                   else "it needs the cluster's Ray token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+            return ClusterError(f"Ray dashboard at {self.address}: {why}")
+        return ClusterError(f"Ray dashboard at {self.address}: {type(err).__name__}: {text[:500]}")
+
+    def submissions(self, name: str | None = None) -> list[Submission]:
+        """ganray's submissions on the cluster (of one job name), oldest first."""
+        found = [s for d in self._call(self.client.list_jobs) if (s := _submission(d)) is not None]
+        return sorted((s for s in found if name is None or s.name == name), key=lambda s: (s.start_time, s.id))
+
+    def latest(self, name: str) -> Submission | None:
+        subs = self.submissions(name)
+        return subs[-1] if subs else None
+
+    def status(self, submission_id: str) -> str:
+        status = self._call(self.client.get_job_status, submission_id)
+        return str(getattr(status, "value", status))
+
+    def submit(self, **kwargs) -> str:
+        return self._call(self.client.submit_job, **kwargs)
+
+    def stop(self, submission_id: str) -> bool:
+        return bool(self._call(self.client.stop_job, submission_id))
+
+    def logs(self, submission_id: str) -> str:
+        return self._call(self.client.get_job_logs, submission_id)
+
+    def follow(self, submission_id: str) -> Iterator[str]:
+        """The submission's log as it grows, until the job ends."""
+        import asyncio
+
+        loop, stream = asyncio.new_event_loop(), self.client.tail_job_logs(submission_id)
+        try:
+            while True:
+                try:
+                    yield self._call(loop.run_until_complete, stream.__anext__())
+                except ClusterError as err:
+                    if "StopAsyncIteration" in str(err):
+                        return
+                    raise
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(stream.aclose())
+            loop.close()
+
+    def lock_holder(self, name: str) -> str | None:
+        """Who holds the job's cluster lock (``cluster_lock``), from the state API; None when nobody."""
+        from ray.util.state.api import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        from orchestrator.cluster_lock import actor_name, describe
+
+        with _own_address():
+            state = self._call(StateApiClient, self.address, headers={**self._headers,
+                                                                       "Content-Type": "application/json"})
+        options = ListApiOptions(filters=[("name", "=", actor_name(name)), ("state", "=", "ALIVE")])
+        actors = self._call(state.list, StateResource.ACTORS, options=options, raise_on_missing_output=False)
+        if not actors:
+            return None
+        a = actors[0]
+        job_id = a["job_id"] if isinstance(a, dict) else a.job_id
+        for d in self._call(self.client.list_jobs):
+            if d.job_id == job_id:
+                info = d.driver_info
+                return describe({"submission_id": d.submission_id, "job_id": job_id,
+                                 "pid": info.pid if info else "?", "host": info.node_ip_address if info else "?"})
+        return describe({"job_id": job_id, "pid": "?", "host": "?"})
+
+
+def stop_own_submission(wait_s: float = 60.0) -> bool:
+    """For a submitted driver that ended ``stopped``: asks Ray to stop its own submission, so that Ray
+    records STOPPED (not FAILED), and waits for Ray's SIGTERM, which ends this process with status 0.
+    False (at once) when this driver was not submitted; False after wait_s, or when the dashboard
+    could not be asked (a warning says why): the caller then exits as a plain stopped driver."""
+    import signal
+    import sys
+    import time
+
+    from orchestrator.ray_runtime import own_submission_id
+
+    sid = own_submission_id()
+    if not sid:
+        return False
+    def on_sigterm(*_):  # Ray's stop: this driver's work is done
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        JobApi(os.environ.get("RAY_ADDRESS") or "auto").stop(sid)
+    except ClusterError as err:
+        sys.stderr.write(f"ganray: warning: could not mark submission {sid} stopped: {err}\n")
+        return False
+    time.sleep(wait_s)
+    return False
