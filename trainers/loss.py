@@ -5,6 +5,13 @@ StyleGAN2-ADA's ``StyleGAN2Loss.accumulate_gradients``: the loop names a phase (
 ``Greg``, ``Gboth``, ``Dmain``, ``Dreg``, ``Dboth``), hands over one micro-batch and a gain,
 and the loss runs the forward passes and calls backward. The loop owns optimisers, gradient
 averaging across workers, and when each phase runs.
+
+Text conditioning (StackGAN) adds two terms: G's conditioning augmentation samples
+c = mu + sigma * eps (eps from the loss's generator) with the KL term ``train.kl_weight``, and
+D is matching-aware: a real image with a mismatched text (the batch's texts rolled by one)
+counts as fake, weighted by ``train.mismatch_weight`` (GAN-CLS, Reed et al. 2016). D's
+auxiliary head, where it has one, reads the tags (multi-label BCE) or the text embedding
+(1 - cosine) back from the image.
 """
 from __future__ import annotations
 
@@ -75,6 +82,18 @@ def aux_tag_loss(aux_logits: torch.Tensor | None, c: torch.Tensor | None) -> tor
     return F.binary_cross_entropy_with_logits(aux_logits.float(), c.float(), reduction="none").mean(1)
 
 
+def aux_text_loss(aux: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor | None:
+    """1 - cosine between an auxiliary head's output and the text embedding, per sample."""
+    if aux is None or c is None:
+        return None
+    return 1 - F.cosine_similarity(aux.float(), c.float(), dim=1)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) per sample, averaged over dimensions (as StackGAN's code does)."""
+    return 0.5 * (mu.float().square() + logvar.float().exp() - 1 - logvar.float()).mean(1)
+
+
 class GanLoss:
     """Every phase's forward passes and backward calls for one (G, D) pair and the spec's train section.
 
@@ -87,15 +106,31 @@ class GanLoss:
         self.G, self.D, self.t, self.noise, self.augment = G, D, train, noise, augment
         self.autocast, self.distributed = autocast, distributed
         self.style_gan = hasattr(G, "mapping") and hasattr(G, "synthesis")
+        self.ca = getattr(G, "ca", None)  # text: the conditioning augmentation; tags, unconditional: None
+        self.aux_loss = aux_text_loss if getattr(D, "aux_kind", None) == "text" else aux_tag_loss
         device = next(G.parameters()).device
         self.pl_mean = torch.zeros([], device=device)
 
     # -- helpers ---------------------------------------------------------
+    def condition(self, c: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(what G's layers take, KL per sample or None): text, a conditioning augmentation sample; else c."""
+        if self.ca is None or c is None:
+            return c, None
+        eps = torch.randn(c.shape[0], self.ca.out_dim, generator=self.noise, device=self.noise.device)
+        c_in, mu, logvar = self.ca.sample(c, eps)
+        return c_in, kl_divergence(mu, logvar)
+
     def run_G(self, z: torch.Tensor, c: torch.Tensor | None, update_w_avg: bool = False):
         """(images, ws or None); StyleGAN2 mixes styles with probability train.style_mixing."""
+        img, ws, _ = self.generate(z, c, update_w_avg)
+        return img, ws
+
+    def generate(self, z: torch.Tensor, c: torch.Tensor | None, update_w_avg: bool = False):
+        """(images, ws or None, KL per sample or None): run_G with the conditioning augmentation's KL."""
+        c, kl = self.condition(c)
         if not self.style_gan:
             with self.autocast():
-                return self.G(z, c), None
+                return (self.G.generate(z, c) if kl is not None else self.G(z, c)), None, kl
         ws = self.G.mapping(z, c, update_w_avg=update_w_avg)
         prob = self.t.style_mixing
         if prob > 0 and ws.shape[1] > 1:
@@ -106,7 +141,7 @@ class GanLoss:
                 z2 = torch.randn(z.shape, generator=self.noise, device=self.noise.device).to(z)
                 ws = torch.cat([ws[:, :cutoff], self.G.mapping(z2, c)[:, cutoff:]], dim=1)
         with self.autocast():
-            return self.G.synthesis(ws), ws
+            return self.G.synthesis(ws), ws, kl
 
     def run_D(self, img: torch.Tensor, c: torch.Tensor | None):
         """(logits, aux logits or None) in float32, after augmentation when there is a pipe."""
@@ -143,15 +178,18 @@ class GanLoss:
         return stats
 
     def _g_main(self, gen_z, gen_c, stats: dict) -> torch.Tensor:
-        """G's adversarial loss (plus the auxiliary tag loss) on its images: the mean to backward."""
-        img, _ = self.run_G(gen_z, gen_c, update_w_avg=True)
+        """G's adversarial loss (plus the auxiliary loss, and the KL term for text) on its images: the mean."""
+        img, _, kl = self.generate(gen_z, gen_c, update_w_avg=True)
         logits, aux = self.run_D(img, gen_c)
         loss = g_loss_fake(self.t.loss, logits)
         stats["loss_g_adv"] = loss.detach().mean()
-        aux_loss = aux_tag_loss(aux, gen_c)
+        aux_loss = self.aux_loss(aux, gen_c)
         if aux_loss is not None:
             loss = loss + self.t.aux_weight * aux_loss
             stats["aux_fake"] = aux_loss.detach().mean()
+        if kl is not None:
+            loss = loss + self.t.kl_weight * kl
+            stats["kl"] = kl.detach().mean()
         stats["loss_g"] = loss.detach().mean()
         return loss.mean()
 
@@ -194,15 +232,23 @@ class GanLoss:
             stats["loss_d"] = loss.detach().mean() + stats["loss_d"]
             if self.augment is not None:
                 self.augment.accumulate(logits)
-            aux_loss = aux_tag_loss(aux, real_c)
+            aux_loss = self.aux_loss(aux, real_c)
             if aux_loss is not None:
                 loss = loss + self.t.aux_weight * aux_loss
                 stats["aux_real"] = aux_loss.detach().mean()
+            if self.ca is not None and real.shape[0] > 1:
+                loss = loss + self.t.mismatch_weight * self._d_mismatch(real, real_c, stats)
         if r1:
             penalty = r1_penalty(logits, real_tmp)
             stats["r1_penalty"] = penalty.detach().mean()
             loss = loss + penalty * (self.t.r1_gamma / 2)
         return loss.mean()
+
+    def _d_mismatch(self, real, real_c, stats: dict) -> torch.Tensor:
+        """Matching-aware D: its loss on real images paired with another sample's text (rolled by one), as fakes."""
+        logits, _ = self.run_D(real.detach(), real_c.roll(1, dims=0))
+        stats["d_wrong"] = logits.detach().mean()
+        return d_loss_fake(self.t.loss, logits)
 
     def _dragan(self, real, real_c, stats: dict) -> torch.Tensor:
         """DRAGAN's penalty at points perturbed around the real images, weighted by dragan_lambda."""

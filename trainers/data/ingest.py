@@ -8,7 +8,9 @@ processes, in order, and written into shards as they come (memory stays bounded
 by a shard and the images in flight) inside a new version folder; the manifest
 switches last, so a dataset already at DEST stays readable throughout
 (``versions.py``). The dataset hash depends on the processed images, labels and
-resolution only.
+resolution only. With ``compose_captions``, a sample that has tags but no caption gets one
+composed from its tags (``trainers/conditioning/captions.py``), so tag datasets train text
+models too.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from trainers.conditioning import normalise_tags
+from trainers.conditioning.captions import compose_caption
 from trainers.errors import GanrayError
 from trainers.data.labels import Label, LabelsError, read_labels
 from trainers.data.manifest import Manifest
@@ -175,7 +178,7 @@ def _processed(items: Iterator[tuple[str, bytes, int | None, str]], workers: int
 def ingest(src: str | Path, dest: str, labels_file: str | Path | None = None, resolution: int | None = None,
            fmt: str = "png", shard_mb: float = 64, workers: int = 2,
            progress: Callable[[int, int], None] | None = None, *, labels_encoding: str = "utf-8",
-           max_member_mb: float = DEFAULT_MAX_MEMBER_MB) -> IngestReport:
+           max_member_mb: float = DEFAULT_MAX_MEMBER_MB, compose_captions: bool = False) -> IngestReport:
     """Ingests src (folder, .zip, .tar or fsspec URL) into dest; returns the report.
 
     The report is also written to dest/ingest_report.json. Raises IngestError
@@ -185,6 +188,7 @@ def ingest(src: str | Path, dest: str, labels_file: str | Path | None = None, re
     ingested. A source member (archive member or file) larger than max_member_mb
     is skipped and reported, never read whole. A dataset already at dest stays
     published and readable until the new manifest replaces it (``versions.py``).
+    compose_captions: samples with tags and no caption get a caption composed from their tags.
     """
     _check_arguments(fmt, resolution, shard_mb, max_member_mb)
     _check_scheme(src, "source")
@@ -200,7 +204,8 @@ def ingest(src: str | Path, dest: str, labels_file: str | Path | None = None, re
         raise IngestError(str(err)) from None
     try:
         report = _ingest(source, Destination(dest), labels, _Job(resolution, fmt, shard_mb, workers,
-                                                                 max_member_mb, labels_file), progress)
+                                                                 max_member_mb, labels_file, compose_captions),
+                         progress)
     finally:
         source.close()
     _write_report(dest, report)
@@ -229,6 +234,14 @@ class _Job:
     workers: int
     max_member_mb: float
     labels_file: str | Path | None
+    compose_captions: bool = False
+
+    def label(self, labels: dict[str, Label] | None, rel: str) -> Label | None:
+        """rel's label; with compose_captions, a caption composed from its tags where it has none."""
+        label = labels.get(rel) if labels is not None else None
+        if self.compose_captions and label is not None and label.tags and not label.caption:
+            label = Label(label.tags, compose_caption(label.tags, rel))
+        return label
 
 
 def _candidates(source: Source, labels: dict[str, Label] | None, labels_file, report: IngestReport) -> list[str]:
@@ -286,7 +299,7 @@ def _ingest(source: Source, dest: Destination, labels: dict[str, Label] | None, 
                 if res != resolution:
                     report.skip(rel, f"resolution {res} differs from the dataset's {resolution}; pass --resolution")
                 else:
-                    writer.add(rel, data, labels.get(rel) if labels is not None else None)
+                    writer.add(rel, data, job.label(labels, rel))
                     report.ingested += 1
             if progress:
                 progress(done, len(candidates))

@@ -104,12 +104,15 @@ def render_face(face: Face, resolution: int, rng: random.Random) -> Image.Image:
     return img.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=None)
 
 
-def write_synthetic_dataset(dest: str | Path, n: int, resolution: int, seed: int) -> Path:
-    """Writes n faces as dest/NNNNNN.png and dest/labels.csv (file,tags).
+def write_synthetic_dataset(dest: str | Path, n: int, resolution: int, seed: int, captions: bool = False) -> Path:
+    """Writes n faces as dest/NNNNNN.png and dest/labels.csv (file,tags; with captions, file,tags,caption:
+    captions composed from the tags, as ingest's compose_captions does).
 
-    The same (n, resolution, seed) always writes the same files. Returns the
+    The same (n, resolution, seed, captions) always writes the same files. Returns the
     path of labels.csv.
     """
+    from trainers.conditioning.captions import compose_caption
+
     if n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     if resolution < 8 or resolution & (resolution - 1):
@@ -119,11 +122,12 @@ def write_synthetic_dataset(dest: str | Path, n: int, resolution: int, seed: int
     labels = dest / "labels.csv"
     with labels.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["file", "tags"])
+        writer.writerow(["file", "tags", "caption"] if captions else ["file", "tags"])
         for i in range(n):
             rng = random.Random(f"{seed}:{i}")
             face = sample_face(rng)
             name = f"{i:06d}.png"
             render_face(face, resolution, rng).save(dest / name, optimize=False)
-            writer.writerow([name, ", ".join(face.tags)])
+            row = [name, ", ".join(face.tags)]
+            writer.writerow(row + [compose_caption(face.tags, name)] if captions else row)
     return labels

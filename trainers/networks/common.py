@@ -1,8 +1,10 @@
-"""Helpers every architecture shares: layer widths and init (the resolution rule is the spec's)."""
+"""Helpers every architecture shares: layer widths, init, text conditioning augmentation (the resolution rule is
+the spec's)."""
 from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 
 
@@ -19,3 +21,29 @@ def dcgan_init(*modules: nn.Module) -> None:
                 nn.init.normal_(m.weight, 0.0, 0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+
+class ConditioningAugmentation(nn.Module):
+    """StackGAN's conditioning augmentation: a linear map from a text embedding to (mu, log sigma^2).
+
+    In training the generator joins a reparameterised sample mu + sigma * eps to z (``loss.py``
+    draws eps and adds the KL term); in eval mode, and so in every exported or sampled
+    generator, c is mu: the same seed and prompt always give the same image.
+    """
+
+    def __init__(self, text_dim: int, out_dim: int):
+        super().__init__()
+        self.text_dim, self.out_dim = text_dim, out_dim
+        self.fc = nn.Linear(text_dim, out_dim * 2)
+
+    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma^2), each (N, out_dim)."""
+        mu, logvar = self.fc(emb.float()).chunk(2, dim=1)
+        return mu, logvar
+
+    def sample(self, emb: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
+        """(c, mu, logvar): c = mu + exp(logvar / 2) * eps with eps given (training), else mu."""
+        mu, logvar = self(emb)
+        c = mu if eps is None else mu + torch.exp(0.5 * logvar) * eps.to(mu)
+        return c, mu, logvar

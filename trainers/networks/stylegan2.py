@@ -6,6 +6,10 @@ the skip architecture (each block adds its ToRGB output to the upsampled image).
 D: residual blocks, minibatch standard deviation, and conditioning by projection onto a
 mapping of c (``cmap``), as stylegan2-ada does.
 
+Text conditioning (StackGAN): c is a sentence embedding; G's conditioning augmentation
+(``ca``) maps it to (mu, log sigma^2) and the mapping network embeds a sample of it (mu
+when sampling) in place of a tag vector; D maps the embedding itself.
+
 All weights use equalised learning rate (stored N(0, 1), scaled at run time). Resampling
 uses the [1, 3, 3, 1] FIR filter. Style mixing and path-length regularisation live in the
 loss, which calls ``mapping`` and ``synthesis`` separately.
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.networks.common import channel_widths
+from trainers.networks.common import ConditioningAugmentation, channel_widths
 
 SQRT2 = math.sqrt(2.0)
 
@@ -246,19 +250,25 @@ class StyleGan2Generator(nn.Module):
     """G(z, c) = synthesis(mapping(z, c)); ``noise_mode`` 'random' in training, 'const' to sample reproducibly."""
 
     def __init__(self, z_dim: int, c_dim: int, resolution: int, channels: int = 64, channels_max: int = 512,
-                 w_dim: int | None = None, mapping_layers: int = 8):
+                 w_dim: int | None = None, mapping_layers: int = 8, text_ca_dim: int = 0):
+        """text_ca_dim > 0: c is a text embedding of c_dim, augmented to text_ca_dim before the mapping."""
         super().__init__()
         w_dim = w_dim or z_dim
         self.config = {"arch": "stylegan2", "z_dim": z_dim, "c_dim": c_dim, "resolution": resolution,
                        "channels": channels, "channels_max": channels_max, "w_dim": w_dim,
                        "mapping_layers": mapping_layers}
+        if text_ca_dim:
+            self.config.update(conditioning="text", embed_dim=text_ca_dim)
         self.z_dim, self.c_dim, self.w_dim, self.resolution = z_dim, c_dim, w_dim, resolution
         self.synthesis = SynthesisNetwork(w_dim, resolution, channels, channels_max)
         self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, mapping_layers)
+        self.ca = ConditioningAugmentation(c_dim, text_ca_dim) if text_ca_dim else None
+        self.mapping = MappingNetwork(z_dim, text_ca_dim or c_dim, w_dim, self.num_ws, mapping_layers)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
                 noise_mode: str = "random") -> torch.Tensor:
+        if self.ca is not None and c is not None:
+            c = self.ca(c)[0]  # sampling: the augmentation's mean
         return self.synthesis(self.mapping(z, c, truncation_psi), noise_mode)
 
 

@@ -1,17 +1,16 @@
-"""Conditioning vectors: what a conditional generator is asked for.
+"""Tag conditioning: a multi-hot vector over the dataset's tag vocabulary (``manifest.vocabulary``, sorted).
 
-``tags``: a multi-hot vector over the dataset's tag vocabulary (``manifest.vocabulary``, sorted).
-Text prompts (sentence embeddings) are a later issue; they will be another encoder with the
-same two methods, feeding the same ``c`` input of the networks.
+``normalise_tags`` and ``TagEncoder`` import no torch at module level (ingest reads tags in
+worker processes without it); torch is imported where a vector is made.
 """
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from trainers.errors import GanrayError
 
-if TYPE_CHECKING:  # torch is imported where a vector is made: ingest reads tags without it
+if TYPE_CHECKING:
     import torch
 
 
@@ -67,3 +66,41 @@ class TagEncoder:
         import torch
 
         return [[self.vocabulary[j] for j in torch.nonzero(row > threshold).flatten().tolist()] for row in c]
+
+
+class TagConditioning(TagEncoder):
+    """The ``tags`` conditioning: c is the multi-hot vector of a sample's tags (or a request's)."""
+
+    kind = "tags"
+    matching_aware = False  # a projection D with an auxiliary multi-label head (MakeGirlsMoe), no mismatch term
+
+    def __init__(self, vocabulary: Sequence[str], url: str):
+        super().__init__(vocabulary)
+        self.url = url
+        self._pool: list[list[str]] | None = None
+
+    def batch(self, samples: list[dict[str, Any]], gen: torch.Generator | None = None) -> torch.Tensor:
+        """(N, dim) for a batch of training samples (their ``tags``); draws nothing from gen."""
+        return self.encode([s["tags"] for s in samples])
+
+    def request(self, tags: Iterable[str]) -> torch.Tensor:
+        """(dim,) for a user's tags (UnknownTagError naming the known ones)."""
+        return self.encode_request(normalise_tags(tags))
+
+    def first(self, n: int) -> torch.Tensor:
+        """The first n samples' vectors in stored order (padded with empty tag sets): the sample grid's."""
+        from trainers.stored_order import iter_samples
+
+        tag_lists = [s["tags"] for s in iter_samples(self.url, limit=n)]
+        return self.encode(tag_lists + [[]] * (n - len(tag_lists)))
+
+    def draw(self, n: int, seed: int) -> torch.Tensor:
+        """n vectors drawn with replacement (seeded) from the dataset's own tag sets."""
+        import numpy as np
+
+        from trainers.stored_order import iter_samples
+
+        if self._pool is None:
+            self._pool = [s["tags"] for s in iter_samples(self.url)]
+        idx = np.random.default_rng(seed).integers(0, len(self._pool), n)
+        return self.encode([self._pool[i] for i in idx])

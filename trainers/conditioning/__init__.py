@@ -1,0 +1,69 @@
+"""Conditioning: what a conditional generator is asked for, as one vector c per sample.
+
+One interface, two implementations: ``tags`` (a multi-hot vector over the dataset's
+vocabulary, :mod:`.tags`) and ``text`` (a sentence embedding of a caption or a prompt,
+:mod:`.text`, after StackGAN). Each gives
+
+- ``kind`` ("tags" | "text") and ``dim`` (the size of c);
+- ``batch(samples, gen)``: c for a batch of training samples (from each sample's labels);
+- ``request(...)``: c for a user's request (tags, or a prompt);
+- ``first(n)`` / ``draw(n, seed)``: conditions from the dataset, for sample grids and evaluation;
+- ``matching_aware``: whether D also learns that real images with mismatched c are fake.
+
+The auxiliary head of D is the network's (``model.arch``), and its loss follows the
+conditioning (``loss.py``). This package imports no torch at module level:
+``normalise_tags`` runs in ingest's worker processes.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from trainers.conditioning.tags import TagConditioning, TagEncoder, UnknownTagError, normalise_tags
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Conditioning", "TagConditioning", "TagEncoder", "UnknownTagError", "build_conditioning",
+           "normalise_tags"]
+
+
+class Conditioning(Protocol):
+    kind: str
+    matching_aware: bool
+
+    @property
+    def dim(self) -> int: ...
+
+    def batch(self, samples: list[dict[str, Any]], gen: torch.Generator) -> torch.Tensor: ...
+
+    def request(self, request: Any) -> torch.Tensor: ...
+
+    def first(self, n: int) -> torch.Tensor: ...
+
+    def draw(self, n: int, seed: int) -> torch.Tensor: ...
+
+
+def build_conditioning(model, url: str, manifest) -> Conditioning | None:
+    """The conditioning the spec's model section asks for over the dataset at url (None: unconditional).
+
+    Raises ValueError for tags on a dataset without tags; CaptionError for text on one without captions.
+    Text: the caption table is read from its cache or computed and cached (``text_cache.py``).
+    """
+    if model.conditioning == "none":
+        return None
+    if model.conditioning == "tags":
+        cond = TagConditioning(manifest.vocabulary, url)
+        if not cond.dim:
+            raise ValueError(f"model.conditioning=tags but {url} has no tags (ingest it with a labels file)")
+        return cond
+    return text_conditioning(model.text_encoder, url, manifest)
+
+
+def text_conditioning(encoder_name: str, url: str, manifest, table=None):
+    """TextConditioning over the dataset's caption table (given, or loaded/computed here)."""
+    from trainers.conditioning.text import TextConditioning
+    from trainers.conditioning.text_cache import load_or_compute
+
+    if table is None:
+        table, _, _ = load_or_compute(url, manifest, encoder_name)
+    return TextConditioning(encoder_name, table)
