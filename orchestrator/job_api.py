@@ -11,6 +11,7 @@ the metadata ``ganray.job`` (the job name) and ``ganray.digest`` (the spec diges
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ JOB_KEY, DIGEST_KEY = "ganray.job", "ganray.digest"
 ACTIVE = frozenset({"PENDING", "RUNNING"})
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 _ADDRESS_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")  # Ray lets these override a client's address
+_CHATTY_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
+                   "ray._private.runtime_env.packaging")
 
 
 def _http(value: str | None) -> bool:
@@ -116,6 +119,8 @@ class JobApi:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         from ray.job_submission import JobSubmissionClient
 
+        for noisy in _CHATTY_LOGGERS:  # package uploads and websocket closes, at INFO on stderr
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         with _own_address():
             self.client = self._call(JobSubmissionClient, address, headers=dict(self._headers))
 

@@ -20,7 +20,12 @@ class ClusterError(GanrayError, RuntimeError):
 def ray_init(ray_address: str | None) -> None:
     """Connects to the cluster once per process; the worker-side GANRAY_* variables set here travel to
     every worker in the job's runtime environment (credentials never do). A submitted driver adds
-    only those its submission's runtime env does not already set."""
+    only those its submission's runtime env does not already set. A Ray token in the environment
+    (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) turns token auth on (RAY_AUTH_MODE=token, unless set),
+    before Ray is imported: Ray reads these once."""
+    if (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) and \
+            not os.environ.get("RAY_AUTH_MODE"):
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     if ray.is_initialized():

@@ -99,7 +99,7 @@ def stop_cmd(name: str, now: bool, timeout: float, address: str | None) -> None:
     if not sub.active:
         click.echo(f"{name}: submission {sub.id} is {sub.status}; nothing to stop")
         return
-    c = None if now else tracking_client()
+    c = tracking_client()
     if c is None and not now:
         raise UsageError("a checkpointed stop goes through the tracking server: set MLFLOW_TRACKING_URI, "
                          "or stop at once with --now")
