@@ -43,8 +43,15 @@ def cluster_address(explicit: str | None = None) -> str | None:
 
 
 def dashboard_address(explicit: str | None = None) -> str:
-    """--address, else an http(s) RAY_ADDRESS, else the embedded stack's dashboard; ClusterError if none."""
-    address = cluster_address(explicit) or settings.read_profile().get("dashboard_url")
+    """--address, else an http(s) RAY_ADDRESS, else the embedded stack's dashboard; ClusterError if none,
+    or when RAY_ADDRESS names another cluster by its GCS address (its dashboard URL is not known here)."""
+    profile = settings.read_profile()
+    address = cluster_address(explicit)
+    env = os.environ.get("RAY_ADDRESS")
+    if address is None and env and env != profile.get("ray_address"):
+        raise ClusterError(f"RAY_ADDRESS={env} is a cluster's GCS address; pass its dashboard instead: "
+                           "--address http://HEAD:8265 (or set RAY_ADDRESS to that URL)")
+    address = address or profile.get("dashboard_url")
     if not address:
         raise ClusterError("no Ray dashboard: pass --address http://HEAD:8265, set RAY_ADDRESS to that URL, "
                            "or start the local stack (`ganray local up`)")
@@ -175,11 +182,12 @@ class JobApi:
         try:
             while True:
                 try:
-                    yield self._call(loop.run_until_complete, stream.__anext__())
-                except ClusterError as err:
-                    if "StopAsyncIteration" in str(err):
-                        return
-                    raise
+                    chunk = loop.run_until_complete(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+                except Exception as err:  # noqa: BLE001 - as _call
+                    raise self._error(err) from None
+                yield chunk
         finally:
             with contextlib.suppress(Exception):
                 loop.run_until_complete(stream.aclose())
