@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from trainers.errors import UsageError
 from trainers.spec import (ARCHES, CONDITIONAL_ARCHES, CheckpointSpec, DataSpec, EvalSpec, JobSpec, ModelSpec,
                            PreemptionSpec, RegistrySpec, ScalingSpec, TrainSpec)
-from trainers.urls import redact_url
+from trainers.urls import redact_text, redact_url
 
 __all__ = ["ARCHES", "CONDITIONAL_ARCHES", "CheckpointSpec", "DataSpec", "EvalSpec", "JobSpec", "ModelSpec",
            "PreemptionSpec", "RegistrySpec", "ScalingSpec", "SpecError", "TrainSpec", "apply_overrides",
@@ -46,6 +46,15 @@ SpecLoader.add_implicit_resolver(
 def read_yaml(text: str) -> Any:
     """A YAML document as the spec reads it (safe, with exponent numbers as numbers)."""
     return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """What is wrong and where (line, column), without quoting the file (a line may hold a secret)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(err, "context", None)
+    problem = getattr(err, "problem", None) or type(err).__name__
+    return redact_text(f"{context + ': ' if context else ''}{problem}{where}")
 
 
 def _shown(value: Any) -> str:
@@ -107,7 +116,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     except FileNotFoundError:
         raise SpecError(f"spec file not found: {path}") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"spec file {path} is not valid YAML: {err}") from None
+        raise SpecError(f"spec file {path} is not valid YAML: {_yaml_problem(err)}") from None
     return parse_spec(raw, overrides)
 
 

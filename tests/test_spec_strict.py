@@ -89,3 +89,11 @@ def test_an_unknown_scheme_lists_the_supported_ones(field):
     assert field in msg and "'s4'" in msg and "s3" in msg and "file" in msg and "gs" in msg, msg
     for ok in ("s3://b/x", "s3a://b/x", "file:///tmp/x", "/tmp/x", "relative/x", "gs://b/x", "memory://x"):
         parse_spec({**BASE, section: {**BASE.get(section, {}), key: ok}})
+
+
+def test_a_yaml_error_quoting_a_credential_does_not_echo_it(tmp_path):
+    p = tmp_path / "job.yaml"
+    p.write_text("name: strict\ndata: {url: s3://AKIAEXAMPLE:s3cr3tValue@bucket/x\nmodel: [dcgan\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(p)
+    assert "not valid YAML" in str(err.value) and "s3cr3t" not in str(err.value) and "AKIA" not in str(err.value)

@@ -6,15 +6,30 @@ from typing import Any
 
 import torch
 
+from trainers.checkpoint import checkpoint_name, checkpoint_step
 from trainers.loop import GanLoop, NeverStop
+from trainers.resume import resume
 from trainers.spec import JobSpec
 
 
 class RayReporter:
+    """ray.train.report with each rank's checkpoint folder (Ray Train merges them into one checkpoint).
+
+    generation: after a resume fell back past newer checkpoints, the folder names carry it
+    (``trainers.resume``); skipped: how many checkpoints that resume skipped, in the first report.
+    """
+
+    def __init__(self, generation: int = 0, skipped: int = 0):
+        self.generation, self.skipped = generation, skipped
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, name: str | None) -> None:
         import ray.train
 
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        if ckpt is not None and self.generation:
+            name = checkpoint_name(checkpoint_step(name), self.generation)
+        if self.skipped:
+            metrics, self.skipped = {**metrics, "checkpoints_skipped": self.skipped}, 0
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
 
 
@@ -57,13 +72,14 @@ def train_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     loop = GanLoop(spec, rank, world, device)
     loop.preemption.enabled = True
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            loop.restore(d)
     control = config.get("control")
     stop = ActorStopSignal(control["name"], control["namespace"]) if control and rank == 0 else NeverStop()
     try:
-        loop.run(RayReporter(), stop)
+        reporter = RayReporter()
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is not None:  # the newest checkpoint that verifies, at or before Ray's latest; all ranks alike
+            choice = resume(loop, ckpt.filesystem, ckpt.path)
+            reporter = RayReporter(choice.generation, len(choice.skipped))
+        loop.run(reporter, stop)
     finally:  # decode processes and staged shards (in /dev/shm) go now, not when the actor is reaped
         loop.stream.close()

@@ -8,6 +8,7 @@ the URL with them replaced by ``***``.
 """
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlsplit
 
 # Query parameters that carry a signature or a key: S3 (SigV4 and V2), GCS, Azure SAS, OSS.
@@ -15,6 +16,7 @@ SIGNED_QUERY_KEYS = frozenset({
     "x-amz-signature", "x-amz-credential", "x-amz-security-token", "signature", "awsaccesskeyid",
     "x-goog-signature", "x-goog-credential", "googleaccessid", "sig", "ossaccesskeyid", "security-token",
     "access_token", "token"})
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def url_scheme(url: str) -> str | None:
@@ -73,6 +75,11 @@ def redact_url(url: str) -> str:
     query = "***" if _signed(parts.query) else parts.query
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") + (
         f"#{parts.fragment}" if parts.fragment else "")
+
+
+def redact_text(text: str) -> str:
+    """text with every URL in it redacted (``redact_url``): for messages that quote a user's input."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), str(text))
 
 
 def url_problem(url: str) -> str | None:
