@@ -18,7 +18,8 @@ from orchestrator.environment import Endpoints, applied, resolve_endpoints
 from orchestrator.lifecycle import Lifecycle, State, state_of
 from orchestrator.progress import Progress
 from orchestrator.spec import JobSpec, same_spec
-from orchestrator.storage import Storage, checkpoint_uri, delete_run_storage, local_checkpoint, resolve_storage
+from orchestrator import stored_checkpoints
+from orchestrator.storage import Storage, checkpoint_uri, local_checkpoint, resolve_storage
 from trainers.checkpoint import generator_from_checkpoint, load_state
 from trainers.data.stream import read_manifest
 from trainers.errors import GanrayError
@@ -55,14 +56,24 @@ def run_job(spec: JobSpec, fresh: bool = False, progress: bool = True) -> dict[s
 
 
 def _open_job(c, spec: JobSpec, storage: Storage, fresh: bool):
-    """(run, lifecycle) of the job; lifecycle None when the run is finished (its summary is the answer)."""
+    """(run, lifecycle) of the job; lifecycle None when the run is finished (its summary is the answer).
+
+    fresh: the old run is superseded, the checkpoints it recorded and the job's checkpoints where this
+    spec writes are deleted, and a new run starts at step 0. Without fresh and without a run on record,
+    checkpoints of the job in its storage folder must have been written under the same spec."""
     run = runs.find_run(c, spec.name)
-    if run is not None and fresh:
-        _retire(c, run, storage.run_url(spec.name))
+    run_url = storage.run_url(spec.name)
+    if fresh or run is None:
+        read_manifest(spec.data.url)  # a missing dataset fails here, before anything changes
+    if fresh:
+        if run is not None:
+            _retire(c, run)
+        _delete_checkpoints(run_url)  # whatever the tracking server remembers, Ray Train restores nothing
         run = None
+    elif run is None:
+        _check_stored_checkpoints(run_url, spec)
     if run is None:
-        read_manifest(spec.data.url)  # a missing dataset fails here, before any cluster work
-        run_id = runs.create_run(c, spec.to_dict(), spec.digest(), storage.run_url(spec.name))
+        run_id = runs.create_run(c, spec.to_dict(), spec.digest(), run_url)
         return c.get_run(run_id), Lifecycle(c, spec.name, run_id, State.CREATED)
     _check_same_spec(c, run, spec)
     state = state_of(run)
@@ -71,11 +82,35 @@ def _open_job(c, spec: JobSpec, storage: Storage, fresh: bool):
     return run, Lifecycle(c, spec.name, run.info.run_id, state)
 
 
-def _retire(c, run, default_run_url: str) -> None:
-    """--fresh: the old run is superseded and the checkpoints it recorded are deleted."""
+def _retire(c, run) -> None:
+    """--fresh: the old run is superseded and the checkpoints it wrote (under the storage folder it
+    recorded, wherever the new spec points) are deleted; nothing else there."""
     Lifecycle(c, run.data.tags[runs.JOB_TAG], run.info.run_id, state_of(run)).move(State.SUPERSEDED)
     runs.retire(c, run)
-    delete_run_storage(run.data.tags.get(runs.STORAGE_TAG) or default_run_url)
+    recorded = run.data.tags.get(runs.STORAGE_TAG)
+    if recorded:
+        _delete_checkpoints(recorded)
+
+
+def _delete_checkpoints(run_url: str) -> None:
+    """The job's checkpoint folders under run_url and Ray Train's record of them, gone (JobError if not)."""
+    try:
+        stored_checkpoints.delete_job_checkpoints(run_url)
+    except OSError as err:
+        raise JobError(f"cannot delete the checkpoints in {run_url} (--fresh): {type(err).__name__}: {err}") from None
+
+
+def _check_stored_checkpoints(run_url: str, spec: JobSpec) -> None:
+    """With no run on record: the newest checkpoint of the job in its storage folder must have been written
+    under the same spec (JobError naming the fields otherwise). One whose spec cannot be read is left to the
+    workers, which verify every checkpoint and compare its spec again."""
+    try:
+        found = stored_checkpoints.newest_spec(run_url)
+    except OSError as err:
+        raise JobError(f"cannot read the checkpoints in {run_url}: {type(err).__name__}: {err}") from None
+    if found is None or found[1] is None or same_spec(found[1], spec):
+        return
+    raise JobError(f"{found[0]}: {_spec_diff_message(found[1], spec)}")
 
 
 def _check_same_spec(c, run, spec: JobSpec) -> None:

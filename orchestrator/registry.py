@@ -76,15 +76,37 @@ def parse_model_uri(uri: str) -> str:
 
 
 def load_generator(model_uri: str) -> tuple[Any, GeneratorMetadata]:
-    """(packed generator in eval mode, its metadata) of a registered version."""
+    """(packed generator in eval mode, its metadata) of a registered version.
+
+    Only a pytorch model in the pt2 format loads (``trainers.safe_model``): a pickle-format version is
+    refused before any of it is deserialised, and MLflow's check that the pt2 archive holds no pickle
+    stays on whatever the environment says."""
+    import shutil
+    import tempfile
+
     import mlflow
 
-    parse_model_uri(model_uri)
+    from trainers.safe_model import UnsafeModelError, check_pt2_model, pickle_refused
+
+    model_uri = parse_model_uri(model_uri)
+    tmp = tempfile.mkdtemp(prefix="ganray-model-")
     try:
-        info = mlflow.models.get_model_info(model_uri)
-        loaded = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a missing model
-        raise RegistryError(f"cannot load {model_uri}: {type(err).__name__}: {err}") from None
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+            info = mlflow.models.Model.load(local)
+        except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a missing model
+            raise RegistryError(f"cannot load {model_uri}: {type(err).__name__}: {err}") from None
+        try:
+            check_pt2_model(local, model_uri)
+        except UnsafeModelError as err:
+            raise RegistryError(str(err)) from None
+        try:
+            with pickle_refused():
+                loaded = mlflow.pytorch.load_model(local, map_location="cpu")
+        except Exception as err:  # noqa: BLE001
+            raise RegistryError(f"cannot load {model_uri}: {type(err).__name__}: {err}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     try:
         meta = read_metadata(info.metadata, model_uri)
     except MetadataError as err:

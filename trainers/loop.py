@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 
 from trainers.augment import AugmentPipe
-from trainers.checkpoint import (GRID_FILE, STATE_FILE, checkpoint_name, load_rank_state, load_state, rank_file,
-                                 save_atomic)
+from trainers.checkpoint import (GRID_FILE, STATE_FILE, CheckpointError, checkpoint_name, load_rank_state,
+                                 load_state, plain, rank_file, save_atomic, verify, write_index)
 from trainers.conditioning import TagEncoder
 from trainers.data.stream import ShardStream, batches
 from trainers.distributed import average_gradients, broadcast_module, distributed_ready
@@ -181,8 +181,9 @@ class GanLoop:
 
     # -- state -----------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """The full state (rank 0's view; the stream state is global)."""
-        return {
+        """The full state (rank 0's view; the stream state is global): tensors and plain values only,
+        so that it loads with ``torch.load(weights_only=True)``."""
+        return plain({
             "g": self.g.state_dict(), "d": self.d.state_dict(),
             "g_ema": self.g_ema.state_dict() if self.g_ema is not None else None,
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
@@ -197,24 +198,31 @@ class GanLoop:
             "tags": self.stream.manifest.vocabulary,
             "conditioning": self.spec.model.conditioning,
             "evaluations": self.evaluations,
-        }
+        })
 
     def rank_state(self) -> dict[str, Any]:
-        """This rank's RNG states: the loop's noise generator, torch's CPU (and CUDA) generators."""
+        """This rank's RNG states (uint8 tensors): the loop's noise generator, torch's CPU (and CUDA) generators."""
         state = {"noise": self.noise.get_state(), "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def write_checkpoint(self, directory: str | Path) -> None:
+        """This rank's part of a checkpoint: its RNG state (rank 0: the state and the grid too), then, last,
+        its index of them (``trainers.checkpoint.verify`` checks a checkpoint against its indexes)."""
         directory = Path(directory)
         save_atomic(self.rank_state(), directory / rank_file(self.rank))
         if self.rank == 0:
             save_atomic(self.state(), directory / STATE_FILE)
             self.sample_grid().save(directory / GRID_FILE)
+        write_index(directory, self.rank, self.world_size, self.step,
+                    self.spec.to_dict() if self.rank == 0 else None)
 
-    def restore(self, directory: str | Path) -> None:
-        """Continues from a checkpoint directory, on this loop's world size."""
+    def restore(self, directory: str | Path, verified: bool = False) -> None:
+        """Continues from a checkpoint directory, on this loop's world size. The checkpoint is verified
+        first (``verified``: the caller did) and loaded safely; CheckpointError when it cannot be trusted."""
+        if not verified:
+            verify(directory)
         s = load_state(directory)
         self.g.load_state_dict(s["g"])
         self.d.load_state_dict(s["d"])
@@ -233,6 +241,9 @@ class GanLoop:
         self.stream.load_state_dict(s["stream"])
         self.resumed_from, self.restored_at = self.step, time.time()
         r = load_rank_state(directory, self.rank) if s["world_size"] == self.world_size else None
+        if r is None and s["world_size"] == self.world_size:
+            raise CheckpointError(f"checkpoint {directory} has no {rank_file(self.rank)} "
+                                  f"(written by {self.world_size} ranks)")
         if r is not None:
             self.noise.set_state(r["noise"])
             torch.set_rng_state(r["torch"])
