@@ -7,7 +7,7 @@ import numpy as np
 
 from trainers.errors import UsageError
 from trainers.grid import make_grid
-from trainers.sampling import check_count, condition_vector, sample
+from trainers.sampling import check_count, check_truncation, condition_vector, sample
 
 OUTPUT_SUFFIXES = (".png", ".npz")
 
@@ -23,9 +23,11 @@ def write_images(images: np.ndarray, out: str | Path) -> Path:
     return out
 
 
-def generate(model_uri: str, n: int, seed: int, out: str | Path, tags: list[str] | None = None) -> Path:
+def generate(model_uri: str, n: int, seed: int, out: str | Path, tags: list[str] | None = None,
+             truncation: float = 1.0) -> Path:
     """Loads model_uri, draws n samples from seeds seed..seed+n-1 (all for ``tags`` if the model is
-    tag-conditioned), writes out by its suffix. An unknown tag is an error listing the known ones."""
+    tag-conditioned; at StyleGAN2 truncation psi ``truncation``, 1: none), writes out by its suffix.
+    An unknown tag is an error listing the known ones."""
     from orchestrator.registry import load_generator, parse_model_uri
 
     if Path(out).suffix not in OUTPUT_SUFFIXES:
@@ -34,4 +36,5 @@ def generate(model_uri: str, n: int, seed: int, out: str | Path, tags: list[str]
     parse_model_uri(model_uri)
     g, meta = load_generator(model_uri)
     c = condition_vector(meta, tags, model_uri)
-    return write_images(sample(g, meta.z_dim, n, seed, c=c), out)
+    psi = check_truncation(meta, truncation, model_uri)
+    return write_images(sample(g, meta.z_dim, n, seed, c=c, truncation=psi, takes_psi=meta.takes_psi), out)

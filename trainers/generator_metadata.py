@@ -1,7 +1,8 @@
 """What a registered generator carries about itself, and the one reader of it.
 
 A generator registered by ganray is an exported module with one input, ``[z | c]``
-(N, z_dim + c_dim), and this metadata under the model's ``metadata["ganray"]``: the
+(N, z_dim + c_dim; a StyleGAN2 takes ``[z | c | psi]``, its truncation per row: the
+``input`` key says which), and this metadata under the model's ``metadata["ganray"]``: the
 generator config (arch, resolution, z and c sizes: enough to rebuild it), the tag
 vocabulary in the order of c, the conditioning, the step and dataset it came from,
 and its latest evaluation. The registry writes it (``to_dict``); ``generate`` and the
@@ -9,7 +10,7 @@ server read it back (``read_metadata``), so both agree on every key.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trainers.errors import GanrayError
@@ -29,6 +30,7 @@ class GeneratorMetadata:
     step: int | None = None
     dataset_hash: str | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
+    packed_input: str | None = None  # what a stored version's module takes; None: what an export takes today
 
     @property
     def arch(self) -> str:
@@ -46,10 +48,27 @@ class GeneratorMetadata:
     def resolution(self) -> int:
         return int(self.generator_config["resolution"])
 
+    @property
+    def input(self) -> str:
+        """The columns of the module's one input, e.g. ``z|c`` or ``z|c|psi`` (a StyleGAN2 export today)."""
+        if self.packed_input:
+            return self.packed_input
+        return "|".join(["z"] + (["c"] if self.c_dim else []) + (["psi"] if self.arch == "stylegan2" else []))
+
+    @property
+    def takes_psi(self) -> bool:
+        """Whether the module takes StyleGAN2's truncation psi as its last input column."""
+        return "psi" in self.input.split("|")
+
+    @property
+    def input_width(self) -> int:
+        """The width of the module's input: z_dim + c_dim (+ 1 for psi)."""
+        return self.z_dim + self.c_dim + int(self.takes_psi)
+
     def to_dict(self) -> dict[str, Any]:
         """The stored form (JSON-safe); ``input`` says what the exported module takes."""
         return {"generator_config": self.generator_config, "vocabulary": list(self.vocabulary),
-                "conditioning": self.conditioning, "c_dim": self.c_dim, "input": "z|c" if self.c_dim else "z",
+                "conditioning": self.conditioning, "c_dim": self.c_dim, "input": self.input,
                 "step": self.step, "dataset_hash": self.dataset_hash, "evaluation": self.evaluation}
 
     @classmethod
@@ -67,7 +86,8 @@ class GeneratorMetadata:
 def read_metadata(model_metadata: dict[str, Any] | None, where: str = "the model") -> GeneratorMetadata:
     """The ganray metadata of a logged model's metadata dict; MetadataError when it is not ganray's.
 
-    Versions registered before ``vocabulary`` was named so carry it as ``tags``.
+    Versions registered before ``vocabulary`` was named so carry it as ``tags``; a version without
+    ``input`` takes ``[z | c]`` (no psi).
     """
     raw = (model_metadata or {}).get(METADATA_KEY)
     if not isinstance(raw, dict) or not isinstance(raw.get("generator_config"), dict):
@@ -77,4 +97,7 @@ def read_metadata(model_metadata: dict[str, Any] | None, where: str = "the model
                              raw.get("step"), raw.get("dataset_hash"), dict(raw.get("evaluation") or {}))
     if meta.c_dim and meta.conditioning == "tags" and len(vocabulary) != meta.c_dim:
         raise MetadataError(f"{where} takes {meta.c_dim} tags but its metadata lists {len(vocabulary)}")
+    stored = str(raw.get("input") or ("z|c" if meta.c_dim else "z"))
+    if stored != meta.input:  # a version exported before today's input (say, a StyleGAN2 without psi)
+        meta = replace(meta, packed_input=stored)
     return meta

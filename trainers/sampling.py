@@ -2,9 +2,13 @@
 
 Used by ``ganray generate`` and the server in ``deploy/``: the same seed and request give
 the same images everywhere. The generator is the registered, packed form (one input,
-``[z | c]``; see ``trainers.generator_metadata``).
+``[z | c]``, or ``[z | c | psi]`` for a StyleGAN2 that takes its truncation; see
+``trainers.generator_metadata``). The server batches requests by concatenating their
+:func:`packed_rows` and running :func:`run_packed` once.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -15,6 +19,8 @@ from trainers.generator_metadata import GeneratorMetadata
 from trainers.grid import to_uint8
 
 MAX_SAMPLES = 1024
+MAX_SEED = 2**63 - 1
+TRUNCATION_RANGE = (-2.0, 2.0)  # StyleGAN2's psi: 1 is none, 0 the average w; beyond +-2 is noise
 
 
 class SamplingError(GanrayError, ValueError):
@@ -24,6 +30,12 @@ class SamplingError(GanrayError, ValueError):
 def latents(z_dim: int, n: int, seed: int) -> torch.Tensor:
     """(n, z_dim) noise; row i comes from seed + i alone, so any slice of seeds is reproducible."""
     return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
+
+
+def check_seed(seed: int, n: int = 1) -> None:
+    """SamplingError unless every seed of seed .. seed + n - 1 is one torch takes (0 to 2**63 - 1)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0 or seed + max(n, 1) - 1 > MAX_SEED:
+        raise SamplingError(f"seed must be an integer from 0 to {MAX_SEED - max(n, 1) + 1}, got {seed!r}")
 
 
 def check_count(n: int, limit: int = MAX_SAMPLES) -> None:
@@ -51,18 +63,59 @@ def condition_vector(meta: GeneratorMetadata, tags: list[str] | None, where: str
         raise SamplingError(f"{where}: {err}") from None
 
 
-@torch.no_grad()
-def sample(generator, z_dim: int, n: int, seed: int, c: torch.Tensor | None = None, batch: int = 64
-           ) -> np.ndarray:
-    """n images (uint8 NxHxWx3) of a packed generator; image i comes from seed + i (and c, the same for all)."""
-    check_count(n, limit=1 << 20)
-    z = latents(z_dim, n, seed)
+def check_truncation(meta: GeneratorMetadata, truncation: float, where: str = "the model") -> float:
+    """truncation as a float; SamplingError unless it is 1, or a finite psi in range for a StyleGAN2
+    version whose input takes it (other architectures, and StyleGAN2 versions registered without
+    the psi column, sample at 1 only)."""
+    if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not math.isfinite(truncation):
+        raise SamplingError(f"truncation must be a finite number, got {truncation!r}")
+    psi = float(truncation)
+    if psi == 1.0:
+        return psi
+    if meta.arch != "stylegan2":
+        raise SamplingError(f"{where} is {meta.arch}: truncation is StyleGAN2's psi and must be 1 here, got {psi:g}")
+    if not meta.takes_psi:
+        raise SamplingError(f"{where} was registered without a truncation input (input {meta.input}): "
+                            f"truncation must be 1, got {psi:g}")
+    low, high = TRUNCATION_RANGE
+    if not low <= psi <= high:
+        raise SamplingError(f"truncation must be between {low:g} and {high:g}, got {psi:g}")
+    return psi
+
+
+def packed_rows(z_dim: int, n: int, seed: int, c: torch.Tensor | None = None, truncation: float = 1.0,
+                takes_psi: bool = False) -> torch.Tensor:
+    """The generator's input for one request: n rows [z | c | psi]; row i's z comes from seed + i,
+    c (the same for all) is left out when None, psi only when the generator takes it."""
+    if truncation != 1.0 and not takes_psi:
+        raise SamplingError(f"this generator takes no truncation: it must be 1, got {truncation:g}")
+    check_seed(seed, n)
+    parts = [latents(z_dim, n, seed)]
     if c is not None:
-        z = torch.cat([z, c.float().unsqueeze(0).expand(n, -1)], dim=1)  # the registered input is [z | c]
+        parts.append(c.float().unsqueeze(0).expand(n, -1))
+    if takes_psi:
+        parts.append(torch.full((n, 1), float(truncation)))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+@torch.no_grad()
+def run_packed(generator, rows: torch.Tensor, batch: int = 64, device: str | torch.device = "cpu") -> np.ndarray:
+    """Images (uint8 NxHxWx3) of a packed generator for its input rows, in passes of at most batch rows."""
     out = []
-    for i in range(0, n, batch):
-        chunk = z[i:i + batch]
+    for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
         # An exported generator keeps a dynamic batch of size >= 2: pad a single sample.
         padded = torch.cat([chunk, chunk]) if len(chunk) == 1 else chunk
-        out.append(to_uint8(generator(padded))[: len(chunk)])
+        out.append(to_uint8(generator(padded.to(device)))[: len(chunk)])
     return np.concatenate(out)
+
+
+def sample(generator, z_dim: int, n: int, seed: int, c: torch.Tensor | None = None, batch: int = 64,
+           truncation: float = 1.0, takes_psi: bool = False) -> np.ndarray:
+    """n images (uint8 NxHxWx3) of a packed generator; image i comes from seed + i (and c, the same for all).
+
+    takes_psi: the generator's input ends with a psi column (``GeneratorMetadata.takes_psi``); only
+    then may truncation differ from 1 (check it first with :func:`check_truncation`).
+    """
+    check_count(n, limit=1 << 20)
+    return run_packed(generator, packed_rows(z_dim, n, seed, c, truncation, takes_psi), batch)

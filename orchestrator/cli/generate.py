@@ -9,14 +9,16 @@ import click
 @click.option("--n", "n", type=int, default=16, show_default=True, help="Number of samples (1 to 1024).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i.")
 @click.option("--tags", help="Comma-separated tags (conditional models only).")
+@click.option("--truncation", type=float, default=1.0, show_default=True,
+              help="StyleGAN2's truncation psi toward the average w (1: none; other architectures: 1 only).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="PATH.png (a grid) or PATH.npz (uint8 NxHxWx3).")
-def generate_cmd(model_uri: str, n: int, seed: int, tags: str | None, out: str) -> None:
+def generate_cmd(model_uri: str, n: int, seed: int, tags: str | None, truncation: float, out: str) -> None:
     """Sample a registered generator (models:/NAME/VERSION or models:/NAME@ALIAS)."""
     from orchestrator.generate import generate
 
     tag_list = [t.strip() for t in tags.split(",") if t.strip()] if tags else None
-    path = generate(model_uri, n, seed, out, tag_list)
+    path = generate(model_uri, n, seed, out, tag_list, truncation=truncation)
     click.echo(f"wrote {n} samples of {model_uri} to {path}")
 
 

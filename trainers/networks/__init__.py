@@ -82,18 +82,31 @@ def generate_images(g: nn.Module, z: torch.Tensor, c: torch.Tensor | None = None
 
 
 class PackedInputGenerator(nn.Module):
-    """A generator with one input, [z | c] (N, z_dim + c_dim): what the registry exports and serves.
+    """A generator with one input: what the registry exports and serves.
 
-    One tensor input keeps the exported program's signature the same for every architecture;
-    StyleGAN2's noise inputs are fixed so that a seed always gives the same image.
+    The input is [z | c] (N, z_dim + c_dim) for every architecture; a StyleGAN2 export takes one
+    more column, [z | c | psi] (``input_width``): psi, per row, is StyleGAN2's truncation toward
+    w_avg (1: none). The column is optional when tracing: the example's width decides, and an
+    export without it samples at psi 1. One tensor input keeps the exported program's signature
+    the same for every architecture; StyleGAN2's noise inputs are fixed so that a seed always
+    gives the same image.
     """
 
     def __init__(self, g: nn.Module):
         super().__init__()
         self.g, self.z_dim, self.c_dim = g, g.z_dim, getattr(g, "c_dim", 0)
         self.style = isinstance(g, StyleGan2Generator)
+        self.input_width = self.z_dim + self.c_dim + (1 if self.style else 0)
 
     def forward(self, zc: torch.Tensor) -> torch.Tensor:
         z = zc[:, :self.z_dim]
-        c = zc[:, self.z_dim:] if self.c_dim else None
-        return self.g(z, c, noise_mode="const") if self.style else self.g(z, c)
+        c = zc[:, self.z_dim:self.z_dim + self.c_dim] if self.c_dim else None
+        if not self.style:
+            return self.g(z, c)
+        if getattr(self.g, "ca", None) is not None and c is not None:
+            c = self.g.ca(c)[0]  # a text embedding's conditioning augmentation, at its mean (as G's forward)
+        ws = self.g.mapping(z, c)
+        if zc.shape[1] > self.z_dim + self.c_dim:  # static when exported: the example's width decides
+            psi = zc[:, self.z_dim + self.c_dim:self.z_dim + self.c_dim + 1].unsqueeze(-1)  # (N, 1, 1)
+            ws = self.g.mapping.w_avg.lerp(ws, psi)  # w_avg + psi * (w - w_avg), as the mapping's truncation
+        return self.g.synthesis(ws, noise_mode="const")

@@ -1,0 +1,126 @@
+'''The page at ``GET /``: pick tags, a seed and a count, press Generate, see the grid.
+
+One self-contained document (inline CSS and JS, no external assets, no build step). It asks
+``model`` for the vocabulary and ``generate`` for the grid, relative to where it is served,
+so it works under any route prefix. The answering model's name and version come from the
+``X-Ganray-Model``/``X-Ganray-Version`` headers of each image.
+
+The prompt box (``#prompt-box``) is in the page, hidden: it is shown only when ``model``
+says the model takes prompts (``conditioning: "text"``); the text issue wires it up.
+'''
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ganray generator</title>
+<style>
+  [hidden] { display: none !important; }
+  body { font: 15px/1.4 system-ui, sans-serif; margin: 0; background: #faf7f5; color: #222; }
+  header { background: #e0607e; color: #fff; padding: 12px 20px; }
+  header h1 { margin: 0; font-size: 20px; }
+  #model-info { font-size: 13px; opacity: .9; }
+  main { display: flex; flex-wrap: wrap; gap: 20px; padding: 20px; }
+  form { flex: 0 0 300px; background: #fff; border-radius: 8px; padding: 16px; box-shadow: 0 1px 3px #0002; }
+  fieldset { border: 1px solid #ddd; border-radius: 6px; margin: 0 0 12px; }
+  #tags label { display: inline-block; margin: 2px 8px 2px 0; white-space: nowrap; }
+  .row { display: flex; gap: 8px; align-items: center; margin: 8px 0; }
+  .row input { width: 110px; }
+  textarea { width: 100%; box-sizing: border-box; }
+  button { background: #e0607e; color: #fff; border: 0; border-radius: 6px; padding: 8px 16px; font-size: 15px; cursor: pointer; }
+  button:disabled { opacity: .5; cursor: wait; }
+  #result { flex: 1 1 400px; }
+  #grid { image-rendering: pixelated; max-width: 100%; min-width: 256px; background: #fff; border-radius: 4px; }
+  #error { color: #b00020; white-space: pre-wrap; }
+  #answered { font-size: 13px; color: #555; }
+</style>
+</head>
+<body>
+<header><h1>ganray generator</h1><div id="model-info">loading the model...</div></header>
+<main>
+<form id="form" onsubmit="return false">
+  <fieldset id="tags-box"><legend>Tags</legend><div id="tags"></div></fieldset>
+  <!-- PROMPT BOX: hidden until GET model answers conditioning "text" (the text issue enables it). -->
+  <fieldset id="prompt-box" data-role="prompt-box" hidden>
+    <legend>Prompt</legend><textarea id="prompt" rows="3" placeholder="describe the picture"></textarea>
+  </fieldset>
+  <div class="row"><label for="seed">Seed</label><input id="seed" type="number" min="0" value="0">
+    <button type="button" id="random-seed" title="a random seed">random</button></div>
+  <div class="row"><label for="count">Count</label><input id="count" type="number" min="1" max="64" value="16"></div>
+  <div class="row" id="truncation-box" hidden><label for="truncation">Truncation &psi;</label>
+    <input id="truncation" type="number" min="-2" max="2" step="0.05" value="1"></div>
+  <button type="button" id="generate" disabled>Generate</button>
+  <p id="error" role="alert"></p>
+</form>
+<section id="result">
+  <img id="grid" alt="generated samples">
+  <p id="answered"></p>
+</section>
+</main>
+<script>
+"use strict";
+const base = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
+const $ = (id) => document.getElementById(id);
+let model = null;
+
+function showError(text) { $("error").textContent = text || ""; }
+
+async function loadModel() {
+  const r = await fetch(base + "model", {cache: "no-store"});
+  const body = await r.json();
+  if (!r.ok) { showError(body.error || ("model: HTTP " + r.status)); setTimeout(loadModel, 2000); return; }
+  model = body;
+  $("model-info").textContent = model.name + " version " + model.version +
+    (model.alias ? " (@" + model.alias + ")" : "") + " \\u00b7 " + model.arch + " \\u00b7 " +
+    model.resolution + "\\u00d7" + model.resolution;
+  const tags = $("tags");
+  tags.replaceChildren();
+  for (const tag of model.vocabulary) {
+    const label = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox"; box.name = "tag"; box.value = tag;
+    label.append(box, " " + tag);
+    tags.append(label);
+  }
+  $("tags-box").hidden = model.vocabulary.length === 0;
+  $("prompt-box").hidden = model.conditioning !== "text";
+  $("truncation-box").hidden = !model.truncation;
+  $("generate").disabled = false;
+  showError("");
+}
+
+async function generate() {
+  const request = {seed: parseInt($("seed").value, 10) || 0, n: parseInt($("count").value, 10) || 1};
+  const tags = [...document.querySelectorAll("#tags input:checked")].map((b) => b.value);
+  if (tags.length) request.tags = tags;
+  if (!$("prompt-box").hidden && $("prompt").value.trim()) request.prompt = $("prompt").value.trim();
+  if (model && model.truncation) request.truncation = parseFloat($("truncation").value);
+  $("generate").disabled = true;
+  showError("");
+  try {
+    const r = await fetch(base + "generate", {method: "POST", headers: {"Content-Type": "application/json"},
+                                             body: JSON.stringify(request)});
+    if (!r.ok) { const body = await r.json().catch(() => ({})); showError(body.error || ("HTTP " + r.status)); return; }
+    const blob = await r.blob();
+    const old = $("grid").src;
+    $("grid").src = URL.createObjectURL(blob);
+    if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+    $("answered").textContent = "answered by " + r.headers.get("X-Ganray-Model") + " version " +
+      r.headers.get("X-Ganray-Version") + " \\u00b7 seed " + request.seed + " \\u00b7 " + request.n + " samples" +
+      (tags.length ? " \\u00b7 " + tags.join(", ") : "");
+    $("answered").dataset.version = r.headers.get("X-Ganray-Version");
+  } catch (err) {
+    showError(String(err));
+  } finally {
+    $("generate").disabled = false;
+  }
+}
+
+$("generate").addEventListener("click", generate);
+$("random-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); });
+loadModel().catch((err) => { showError(String(err)); setTimeout(loadModel, 2000); });
+</script>
+</body>
+</html>
+"""

@@ -1,0 +1,139 @@
+"""What a client may ask of ``POST /generate``, checked before anything runs.
+
+Every way a body can be wrong is a :class:`BadRequest` whose message the client gets back
+(400, ``{"error": reason}``): a body over 64 KB, malformed JSON, an unknown field, a bad
+type, n out of range, an unknown tag (listed against the known ones), tags to an
+unconditional model, a prompt to a model without text conditioning, a truncation the
+model cannot take. A checked request becomes the generator's input rows (:func:`prepare`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from deploy.loader import LoadedModel
+from trainers.sampling import SamplingError, check_count, check_seed, check_truncation, condition_vector, packed_rows
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_N = 64
+MAX_PROMPT_CHARS = 2000
+FIELDS = ("seed", "n", "tags", "prompt", "truncation")
+FORMATS = ("png", "npz")
+
+
+class BadRequest(ValueError):
+    """A request the server refuses; the message is the client's answer."""
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    seed: int = 0
+    n: int = 16
+    tags: tuple[str, ...] | None = None
+    prompt: str | None = None
+    truncation: float = 1.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checked request against the model it will be answered with: its input rows [z | c | psi]."""
+
+    model: LoadedModel
+    rows: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+
+def parse_format(value: str | None) -> str:
+    fmt = (value or "png").lower()
+    if fmt not in FORMATS:
+        raise BadRequest(f"format must be one of {', '.join(FORMATS)}, got {value!r}")
+    return fmt
+
+
+def check_body_size(size: int) -> None:
+    if size > MAX_BODY_BYTES:
+        raise BadRequest(f"request body over {MAX_BODY_BYTES // 1024} KB")
+
+
+def parse_body(body: bytes) -> GenerateRequest:
+    """The JSON body of POST /generate -> GenerateRequest (types and ranges checked, not yet the model)."""
+    check_body_size(len(body))
+    try:
+        raw = json.loads(body) if body.strip() else {}
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise BadRequest(f"malformed JSON: {_short(err)}") from None
+    if not isinstance(raw, dict):
+        raise BadRequest(f"the body must be a JSON object with fields {', '.join(FIELDS)}")
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(FIELDS)}")
+    n = _integer(raw, "n", 16)
+    _sampling(check_count, n, MAX_N)
+    seed = _integer(raw, "seed", 0)
+    _sampling(check_seed, seed, n)
+    tags, prompt = _tags(raw.get("tags")), raw.get("prompt")
+    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
+        raise BadRequest(f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
+    if tags and prompt:
+        raise BadRequest("give tags or a prompt, not both")
+    truncation = raw.get("truncation", 1.0)
+    if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not math.isfinite(truncation):
+        raise BadRequest(f"truncation must be a finite number, got {truncation!r}")
+    return GenerateRequest(seed, n, tags, prompt, float(truncation))
+
+
+def prepare(model: LoadedModel, req: GenerateRequest) -> Prepared:
+    """The request's input rows for model; BadRequest when the model cannot answer it."""
+    where = f"model {model.name}"
+    if req.prompt is not None:
+        c = prompt_condition(model, req.prompt)
+    else:
+        c = _sampling(condition_vector, model.meta, list(req.tags) if req.tags else None, where)
+    psi = _sampling(check_truncation, model.meta, req.truncation, where)
+    rows = _sampling(packed_rows, model.meta.z_dim, req.n, req.seed, c, psi, model.meta.takes_psi)
+    return Prepared(model, rows)
+
+
+def prompt_condition(model: LoadedModel, prompt: str) -> torch.Tensor:
+    """The one place a prompt becomes a model's condition vector. Text-conditioned models come
+    with the text issue; until then every model answers that it has no text conditioning."""
+    if model.meta.conditioning != "text":
+        raise BadRequest(f"model {model.name} has no text conditioning")
+    raise BadRequest(f"model {model.name}: text prompts are not served yet")
+
+
+def _integer(raw: dict[str, Any], key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{key} must be an integer, got {value!r}"[:300])
+    return value
+
+
+def _tags(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise BadRequest("tags must be a list of strings (or one comma-separated string)")
+    tags = tuple(t.strip() for t in value if t.strip())
+    return tags or None
+
+
+def _sampling(check, *args):
+    try:
+        return check(*args)
+    except SamplingError as err:
+        raise BadRequest(str(err)) from None
+
+
+def _short(err: Exception, limit: int = 200) -> str:
+    text = str(err)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,126 @@
+"""The Ray Serve deployment: one replica serves one registered generator over HTTP.
+
+Routes (relative to the application's route prefix): ``GET /`` the page, ``GET /model``,
+``GET /healthz``, ``POST /reload``, ``POST /generate[?format=npz]``. Requests are batched on
+the replica (``serve.batch``): their input rows go through the generator together, in a
+thread, so the event loop keeps answering. Whatever a client sends gets an answer; a handler
+that fails unexpectedly answers 500 and the replica goes on.
+"""
+# No `from __future__ import annotations` here: FastAPI reads the route handlers' annotations
+# (Request) at runtime, and Serve's ingress rebinds the handlers where strings cannot be resolved.
+import asyncio
+import logging
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deploy.batching import run_batch
+from deploy.encoding import MEDIA_TYPES, encode
+from deploy.follow import ModelFollower
+from deploy.loader import LoadError
+from deploy.page import PAGE
+from deploy.request import BadRequest, Prepared, check_body_size, parse_body, parse_format, prepare
+from deploy.settings import ServeSettings
+
+log = logging.getLogger("ray.serve")
+api = FastAPI(title="ganray generator", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def error(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+@api.exception_handler(BadRequest)
+async def _bad_request(_: Request, err: BadRequest) -> JSONResponse:
+    return error(400, str(err))
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+    return error(400, f"invalid request: {err.errors()[:3]}"[:500])
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    return error(err.status_code, str(err.detail))
+
+
+@api.exception_handler(Exception)
+async def _unexpected(_: Request, err: Exception) -> JSONResponse:
+    log.exception("unexpected error in a request")
+    return error(500, f"internal error ({type(err).__name__})")
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused past 64 KB (by its declared length, or as it streams in)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit():
+        check_body_size(int(declared))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        check_body_size(len(body))
+    return bytes(body)
+
+
+@serve.deployment(name="generator")
+@serve.ingress(api)
+class GeneratorServer:
+    async def __init__(self, settings: Dict[str, Any]):
+        self.settings = ServeSettings.from_dict(settings)
+        self.follower = ModelFollower(self.settings.ref, self.settings.device())
+        self._generate_batch.set_max_batch_size(self.settings.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(self.settings.batch_wait_s)
+        self._poller = asyncio.create_task(self.follower.follow(self.settings.poll_s))
+
+    @api.get("/")
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(PAGE)
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        model = self.follower.current
+        if model is None:
+            return JSONResponse({"status": "loading", "model": str(self.settings.ref),
+                                 "error": self.follower.last_error}, status_code=503)
+        return JSONResponse({"status": "ok", "version": model.version})
+
+    @api.get("/model")
+    async def model(self) -> JSONResponse:
+        model = self.follower.current
+        if model is None:
+            return error(503, f"{self.settings.ref} is not loaded yet ({self.follower.last_error or 'loading'})")
+        return JSONResponse(model.describe())
+
+    @api.post("/reload")
+    async def reload(self) -> JSONResponse:
+        try:
+            model = await self.follower.refresh()
+        except LoadError as err:
+            return error(503, str(err))
+        return JSONResponse({"version": model.version})
+
+    @api.post("/generate")
+    async def generate(self, request: Request) -> Response:
+        fmt = parse_format(request.query_params.get("format"))
+        req = parse_body(await read_body(request))
+        model = self.follower.current
+        if model is None:
+            return error(503, f"{self.settings.ref} is not loaded yet")
+        prepared = prepare(model, req)
+        images, batch = await self._generate_batch(prepared)
+        content = await asyncio.to_thread(encode, images, fmt)
+        return Response(content, media_type=MEDIA_TYPES[fmt],
+                        headers={"X-Ganray-Model": model.name, "X-Ganray-Version": str(model.version),
+                                 "X-Ganray-Batch": str(batch), "Cache-Control": "no-store"})
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _generate_batch(self, items: List[Prepared]) -> List[Tuple[np.ndarray, int]]:
+        """Each request's images, and how many requests shared the forward passes (X-Ganray-Batch)."""
+        images = await asyncio.to_thread(run_batch, items, self.settings.rows_per_pass)
+        return [(x, len(items)) for x in images]

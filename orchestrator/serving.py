@@ -1,0 +1,269 @@
+"""``ganray serve``: the generator's Ray Serve application put on, or taken off, the current cluster.
+
+orchestrator/ never imports deploy/: the application is deployed by its import path,
+``deploy.app:build_app``, through the Ray dashboard's Serve REST API (what ``serve deploy``
+uses; the dashboard takes the cluster's token as ``Authorization: Bearer``, which Ray's own
+client adds from ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH``). That API replaces every
+application at once, so the applications already deployed are sent back unchanged next to
+this one. One application per registered model, named after it, under ``/NAME/``.
+
+The replicas reach MLflow through ``MLFLOW_TRACKING_URI`` in the application's runtime_env
+(an endpoint, no secret; a URI with credentials in it is refused) and whatever credentials
+the cluster's nodes hold in their environment.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from trainers import settings
+from trainers.errors import GanrayError, UsageError
+
+IMPORT_PATH = "deploy.app:build_app"
+DEFAULT_PORT = 8000  # Ray Serve's
+LOCAL_HOST = "127.0.0.1"
+
+
+class ServeError(GanrayError, RuntimeError):
+    """Serve refused or failed the application; the message says what it reported."""
+
+
+@dataclass(frozen=True)
+class ServeRequest:
+    name: str
+    model: str  # NAME@ALIAS or NAME/VERSION
+    port: int | None = None
+    replicas: int = 1
+    poll_s: float = 10.0
+    app_args: dict[str, Any] = field(default_factory=dict)  # more of deploy.app's args (the benchmark's batching)
+
+
+def on_local_stack(endpoints) -> bool:
+    """Whether the cluster is the embedded stack's Ray (also once the CLI has put its address in the environment)."""
+    profile = settings.read_profile()
+    return endpoints.local or bool(profile.get("ray_address")) and profile.get("ray_address") == endpoints.ray_address
+
+
+def dashboard_address(endpoints) -> str:
+    """The Ray dashboard of the cluster: RAY_DASHBOARD_ADDRESS, the local stack's, or an http RAY_ADDRESS."""
+    import os
+
+    explicit = os.environ.get("RAY_DASHBOARD_ADDRESS")
+    if explicit:
+        return explicit.rstrip("/")
+    if on_local_stack(endpoints) and settings.read_profile().get("dashboard_url"):
+        return settings.read_profile()["dashboard_url"].rstrip("/")
+    if (endpoints.ray_address or "").startswith(("http://", "https://")):
+        return endpoints.ray_address.rstrip("/")
+    raise UsageError("cannot find the Ray dashboard: set RAY_DASHBOARD_ADDRESS (http://HEAD:8265) "
+                     "or start the local stack (`ganray local up`)")
+
+
+def tracking_uri(endpoints) -> str:
+    """The MLflow URI the replicas get; refused when it carries credentials (they stay on the nodes)."""
+    uri = endpoints.mlflow_uri
+    if not uri:
+        raise UsageError("no MLflow tracking server: set MLFLOW_TRACKING_URI or start the local stack")
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        raise UsageError("MLFLOW_TRACKING_URI holds credentials; give them to the cluster's nodes as "
+                         "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD and use a URI without them")
+    return uri
+
+
+def check_model(ref: str, mlflow_uri: str) -> int:
+    """The version NAME@ALIAS or NAME/VERSION names now, from the registry; an error names what is missing."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
+    name, sep, tail = ref.partition("@") if "@" in ref else ref.partition("/")
+    try:
+        if sep == "@":
+            return int(client.get_model_version_by_alias(name, tail).version)
+        return int(client.get_model_version(name, tail).version)
+    except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a missing model
+        text = " ".join(str(err).split())[:300]
+        raise ServeError(f"cannot serve {ref}: the registry does not have it ({type(err).__name__}: {text})") from None
+
+
+class ServeApi:
+    """The dashboard's Serve REST API, through Ray's own client (it adds the cluster token)."""
+
+    def __init__(self, address: str):
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        self.address = address
+        try:
+            self.client = ServeSubmissionClient(address)
+        except Exception as err:  # noqa: BLE001 - connection refused, wrong address, auth
+            raise ServeError(f"cannot reach the Ray dashboard at {address}: {type(err).__name__}: "
+                             f"{_first_line(err)}") from None
+
+    def details(self) -> dict[str, Any]:
+        return self._call(self.client.get_serve_details)
+
+    def deploy(self, config: dict[str, Any]) -> None:
+        self._call(self.client.deploy_applications, config)
+
+    def shutdown(self) -> None:
+        self._call(self.client.delete_applications)
+
+    def _call(self, method, *args):
+        try:
+            return method(*args)
+        except Exception as err:  # noqa: BLE001 - the client raises RuntimeError with the response
+            raise ServeError(f"Ray Serve at {self.address}: {_first_line(err)}") from None
+
+
+def running(details: dict[str, Any]) -> bool:
+    """Whether Serve runs on the cluster (its controller is up)."""
+    return bool(details.get("controller_info"))
+
+
+def http_options(details: dict[str, Any], port: int | None, local: bool) -> dict[str, Any]:
+    """Serve's HTTP options: those it runs with (a different --port is an error), or the ones to start it with."""
+    if running(details):
+        current = details.get("http_options") or {}
+        have = int(current.get("port", DEFAULT_PORT))
+        if port is not None and port != have:
+            raise UsageError(f"Ray Serve already runs on this cluster with HTTP port {have}: serve there "
+                             f"(--port {have}, or no --port), or stop its applications first to choose another")
+        return {"host": current.get("host", LOCAL_HOST), "port": have}
+    want = port or DEFAULT_PORT
+    if local:
+        from orchestrator.stack import port_free
+
+        if not port_free(want):
+            raise UsageError(f"port {want} is taken on this machine: choose another with --port")
+    return {"host": LOCAL_HOST if local else "0.0.0.0", "port": want}
+
+
+def other_apps(details: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The deployed applications other than name, as their configs (sent back unchanged)."""
+    apps = []
+    for app_name, app in (details.get("applications") or {}).items():
+        if app_name == name:
+            continue
+        config = app.get("deployed_app_config")
+        if not config:
+            raise ServeError(f"application {app_name!r} was deployed from Python (serve.run), not from a config: "
+                             "deploying through the REST API would remove it")
+        apps.append(config)
+    return apps
+
+
+def app_config(req: ServeRequest, mlflow_uri: str) -> dict[str, Any]:
+    return {"name": req.name, "route_prefix": f"/{req.name}", "import_path": IMPORT_PATH,
+            "args": {**req.app_args, "model": req.model, "poll_s": req.poll_s, "replicas": req.replicas},
+            "runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri}}}
+
+
+def app_url(options: dict[str, Any], dashboard: str, name: str) -> str:
+    host = options.get("host") or LOCAL_HOST
+    if host in ("0.0.0.0", "::", ""):
+        host = urlsplit(dashboard).hostname or LOCAL_HOST
+    return f"http://{host}:{options['port']}/{name}/"
+
+
+def wait_running(api: ServeApi, name: str, timeout: float, not_deployed_at: float | None = None) -> None:
+    """Until the application (deployed after not_deployed_at) is RUNNING; ServeError with Serve's message
+    when it fails or takes too long."""
+    deadline, status, message = time.time() + timeout, "NOT_STARTED", ""
+    while time.time() < deadline:
+        app = (api.details().get("applications") or {}).get(name) or {}
+        status, message = app.get("status", "NOT_STARTED"), app.get("message") or ""
+        if not_deployed_at is not None and app.get("last_deployed_time_s") == not_deployed_at:
+            status = "NOT_STARTED"  # still the previous deployment's status
+        elif status == "RUNNING":
+            return
+        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise ServeError(f"application {name} is {status}: {_last_lines(message)}")
+        time.sleep(1.0)
+    raise ServeError(f"application {name} not running after {timeout:.0f}s (status {status}) {_last_lines(message)}")
+
+
+def wait_healthy(url: str, timeout: float) -> dict[str, Any]:
+    """Until GET healthz answers 200 (the model is loaded); ServeError with the replica's last error otherwise."""
+    deadline, last = time.time() + timeout, "no answer"
+    while time.time() < deadline:
+        try:
+            r = requests.get(url + "healthz", timeout=10)
+            if r.status_code == 200:
+                return r.json()
+            last = (r.json() or {}).get("error") or f"HTTP {r.status_code}" if r.headers.get(
+                "content-type", "").startswith("application/json") else f"HTTP {r.status_code}"
+        except (requests.RequestException, ValueError) as err:
+            last = type(err).__name__
+        time.sleep(1.0)
+    raise ServeError(f"{url} did not load its model in {timeout:.0f}s: {last}")
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:300]
+
+
+def _last_lines(text: str, n: int = 6) -> str:
+    return "\n".join(text.strip().splitlines()[-n:])[-1500:]
+
+
+def parse_serve_ref(text: str) -> ServeRequest:
+    """MODEL as `ganray serve` takes it: NAME@ALIAS or NAME/VERSION (a models:/ prefix is accepted)."""
+    import re
+
+    rest = text.strip().removeprefix("models:/")
+    m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@([A-Za-z0-9][A-Za-z0-9._-]*)|/([1-9][0-9]*))", rest)
+    if not m:
+        raise UsageError(f"MODEL must look like NAME@ALIAS or NAME/VERSION (NAME of letters, digits, '.', '_', "
+                         f"'-': it names the application and its URL), got {text!r}")
+    return ServeRequest(name=m.group(1), model=rest)
+
+
+def serve(req: ServeRequest, endpoints, timeout: float = 300.0) -> tuple[str, int]:
+    """Deploys req's application, waits until its replicas have loaded the model; (URL, version)."""
+    uri = tracking_uri(endpoints)
+    version = check_model(req.model, uri)
+    dashboard = dashboard_address(endpoints)
+    api = ServeApi(dashboard)
+    details = api.details()
+    options = http_options(details, req.port, on_local_stack(endpoints))
+    before = ((details.get("applications") or {}).get(req.name) or {}).get("last_deployed_time_s")
+    api.deploy({"http_options": options, "applications": other_apps(details, req.name) + [app_config(req, uri)]})
+    url = app_url(options, dashboard, req.name)
+    try:
+        wait_running(api, req.name, timeout, not_deployed_at=before)
+        wait_healthy(url, timeout)
+    except ServeError:
+        remove(api, req.name)  # nothing half-deployed stays behind
+        raise
+    return url, version
+
+
+def stop(name: str, endpoints, timeout: float = 120.0) -> None:
+    """Removes application name (Serve itself too when it was the last one); ServeError when it is not there."""
+    api = ServeApi(dashboard_address(endpoints))
+    details = api.details()
+    if name not in (details.get("applications") or {}):
+        served = ", ".join(sorted(details.get("applications") or {})) or "none"
+        raise ServeError(f"no application {name} is served on this cluster (served: {served})")
+    remove(api, name, details)
+    deadline = time.time() + timeout
+    while name in (api.details().get("applications") or {}):
+        if time.time() > deadline:
+            raise ServeError(f"application {name} still there after {timeout:.0f}s")
+        time.sleep(1.0)
+
+
+def remove(api: ServeApi, name: str, details: dict[str, Any] | None = None) -> None:
+    details = details if details is not None else api.details()
+    rest = other_apps(details, name)
+    if rest:
+        current = details.get("http_options") or {}
+        api.deploy({"http_options": {"host": current.get("host", LOCAL_HOST), "port": current.get("port")},
+                    "applications": rest})
+    elif running(details):
+        api.shutdown()
