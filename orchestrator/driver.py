@@ -1,7 +1,6 @@
 """The job driver: validate, open (or find) the job's MLflow run, run Ray Train, register, finish.
 
-One driver per job name: per host (``jobs.JobLock``) and per Ray cluster, whichever host
-(``cluster_lock``). The same name resumes from its latest checkpoint (Ray Train
+One driver per job name. The same name resumes from its latest checkpoint (Ray Train
 restores from the run's storage folder); a finished job returns its stored summary; a
 changed spec is refused unless ``fresh``. Every change of the job's state goes through
 ``lifecycle.Lifecycle.move``; finishing is idempotent (a rerun after a driver died
@@ -9,20 +8,22 @@ between registering and storing the summary registers nothing twice).
 """
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from typing import Any
 
-from orchestrator import cluster_lock, jobs, registry, runs
+from orchestrator import jobs, runs
 from orchestrator.environment import Endpoints, applied, resolve_endpoints
 from orchestrator.lifecycle import Lifecycle, State, state_of
 from orchestrator.progress import Progress
+from orchestrator.registrar import Registrar, register_finished
 from orchestrator.spec import JobSpec, same_spec
-from orchestrator.stop_channel import DriverStop, StopWatcher
 from orchestrator import stored_checkpoints
 from orchestrator.storage import Storage, checkpoint_uri, local_checkpoint, resolve_storage
 from trainers.checkpoint import generator_from_checkpoint, load_state
 from trainers.data.stream import read_manifest
 from trainers.errors import GanrayError
-from trainers.generator_metadata import GeneratorMetadata
 
 
 class JobError(GanrayError, RuntimeError):
@@ -35,7 +36,7 @@ def run_job(spec: JobSpec, fresh: bool = False, progress: bool = True) -> dict[s
     The caller's os.environ is left as it was.
     """
     endpoints = resolve_endpoints()
-    with applied(endpoints), jobs.JobLock(spec.name), cluster_lock.held(spec.name, endpoints.ray_address):
+    with applied(endpoints), jobs.JobLock(spec.name):
         c = runs.client(endpoints.mlflow_uri)
         storage = resolve_storage(spec.checkpoint.storage, endpoints.storage_root, endpoints.s3_endpoint)
         run, life = _open_job(c, spec, storage, fresh)
@@ -161,24 +162,36 @@ def _trainer(spec: JobSpec, endpoints: Endpoints, run_id: str, storage: Storage,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
             failure_config=FailureConfig(max_failures=spec.preemption.max_failures,
                                          max_preemption_failures=spec.preemption.max_preemptions),
-            callbacks=[MlflowReportCallback(endpoints.mlflow_uri, run_id, storage.url)]))
+            callbacks=[MlflowReportCallback(endpoints.mlflow_uri, run_id, storage.url,
+                                            keep_evaluated=spec.registry.evaluated)]))
 
 
 def _train(spec: JobSpec, endpoints: Endpoints, c, life: Lifecycle, storage: Storage, progress: bool) -> str:
     """Runs Ray Train to the end or a stop; returns the URI of its last checkpoint."""
-    from orchestrator.ray_runtime import control_actor, fit_in_thread, own_job_id, own_submission_id, ray_init
+    from orchestrator.ray_runtime import control_actor, fit_in_thread, ray_init
 
     ray_init(endpoints.ray_address)
     control_name, control = control_actor(spec.name)
     trainer = _trainer(spec, endpoints, life.run_id, storage, control_name)
-    with DriverStop(control) as stop:  # Ctrl-C, SIGTERM, and `ganray stop` through the tracking server
-        life.move(State.RUNNING)
-        try:
-            with Progress(c, life.run_id, spec.name, spec.train.steps, enabled=progress), \
-                    StopWatcher(c, life.run_id, own_job_id(), own_submission_id(), stop.from_tracking_server):
-                result = fit_in_thread(trainer)
-        except Exception as err:  # noqa: BLE001 - Ray wraps worker errors in its own types
-            result = err
+    interrupted = threading.Event()
+
+    def on_sigint(signum, frame):
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        sys.stderr.write("\nganray: stopping: writing a checkpoint (Ctrl-C again to abort without one)\n")
+        control.request_stop.remote()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    life.move(State.RUNNING)
+    try:
+        with Progress(c, life.run_id, spec.name, spec.train.steps, enabled=progress), \
+                Registrar(runs.client(c.tracking_uri), spec, life.run_id):
+            result = fit_in_thread(trainer)
+    except Exception as err:  # noqa: BLE001 - Ray wraps worker errors in its own types
+        result = err
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return outcome(spec.name, life, result, storage.url)
 
 
@@ -206,11 +219,7 @@ def finish(spec: JobSpec, c, life: Lifecycle, ckpt_uri: str) -> dict[str, Any]:
         life.move(State.STOPPED, step=steps, checkpoint=ckpt_uri)
         return {"run_id": life.run_id, "steps": steps, "checkpoint_uri": ckpt_uri, "images_per_sec": ips,
                 "state": State.STOPPED.value}
-    version = None
-    if spec.registry.register != "none":
-        version = registry.find_version(c, spec.model_name, life.run_id, ckpt_uri) or registry.register_generator(
-            c, life.run_id, spec.model_name, generator, GeneratorMetadata.from_checkpoint_info(info), spec.digest(),
-            ckpt_uri)
+    version = register_finished(c, spec, life.run_id, ckpt_uri, generator, info)
     summary = {"run_id": life.run_id, "registered_model": spec.model_name if version else None, "version": version,
                "model_uri": f"models:/{spec.model_name}/{version}" if version else None,
                "checkpoint_uri": ckpt_uri, "steps": steps, "images_per_sec": round(ips, 3),

@@ -2,11 +2,14 @@
 
 A registered version is the EMA generator in MLflow's ``pt2`` format with one input
 ``[z | c]`` and ganray's metadata (``trainers.generator_metadata``); its tags carry the
-step, the dataset hash, the spec digest, the code revision, the run, the checkpoint it
-came from and every metric of its last evaluation (``metric.<name>``). No Ray here.
+step, kimg, the dataset hash, the spec digest, the code revision, the run, the checkpoint it
+came from and every metric of its evaluation (``metric.<name>``, named as evaluations report
+them) with ``eval_settings``. Registering is idempotent (one version per run and checkpoint),
+and the alias ``candidate`` follows the newest version. No Ray here.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -16,34 +19,112 @@ from trainers.errors import GanrayError, UsageError
 from trainers.generator_metadata import METADATA_KEY, GeneratorMetadata, MetadataError, read_metadata
 
 CHECKPOINT_VERSION_TAG = "checkpoint_uri"
+METRIC_PREFIX = "metric."
+CANDIDATE = "candidate"  # the alias on the newest registered version
+NOT_METRICS = ("kimg", "eval_seconds")  # numbers an evaluation carries that measure no quality
 
 
 class RegistryError(GanrayError, LookupError):
     """A model or version that cannot be found or loaded; the message names it."""
 
 
-def version_tags(meta: GeneratorMetadata, run_id: str, digest: str, checkpoint_uri: str) -> dict[str, str]:
-    """The tags a registered version carries (strings, as MLflow keeps them)."""
+def version_tags(meta: GeneratorMetadata, run_id: str, digest: str, checkpoint_uri: str,
+                 kimg: float | None = None) -> dict[str, str]:
+    """The tags a registered version carries (strings, as MLflow keeps them): where it came from (run,
+    checkpoint, step, kimg, dataset, spec digest, code revision) and every number of its evaluation as
+    ``metric.<name>`` (named as evaluations report them), with ``eval_settings`` and ``eval_step``."""
     tags = {"step": str(meta.step), "dataset_hash": str(meta.dataset_hash), "spec_digest": digest,
             "code_revision": code_revision(), "run_id": run_id, "arch": meta.arch,
             "conditioning": meta.conditioning, CHECKPOINT_VERSION_TAG: checkpoint_uri}
-    tags.update({f"metric.{k}": (f"{v:.6g}" if isinstance(v, float) else str(v))[:5000]
-                 for k, v in meta.evaluation.items() if "." not in k})
+    ev = dict(meta.evaluation)
+    kimg = ev.get("kimg") if kimg is None and ev.get("step") == meta.step else kimg
+    if kimg is not None:
+        tags["kimg"] = f"{float(kimg):.6g}"
+    if "step" in ev:
+        tags["eval_step"] = str(ev.pop("step"))
+    if isinstance(ev.get("eval_settings"), str):
+        tags["eval_settings"] = ev.pop("eval_settings")[:5000]
+    tags.update({f"{METRIC_PREFIX}{k}": f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in ev.items()
+                 if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)})
     return tags
 
 
+def version_metrics(tags: dict[str, str]) -> dict[str, float]:
+    """The metrics a version's tags carry, by name (``metric.fid`` -> ``fid``); NaN for an unreadable value."""
+    out = {}
+    for k, v in tags.items():
+        if k.startswith(METRIC_PREFIX):
+            try:
+                out[k[len(METRIC_PREFIX):]] = float(v)
+            except ValueError:
+                out[k[len(METRIC_PREFIX):]] = float("nan")
+    return out
+
+
+def _same_checkpoint(tagged: str | None, uri: str) -> bool:
+    """Whether a version's checkpoint tag names the checkpoint of uri: the same URI, or the same checkpoint
+    folder (step and generation) in a copy of it (evaluated checkpoints are registered from a kept copy)."""
+    if not tagged:
+        return False
+    if tagged == uri:
+        return True
+    from trainers.checkpoint import parse_checkpoint_name
+
+    mine = parse_checkpoint_name(uri)
+    return mine is not None and parse_checkpoint_name(tagged) == mine
+
+
 def find_version(c: MlflowClient, model_name: str, run_id: str, checkpoint_uri: str) -> int | None:
-    """The version already registered from this run's checkpoint, or None (what makes finishing idempotent)."""
+    """The version already registered from this run's checkpoint, or None (what makes registering idempotent)."""
     try:
         versions = c.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
     except Exception:  # noqa: BLE001 - no such model yet
         return None
-    found = [int(v.version) for v in versions if (v.tags or {}).get(CHECKPOINT_VERSION_TAG) == checkpoint_uri]
+    found = [int(v.version) for v in versions if _same_checkpoint((v.tags or {}).get(CHECKPOINT_VERSION_TAG),
+                                                                  checkpoint_uri)]
     return max(found) if found else None
 
 
+def run_versions(c: MlflowClient, model_name: str, run_id: str) -> list[int]:
+    """The versions of model_name registered from run_id, oldest first ([] when there is no such model)."""
+    try:
+        versions = c.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+    except Exception:  # noqa: BLE001 - no such model yet
+        return []
+    return sorted(int(v.version) for v in versions)
+
+
+def point_candidate(c: MlflowClient, model_name: str, version: int) -> None:
+    """Moves the alias ``candidate`` to version when it is the model's newest (never back to an older one)."""
+    newest = max(int(v.version) for v in c.search_model_versions(f"name='{model_name}'"))
+    if version < newest:
+        return
+    try:
+        if int(c.get_model_version_by_alias(model_name, CANDIDATE).version) == version:
+            return
+    except Exception:  # noqa: BLE001 - no candidate yet
+        pass
+    c.set_registered_model_alias(model_name, CANDIDATE, str(version))
+
+
+def register_checkpoint(c: MlflowClient, run_id: str, model_name: str, checkpoint_uri: str, digest: str) -> int:
+    """The version of model_name registered from a checkpoint of run_id: found again, or registered now (its
+    EMA generator, with tags from the checkpoint); ``candidate`` moves to it when it is the newest."""
+    from orchestrator.storage import local_checkpoint
+    from trainers.checkpoint import generator_from_checkpoint
+
+    version = find_version(c, model_name, run_id, checkpoint_uri)
+    if version is None:
+        with local_checkpoint(checkpoint_uri) as d:
+            generator, info = generator_from_checkpoint(d)
+        version = register_generator(c, run_id, model_name, generator, GeneratorMetadata.from_checkpoint_info(info),
+                                     digest, checkpoint_uri, kimg=info.get("images_seen", 0) / 1000)
+    point_candidate(c, model_name, version)
+    return version
+
+
 def register_generator(c: MlflowClient, run_id: str, model_name: str, generator, meta: GeneratorMetadata,
-                       digest: str, checkpoint_uri: str) -> int:
+                       digest: str, checkpoint_uri: str, kimg: float | None = None) -> int:
     """Logs the generator to the run and registers it as a version of model_name; returns the version."""
     import mlflow
     import numpy as np
@@ -60,19 +141,38 @@ def register_generator(c: MlflowClient, run_id: str, model_name: str, generator,
         model_info = mlflow.pytorch.log_model(
             PackedInputGenerator(generator).eval(), name="generator", input_example=example,
             metadata={METADATA_KEY: meta.to_dict()}, serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ganray"])
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ganray"], step=int(meta.step or 0))
     c.update_run(run_id, status=status)  # leaving start_run ended the run; its lifecycle decides that
     mv = mlflow.register_model(model_info.model_uri, model_name,
-                               tags=version_tags(meta, run_id, digest, checkpoint_uri))
+                               tags=version_tags(meta, run_id, digest, checkpoint_uri, kimg))
     return int(mv.version)
 
 
 def parse_model_uri(uri: str) -> str:
-    """A model reference as MLflow takes it; UsageError for anything but models:/NAME/V or models:/NAME@ALIAS."""
-    rest = uri.removeprefix("models:/") if uri.startswith("models:/") else None
-    if not rest or ("/" not in rest and "@" not in rest) or rest.startswith(("/", "@")):
-        raise UsageError(f"model URI must look like models:/NAME/VERSION or models:/NAME@ALIAS, got {uri!r}")
-    return uri
+    """The ``models:/`` URI of a version named in any form of ``orchestrator.model_ref`` (MODEL@ALIAS,
+    MODEL/V, models:/MODEL/V, models:/MODEL@ALIAS); UsageError for anything else, or a bare MODEL."""
+    from orchestrator.model_ref import parse_ref
+
+    return parse_ref(uri, need_version=True).uri
+
+
+def get_version(c: MlflowClient, ref):
+    """The ModelVersion a ModelRef names (by version or alias); RegistryError naming what is there instead."""
+    try:
+        if ref.version is not None:
+            return c.get_model_version(ref.name, str(ref.version))
+        return c.get_model_version_by_alias(ref.name, ref.alias)
+    except Exception as err:  # noqa: BLE001 - MLflow raises its own kinds for a missing model or version
+        detail = type(err).__name__
+    try:
+        model = c.get_registered_model(ref.name)
+    except Exception:  # noqa: BLE001
+        raise RegistryError(f"no registered model {ref.name!r} at {c.tracking_uri} ({detail})") from None
+    aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(model.aliases.items())) or "none"
+    versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{ref.name}'"))
+    missing = f"version {ref.version}" if ref.version is not None else f"alias {ref.alias!r}"
+    raise RegistryError(f"model {ref.name!r} has no {missing} "
+                        f"(versions: {', '.join(map(str, versions)) or 'none'}; aliases: {aliases})")
 
 
 def load_generator(model_uri: str) -> tuple[Any, GeneratorMetadata]:
@@ -116,3 +216,41 @@ def load_generator(model_uri: str) -> tuple[Any, GeneratorMetadata]:
     except NotImplementedError:  # a pt2 (exported) generator: traced in eval mode already
         pass
     return loaded, meta
+
+
+def _number(text: str | None, kind=float):
+    try:
+        value = kind(float(text)) if text is not None else None
+    except ValueError:
+        return None
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def version_record(mv) -> dict[str, Any]:
+    """What ``ganray models show`` says of one version, as JSON types (version an int, aliases a list,
+    metrics by name; a NaN metric is null)."""
+    tags = mv.tags or {}
+    lineage = None
+    if tags.get("lineage.source_model"):
+        lineage = {"source_model": tags["lineage.source_model"],
+                   "source_version": _number(tags.get("lineage.source_version"), int),
+                   "source_run": tags.get("lineage.source_run") or None}
+    metrics = {k: (None if math.isnan(v) else v) for k, v in sorted(version_metrics(tags).items())}
+    return {"name": mv.name, "version": int(mv.version), "aliases": sorted(mv.aliases or []),
+            "run_id": mv.run_id, "step": _number(tags.get("step"), int), "kimg": _number(tags.get("kimg")),
+            "metrics": metrics, "eval_settings": tags.get("eval_settings"),
+            "eval_step": _number(tags.get("eval_step"), int), "arch": tags.get("arch"),
+            "dataset_hash": tags.get("dataset_hash"), "spec_digest": tags.get("spec_digest"),
+            "code_revision": tags.get("code_revision"), "checkpoint_uri": tags.get(CHECKPOINT_VERSION_TAG),
+            "lineage": lineage, "source": mv.source, "created_ms": int(mv.creation_timestamp or 0)}
+
+
+def model_versions(c: MlflowClient, name: str) -> list:
+    """Every version of a registered model, newest first, with its aliases."""
+    versions = c.search_model_versions(f"name='{name}'")
+    aliases: dict[str, list[str]] = {}
+    for alias, version in c.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    for mv in versions:
+        mv.aliases = sorted(aliases.get(str(mv.version), []))
+    return sorted(versions, key=lambda mv: -int(mv.version))

@@ -31,8 +31,9 @@ TIMELINE_ARTIFACT = "preemptions.json"
 class MlflowReportCallback(UserCallback):
     """Logs rank 0's metrics, each checkpoint's URI and sample grid, and the preemption timeline."""
 
-    def __init__(self, tracking_uri: str, run_id: str, storage_url: str):
+    def __init__(self, tracking_uri: str, run_id: str, storage_url: str, keep_evaluated: bool = False):
         self.tracking_uri, self.run_id, self.storage_url = tracking_uri, run_id, storage_url
+        self.keep_evaluated = keep_evaluated  # registry.register best|every: evaluated checkpoints are kept
         self._pending: list[Metric] = []
         self._pending_tags: dict[str, str] = {}
         self._grids: list[str] = []  # local copies waiting for upload, in this callback's own folder
@@ -64,6 +65,7 @@ class MlflowReportCallback(UserCallback):
             self._pending_tags[CHECKPOINT_TAG] = checkpoint_uri(self.storage_url, checkpoint.path)
             self._pending_tags[CHECKPOINT_STEP_TAG] = str(checkpoint_step(checkpoint.path))
             self._copy_grid(checkpoint)
+            self._pending_tags.update(self._evaluated_entry(checkpoint, m))
         try:
             self._flush(MlflowClient(self.tracking_uri))
         except Exception as err:  # noqa: BLE001 - keep training; retry with the next report
@@ -83,6 +85,16 @@ class MlflowReportCallback(UserCallback):
             c.log_text(self.run_id, json.dumps(self._timeline.events, indent=2), TIMELINE_ARTIFACT)
             self._timeline_dirty = False
         self._remove_grid_dir()
+
+    def _evaluated_entry(self, checkpoint, m: dict[str, Any]) -> dict[str, str]:
+        """With registry.register best|every, an evaluated checkpoint (its report carries ``eval_settings``) is
+        copied outside Ray Train's rotation and recorded in the run (a tag) for the driver's registrar."""
+        if not (self.keep_evaluated and "eval_settings" in m):
+            return {}
+        from orchestrator.registrar import keep_evaluated
+
+        tag, entry = keep_evaluated(checkpoint, m, self.storage_url)
+        return {tag: entry}
 
     def _copy_grid(self, checkpoint) -> None:
         """A local copy of the checkpoint's grid under its MLflow name (a grid is nice to have, never a failure)."""

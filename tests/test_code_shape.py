@@ -52,7 +52,8 @@ def test_deploy_imports_only_trainers_of_ganray():
 
 def test_registry_commands_import_no_ray():
     code = ("import sys; import orchestrator.registry, orchestrator.generate, orchestrator.runs, "
-            "orchestrator.lifecycle; from orchestrator.cli import main; "
+            "orchestrator.lifecycle, orchestrator.promotion, orchestrator.model_ref, orchestrator.registrar, "
+            "orchestrator.cli.models; from orchestrator.cli import main; "
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -207,13 +207,43 @@ class PreemptionSpec(_Strict):
     margin_s: float = Field(5.0, ge=0, description="safety margin before the deadline for the JIT checkpoint")
 
 
+# Metric names, one naming: the spec names a measure (eval.metrics, registry.best_by) fid, kid or tag_accuracy;
+# evaluations report it, and the run's MLflow metrics and the registered versions' tags (metric.<name>) carry it,
+# under REPORTED_AS's name (tag_accuracy -> tag_acc, with tag_acc.<tag>, tag_acc_min, ...). Wherever a user types
+# a metric's name, either spelling is accepted.
+REPORTED_AS = {"fid": "fid", "kid": "kid", "tag_accuracy": "tag_acc"}
+LOWER_IS_BETTER = frozenset({"fid", "kid"})
+
+
+def spec_metric(name: str) -> str | None:
+    """The spec's name of a measure typed either way (tag_acc or tag_accuracy -> tag_accuracy), else None."""
+    return next((s for s, reported in REPORTED_AS.items() if name in (s, reported)), None)
+
+
+def metric_aliases(name: str) -> list[str]:
+    """name and its other spelling, also as the prefix of a derived key (tag_accuracy.hat <-> tag_acc.hat,
+    tag_accuracy_min <-> tag_acc_min); name first."""
+    out = [name]
+    for a, b in ((s, r) for s, r in REPORTED_AS.items() if s != r):
+        for x, y in ((a, b), (b, a)):
+            rest = name[len(x):]
+            if name.startswith(x) and (not rest or rest[0] in "._"):
+                out.append(y + rest)
+    return list(dict.fromkeys(out))
+
+
 with warnings.catch_warnings():
     # `register` is the documented field name; pydantic only warns that BaseModel once had such a method.
     warnings.filterwarnings("ignore", message='Field name "register"')
 
     class RegistrySpec(_Strict):
         model_name: str | None = Field(None, description="default: the job name")
-        register: Literal["last", "none"] = "last"
+        register: Literal["best", "last", "every", "none"] = Field(
+            "last", description="best: each evaluated checkpoint that beats every earlier one; every: each "
+                                "evaluated checkpoint; last: the final generator; none: nothing")
+        best_by: Literal["fid", "kid", "tag_accuracy"] | None = Field(
+            None, description="the measure of register=best (unused otherwise): fid, kid (lower is better) or "
+                              "tag_accuracy (higher; tag_acc too)")
 
         @field_validator("model_name")
         @classmethod
@@ -221,6 +251,22 @@ with warnings.catch_warnings():
             if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
                 raise ValueError("must be letters, digits, '_', '.', '-' (at most 100)")
             return v
+
+        @field_validator("best_by", mode="before")
+        @classmethod
+        def _either_spelling(cls, v):
+            return (spec_metric(v) or v) if isinstance(v, str) else v
+
+        @model_validator(mode="after")
+        def _best_needs_a_measure(self):
+            if self.register == "best" and self.best_by is None:
+                raise ValueError("registry.register=best needs registry.best_by: fid, kid or tag_accuracy")
+            return self
+
+        @property
+        def evaluated(self) -> bool:
+            """Whether versions come from evaluated checkpoints during the run (best, every)."""
+            return self.register in ("best", "every")
 
 
 class JobSpec(_Strict):
@@ -251,6 +297,23 @@ class JobSpec(_Strict):
         if "tag_accuracy" in self.eval.metrics and not self.model.conditional:
             raise ValueError(f"eval.metrics has tag_accuracy but model.arch={self.model.arch} is unconditional "
                              "(model.conditioning=none)")
+        return self
+
+    @model_validator(mode="after")
+    def _registry_fits_eval(self):
+        r, ev = self.registry, self.eval
+        if not r.evaluated:
+            return self
+        if r.best_by is not None and r.best_by not in ev.metrics:
+            raise ValueError(f"registry.best_by={r.best_by} is not measured: add it to eval.metrics "
+                             f"(now {list(ev.metrics)})")
+        if not ev.metrics:
+            raise ValueError(f"registry.register={r.register} registers evaluated checkpoints, but eval.metrics "
+                             "is empty")
+        if ev.every_steps and ev.every_steps % self.checkpoint.every_steps:
+            raise ValueError(f"registry.register={r.register} registers evaluated checkpoints: eval.every_steps="
+                             f"{ev.every_steps} must be a multiple of checkpoint.every_steps="
+                             f"{self.checkpoint.every_steps} (an evaluation between checkpoints has none to register)")
         return self
 
     @property

@@ -1,0 +1,198 @@
+"""Registration during a run (``registry.register: best | every``) and at its end (``last``).
+
+Two halves, one per process:
+
+- On the Ray Train controller, ``keep_evaluated`` (called by the report callback for each checkpoint
+  that carries an evaluation) copies the checkpoint into the job's ``evaluated/`` folder, beside Ray
+  Train's own rotation, so ``checkpoint.keep`` can never delete it, and returns the entry the callback
+  records in the run (tag ``ganray.evaluated.<checkpoint>``: the copy's URI, the step, the headline metrics).
+  Ray Train keeps its ``keep`` newest checkpoints as before (the latest always, which resume needs).
+- In the driver, a ``Registrar`` thread (beside ``progress.Progress``) reads those entries from the run
+  and registers the ones that qualify: with ``every`` each one, with ``best`` each one that beats every
+  earlier evaluation by ``registry.best_by``. Registering is idempotent (``registry.find_version`` by
+  run and checkpoint), so a rerun never registers a checkpoint twice; ``candidate`` moves to the newest
+  version. The copy behind the newest registered version (under ``best``: the best one) is kept; the
+  other copies are deleted once decided. Whatever is pending at the end is finished then.
+
+No Ray import here: the controller passes its checkpoint object in.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+from orchestrator import registry
+from trainers.errors import GanrayError
+from trainers.generator_metadata import GeneratorMetadata
+from trainers.spec import LOWER_IS_BETTER, REPORTED_AS, JobSpec
+
+log = logging.getLogger("ganray.registrar")
+ENTRY_TAG = "ganray.evaluated."
+KEPT_FOLDER = "evaluated"
+_LOCK = threading.Lock()  # one registration pass at a time in this process (thread and finish alike)
+
+
+def _copy_tree(fs, src: str, dst: str) -> None:
+    """Copies a folder inside one pyarrow filesystem (server-side on S3), file by file."""
+    import pyarrow.fs as pafs
+
+    for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+        if info.type == pafs.FileType.File:
+            target = f"{dst}/{info.path[len(src):].lstrip('/')}"
+            fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            fs.copy_file(info.path, target)
+
+
+def keep_evaluated(checkpoint, metrics: dict[str, Any], storage_url: str) -> tuple[str, str]:
+    """(tag, value) recording an evaluated checkpoint, after copying it to ``<job>/evaluated/<name>``.
+
+    A copy that fails is logged, and the entry names Ray's checkpoint instead (registered while Ray keeps it).
+    """
+    from orchestrator.storage import checkpoint_uri
+    from trainers.checkpoint import parse_checkpoint_name
+
+    src = checkpoint.path.rstrip("/")
+    parent, name = src.rsplit("/", 1)
+    dst = f"{parent}/{KEPT_FOLDER}/{name}"
+    try:
+        _copy_tree(checkpoint.filesystem, src, dst)
+        kept = dst
+    except Exception as err:  # noqa: BLE001 - registration can still read Ray's copy while it lasts
+        log.warning("could not keep a copy of evaluated checkpoint %s: %s", name, type(err).__name__)
+        kept = src
+    step, generation = parse_checkpoint_name(name)
+    headline = {k: float(metrics[k]) for k in REPORTED_AS.values() if isinstance(metrics.get(k), (int, float))}
+    entry = {"uri": checkpoint_uri(storage_url, kept), "step": step, "generation": generation, "metrics": headline}
+    return f"{ENTRY_TAG}{name}", json.dumps(entry)
+
+
+def evaluated_entries(tags: dict[str, str]) -> list[dict[str, Any]]:
+    """The evaluated checkpoints a run records, oldest first: by generation (a resume that fell back past
+    newer checkpoints writes the next generation), then step."""
+    entries = []
+    for k, v in tags.items():
+        if k.startswith(ENTRY_TAG):
+            try:
+                entries.append(json.loads(v))
+            except ValueError:
+                log.warning("unreadable evaluated-checkpoint tag %s", k)
+    return sorted(entries, key=lambda e: (int(e.get("generation", 0)), int(e["step"])))
+
+
+def qualifying(entries: list[dict[str, Any]], spec: JobSpec) -> list[dict[str, Any]]:
+    """The entries to register: every one (``every``), or each that beats every earlier one (``best``;
+    a missing or NaN value never does)."""
+    if spec.registry.register == "every":
+        return list(entries)
+    measure, lower = REPORTED_AS[spec.registry.best_by], spec.registry.best_by in LOWER_IS_BETTER
+    chosen, best = [], None
+    for e in entries:
+        value = e.get("metrics", {}).get(measure)
+        if value is None or math.isnan(value):
+            continue
+        if best is None or (value < best if lower else value > best):
+            chosen.append(e)
+            best = value
+    return chosen
+
+
+def _is_kept_copy(uri: str) -> bool:
+    return f"/{KEPT_FOLDER}/checkpoint_" in uri
+
+
+def _delete(uri: str) -> None:
+    from trainers.data.storage import open_filesystem
+
+    fs, path = open_filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+class Registrar:
+    """Registers a run's qualifying evaluated checkpoints; as a context manager, every few seconds on a thread."""
+
+    def __init__(self, c, spec: JobSpec, run_id: str, every_s: float = 3.0):
+        self.c, self.spec, self.run_id, self.every_s = c, spec, run_id, every_s
+        self.enabled = spec.registry.evaluated
+        self._done: dict[str, int] = {}  # entry URI -> its version
+        self._failed: set[str] = set()
+        self._deleted: set[str] = set()
+        self._warned_at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ganray-registrar", daemon=True)
+
+    def __enter__(self):
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if not self.enabled:
+            return
+        self._stop.set()
+        if exc_type is KeyboardInterrupt:  # a second Ctrl-C aborts without waiting for registration
+            return
+        self._thread.join()
+        self._try_process()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._try_process()
+
+    def _try_process(self) -> None:
+        try:
+            self.process()
+        except Exception as err:  # noqa: BLE001 - MLflow away: the entries wait in the run for the next pass
+            if time.monotonic() - self._warned_at > 30:
+                log.warning("registration pass failed, retrying: %s: %s", type(err).__name__, err)
+                self._warned_at = time.monotonic()
+
+    def process(self) -> list[int]:
+        """One pass: registers what qualifies and is not registered yet, deletes the copies no longer needed;
+        returns the versions registered from the run's entries so far, oldest first."""
+        with _LOCK:
+            entries = evaluated_entries(self.c.get_run(self.run_id).data.tags)
+            chosen = qualifying(entries, self.spec)
+            for e in chosen:
+                self._register(e)
+            registered = [e["uri"] for e in chosen if e["uri"] in self._done]
+            keep = registered[-1] if registered else None
+            pending = {e["uri"] for e in chosen} - set(registered)
+            for uri in (e["uri"] for e in entries):
+                if _is_kept_copy(uri) and uri != keep and uri not in pending and uri not in self._deleted:
+                    _delete(uri)
+                    self._deleted.add(uri)
+            return [self._done[uri] for uri in registered]
+
+    def _register(self, entry: dict[str, Any]) -> None:
+        uri = entry["uri"]
+        if uri in self._done:
+            return
+        try:
+            self._done[uri] = registry.register_checkpoint(self.c, self.run_id, self.spec.model_name, uri,
+                                                           self.spec.digest())
+        except (OSError, ValueError, KeyError, GanrayError) as err:  # a checkpoint that is gone or unreadable
+            if uri not in self._failed:
+                log.warning("cannot register the evaluated checkpoint %s: %s: %s", uri, type(err).__name__, err)
+                self._failed.add(uri)
+
+
+def register_finished(c, spec: JobSpec, run_id: str, ckpt_uri: str, generator, info: dict[str, Any]) -> int | None:
+    """The version a finished job reports: ``last`` registers (once) the final generator, ``best`` and ``every``
+    finish what is pending and report the newest version registered from the run; ``none``: None."""
+    mode = spec.registry.register
+    if mode == "none":
+        return None
+    if mode == "last":
+        version = registry.find_version(c, spec.model_name, run_id, ckpt_uri) or registry.register_generator(
+            c, run_id, spec.model_name, generator, GeneratorMetadata.from_checkpoint_info(info), spec.digest(),
+            ckpt_uri, kimg=info.get("images_seen", 0) / 1000)
+        registry.point_candidate(c, spec.model_name, version)
+        return version
+    Registrar(c, spec, run_id).process()
+    versions = registry.run_versions(c, spec.model_name, run_id)
+    return versions[-1] if versions else None
