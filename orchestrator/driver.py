@@ -1,6 +1,7 @@
 """The job driver: validate, open (or find) the job's MLflow run, run Ray Train, register, finish.
 
-One driver per job name. The same name resumes from its latest checkpoint (Ray Train
+One driver per job name: per host (``jobs.JobLock``) and per Ray cluster, whichever host
+(``cluster_lock``). The same name resumes from its latest checkpoint (Ray Train
 restores from the run's storage folder); a finished job returns its stored summary; a
 changed spec is refused unless ``fresh``. Every change of the job's state goes through
 ``lifecycle.Lifecycle.move``; finishing is idempotent (a rerun after a driver died
@@ -8,17 +9,15 @@ between registering and storing the summary registers nothing twice).
 """
 from __future__ import annotations
 
-import signal
-import sys
-import threading
 from typing import Any
 
-from orchestrator import jobs, runs
+from orchestrator import cluster_lock, jobs, runs
 from orchestrator.environment import Endpoints, applied, resolve_endpoints
 from orchestrator.lifecycle import Lifecycle, State, state_of
 from orchestrator.progress import Progress
 from orchestrator.registrar import Registrar, register_finished
 from orchestrator.spec import JobSpec, same_spec
+from orchestrator.stop_channel import DriverStop, StopWatcher
 from orchestrator import stored_checkpoints
 from orchestrator.storage import Storage, checkpoint_uri, local_checkpoint, resolve_storage
 from trainers.checkpoint import generator_from_checkpoint, load_state
@@ -36,7 +35,7 @@ def run_job(spec: JobSpec, fresh: bool = False, progress: bool = True) -> dict[s
     The caller's os.environ is left as it was.
     """
     endpoints = resolve_endpoints()
-    with applied(endpoints), jobs.JobLock(spec.name):
+    with applied(endpoints), jobs.JobLock(spec.name), cluster_lock.held(spec.name, endpoints.ray_address):
         c = runs.client(endpoints.mlflow_uri)
         storage = resolve_storage(spec.checkpoint.storage, endpoints.storage_root, endpoints.s3_endpoint)
         run, life = _open_job(c, spec, storage, fresh)
@@ -168,30 +167,20 @@ def _trainer(spec: JobSpec, endpoints: Endpoints, run_id: str, storage: Storage,
 
 def _train(spec: JobSpec, endpoints: Endpoints, c, life: Lifecycle, storage: Storage, progress: bool) -> str:
     """Runs Ray Train to the end or a stop; returns the URI of its last checkpoint."""
-    from orchestrator.ray_runtime import control_actor, fit_in_thread, ray_init
+    from orchestrator.ray_runtime import control_actor, fit_in_thread, own_job_id, own_submission_id, ray_init
 
     ray_init(endpoints.ray_address)
     control_name, control = control_actor(spec.name)
     trainer = _trainer(spec, endpoints, life.run_id, storage, control_name)
-    interrupted = threading.Event()
-
-    def on_sigint(signum, frame):
-        if interrupted.is_set():
-            raise KeyboardInterrupt
-        interrupted.set()
-        sys.stderr.write("\nganray: stopping: writing a checkpoint (Ctrl-C again to abort without one)\n")
-        control.request_stop.remote()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    life.move(State.RUNNING)
-    try:
-        with Progress(c, life.run_id, spec.name, spec.train.steps, enabled=progress), \
-                Registrar(runs.client(c.tracking_uri), spec, life.run_id):
-            result = fit_in_thread(trainer)
-    except Exception as err:  # noqa: BLE001 - Ray wraps worker errors in its own types
-        result = err
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with DriverStop(control) as stop:  # Ctrl-C, SIGTERM, and `ganray stop` through the tracking server
+        life.move(State.RUNNING)
+        try:
+            with Progress(c, life.run_id, spec.name, spec.train.steps, enabled=progress), \
+                    Registrar(runs.client(c.tracking_uri), spec, life.run_id), \
+                    StopWatcher(c, life.run_id, own_job_id(), own_submission_id(), stop.from_tracking_server):
+                result = fit_in_thread(trainer)
+        except Exception as err:  # noqa: BLE001 - Ray wraps worker errors in its own types
+            result = err
     return outcome(spec.name, life, result, storage.url)
 
 

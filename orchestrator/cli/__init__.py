@@ -39,9 +39,9 @@ def main(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from orchestrator.cli import agent, data, generate, jobs, local, models, serve
+    from orchestrator.cli import agent, cluster, data, generate, jobs, local, models, serve
 
-    for module in (local, data, jobs, generate, agent, models, serve):
+    for module in (local, data, jobs, generate, agent, models, serve, cluster):
         for command in module.COMMANDS:
             main.add_command(command)
 
