@@ -19,13 +19,13 @@ a cache for this host. Modelled on Ray Train v2's controller states.
 from __future__ import annotations
 
 import logging
-import time
 from enum import Enum
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
 from orchestrator import jobs
+from orchestrator.retry import PATIENCE_S, patiently
 from orchestrator.runs import CHECKPOINT_TAG, STATE_TAG, TrackingError
 from trainers.errors import GanrayError
 
@@ -83,15 +83,16 @@ def check(frm: State, to: State) -> None:
 class Lifecycle:
     """Moves one job's state in every store; holds the state it last wrote."""
 
-    def __init__(self, c: MlflowClient, name: str, run_id: str, state: State, attempts: int = 4):
-        self.c, self.name, self.run_id, self.state, self.attempts = c, name, run_id, state, attempts
+    def __init__(self, c: MlflowClient, name: str, run_id: str, state: State, patience_s: float = PATIENCE_S):
+        self.c, self.name, self.run_id, self.state, self.patience_s = c, name, run_id, state, patience_s
 
     def move(self, to: State, **fields: Any) -> None:
         """Checks and makes the transition: MLflow (tag, run status, checkpoint tag) then the local record.
 
         ``fields`` go to the local record (``step``, ``checkpoint``, ``error``, ``summary``...);
-        ``checkpoint`` also to the run. A tracking server that cannot be written after a few
-        tries raises TrackingError once the local record holds the new state.
+        ``checkpoint`` also to the run. A tracking server that is unreachable is waited for (a
+        logged backoff, up to ``patience_s``: ``retry.patiently``); one that stays away raises
+        TrackingError once the local record holds the new state.
         """
         check(self.state, to)
         tags = {STATE_TAG: to.value}
@@ -105,21 +106,19 @@ class Lifecycle:
                                 f"({type(err).__name__}); the local record has it")
 
     def _write_run(self, tags: dict[str, str], status: str) -> Exception | None:
-        for attempt in range(self.attempts):
-            try:
-                for k, v in tags.items():
-                    self.c.set_tag(self.run_id, k, v)
-                if status == "FINISHED" or status == "FAILED" or status == "KILLED":
-                    self.c.set_terminated(self.run_id, status)
-                else:
-                    self.c.update_run(self.run_id, status=status)
-                return None
-            except Exception as err:  # noqa: BLE001 - connection errors come in several types
-                if attempt == self.attempts - 1:
-                    log.warning("MLflow unreachable while recording state %s: %s", tags[STATE_TAG],
-                                type(err).__name__)
-                    return err
-                time.sleep(0.5 * 2 ** attempt)
+        def write() -> None:
+            for k, v in tags.items():
+                self.c.set_tag(self.run_id, k, v)
+            if status in ("FINISHED", "FAILED", "KILLED"):
+                self.c.set_terminated(self.run_id, status)
+            else:
+                self.c.update_run(self.run_id, status=status)
+
+        try:
+            patiently(write, f"recording state {tags[STATE_TAG]}", self.patience_s)
+        except Exception as err:  # noqa: BLE001 - connection errors come in several types
+            log.warning("MLflow did not record state %s: %s", tags[STATE_TAG], type(err).__name__)
+            return err
         return None
 
 

@@ -1,11 +1,14 @@
 """The live progress line of a job on stderr, and the local record's step, read from its MLflow run."""
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
 
 from orchestrator import jobs
+
+log = logging.getLogger("ganray.progress")
 
 
 class Progress:
@@ -19,6 +22,7 @@ class Progress:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._tty = sys.stderr.isatty()
         self._last_print = 0.0
+        self._failing: str | None = None
 
     def __enter__(self):
         self._thread.start()
@@ -31,13 +35,20 @@ class Progress:
             sys.stderr.write("\n")
 
     def _loop(self) -> None:
+        """Never ends before the job: a tracking server that went away, a record that cannot be written or
+        a closed stderr costs a line (noted once), not the thread."""
         while not self._stop.wait(self.every_s):
             try:
-                m = self.c.get_run(self.run_id).data.metrics
-            except Exception:  # noqa: BLE001 - progress is best effort
-                continue
-            if "total_steps" not in m:
-                continue
+                self._tick()
+                self._failing = None
+            except Exception as err:  # noqa: BLE001 - progress is best effort
+                if self._failing != type(err).__name__:
+                    log.warning("progress not updated (%s); training goes on", type(err).__name__)
+                self._failing = type(err).__name__
+
+    def _tick(self) -> None:
+        m = self.c.get_run(self.run_id).data.metrics
+        if "total_steps" in m:
             step = int(m.get("step", 0))
             jobs.write_record(self.name, step=step, preemptions=int(m.get("preemptions", 0)),
                               failures=int(m.get("failures", 0)), steps_lost=int(m.get("steps_lost_total", 0)))

@@ -1,22 +1,28 @@
 """The embedded local stack: a Ray head, an MLflow server, and object storage.
 
-All state lives under ``$GANRAY_HOME``:
+All state lives under ``$GANRAY_HOME`` (0700, as are its ``mlflow/``, ``storage/``, ``logs/``
+and ``ray/``; ``orchestrator/stack_secrets.py`` keeps them private):
 
 - ``stack.json``: the services we started (PID, port, log file); only ours are stopped.
 - ``profile.json``: endpoints the other commands use (no secrets).
-- ``credentials.json`` (0600): the local S3 server's keys; ``ray/auth_token`` (0600).
-- ``mlflow/``: the tracking database and artifacts, so registered models survive restarts.
+- ``credentials.json`` (0600): the local S3 server's keys and, with ``--auth``, MLflow's admin
+  login; ``ray/auth_token`` (0600).
+- ``mlflow/``: the tracking database and artifacts, so registered models survive restarts;
+  with ``--auth`` also the auth app's configuration and user store.
 - ``storage/``: the default object storage, a folder reached through fsspec.
 
-With ``s3=True`` a moto S3 server on loopback is started as well and the
-defaults point at it; it keeps objects in memory only while it runs.
+With ``s3=True`` a moto S3 server on loopback is started as well and the defaults point at
+it; it keeps objects in memory only while it runs, and logs no query strings
+(``orchestrator/s3_server.py``). Ports are picked free and then used; a service that finds
+its port taken in between is started again on fresh ports (up to :data:`PORT_ATTEMPTS`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import secrets
+import re
 import shutil
 import signal
 import socket
@@ -25,18 +31,34 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import requests
 
+from orchestrator import stack_secrets as secrets_
+from orchestrator.retry import QUICK_REQUESTS
 from trainers.errors import GanrayError
 from trainers.settings import ganray_home
 
 LOCAL_BUCKET = "ganray"
+PORT_ATTEMPTS = 4
+RAY_PORTS = ("gcs", "dashboard", "node_manager", "object_manager", "client", "metrics", "agent_grpc",
+             "agent_http", "runtime_env_agent")
+_PORT_TAKEN = re.compile(r"address already in use|errno 98|port .{0,40}(already in use|not available)|"
+                         r"failed to bind|bind.{0,40}failed", re.IGNORECASE)
+log = logging.getLogger("ganray.stack")
 
 
 class StackError(GanrayError, RuntimeError):
     """A service of the local stack could not be started or reached."""
+
+
+class PortTaken(StackError):
+    """A service found one of the ports picked for it taken by someone else when it started."""
+
+    def __init__(self, name: str, ports: set[int], message: str):
+        super().__init__(message)
+        self.name, self.ports = name, ports
 
 
 @dataclass
@@ -45,6 +67,7 @@ class Service:
     pid: int
     port: int
     log: str
+    log_offset: int = 0  # where this start's lines begin in log
 
     def alive(self) -> bool:
         return pid_alive(self.pid)
@@ -65,14 +88,19 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def port_free(port: int) -> bool:
+    """Whether a server could bind port now (as servers do, past connections in TIME_WAIT)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -81,19 +109,31 @@ def port_free(port: int) -> bool:
 
 
 def ray_temp_dir(home: Path) -> str:
-    """A short, private temp dir for Ray (its Unix sockets fail past ~107 characters)."""
+    """A short, private (0700) folder for Ray's temp dir (its Unix sockets fail past ~107 characters)."""
     return f"/tmp/ganray-{hashlib.sha1(str(home).encode()).hexdigest()[:10]}"
+
+
+def ray_session_root(home: Path) -> str:
+    """Ray's temp dir itself, inside :func:`ray_temp_dir`: Ray makes its temp dir world-writable (0777)
+    as it starts, so the private folder around it is what keeps others out."""
+    return f"{ray_temp_dir(home)}/r"
 
 
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _tail(path: str, lines: int = 25) -> str:
+def _since(path: str, offset: int) -> str:
     try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
     except OSError:
-        return "(no log)"
+        return ""
+
+
+def _tail(path: str, offset: int = 0, lines: int = 25) -> str:
+    return "\n".join(_since(path, offset).splitlines()[-lines:]) or "(no log)"
 
 
 class LocalStack:
@@ -104,18 +144,26 @@ class LocalStack:
         self.state_file = self.home / "stack.json"
         self.profile_file = self.home / "profile.json"
         self.logs = self.home / "logs"
+        # Test hook: called with (service, {role: port}) after its ports are picked, before it starts.
+        self.port_hook: Callable[[str, dict[str, int]], None] | None = None
+        self._avoid: set[int] = set()  # ports found taken by others during this up
 
     # -- state -----------------------------------------------------------
-    def services(self) -> dict[str, Service]:
+    def _state(self) -> dict[str, Any]:
         try:
-            raw = json.loads(self.state_file.read_text())
-        except FileNotFoundError:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, ValueError):
             return {}
-        return {k: Service(**v) for k, v in raw.get("services", {}).items()}
 
-    def _save(self, services: dict[str, Service], extra: dict[str, Any]) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        state = {"services": {k: vars(v) for k, v in services.items()}, **extra}
+    def services(self) -> dict[str, Service]:
+        return {k: Service(**v) for k, v in self._state().get("services", {}).items()}
+
+    def _save(self, services: dict[str, Service], ray_ports: dict[str, int] | None = None) -> None:
+        state = self._state()
+        ports = {**state.get("ports", {}), **{k: v.port for k, v in services.items()}}
+        state.update(services={k: vars(v) for k, v in services.items()}, ports=ports)
+        if ray_ports is not None:
+            state["ray_ports"] = ray_ports
         self.state_file.write_text(json.dumps(state, indent=2))
 
     def profile(self) -> dict[str, Any]:
@@ -124,114 +172,129 @@ class LocalStack:
         except FileNotFoundError:
             return {}
 
-    def _previous_port(self, name: str) -> int | None:
-        try:
-            return json.loads(self.state_file.read_text())["ports"].get(name)
-        except (FileNotFoundError, KeyError, ValueError):
-            return None
-
-    def _port(self, name: str) -> int:
-        prev = self._previous_port(name)
-        return prev if prev and port_free(prev) else free_port()
+    def _port(self, name: str, avoid: set[int]) -> int:
+        prev = self._state().get("ports", {}).get(name)
+        return prev if prev and prev not in avoid and port_free(prev) else free_port(avoid)
 
     def credentials(self) -> dict[str, str]:
-        """The local S3 server's keys ({} when it has none yet)."""
-        try:
-            return json.loads((self.home / "credentials.json").read_text())
-        except FileNotFoundError:
-            return {}
+        """The stack's credentials: S3 keys, MLflow login ({} when it has none yet)."""
+        return secrets_.read_credentials(self.home)
+
+    def auth(self) -> bool:
+        """Whether this stack runs MLflow with authentication (once started so, always so)."""
+        return (self.home / "mlflow" / "basic_auth.ini").exists()
 
     def ray_env(self) -> dict[str, str]:
         """Environment that makes a process talk to this stack's Ray with its token."""
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.home / "ray" / "auth_token")}
 
-    def _ensure_secrets(self, s3: bool) -> None:
-        token = self.home / "ray" / "auth_token"
-        token.parent.mkdir(parents=True, exist_ok=True)
-        if not token.exists():
-            token.write_text(secrets.token_hex(32))
-            token.chmod(0o600)
-        creds = self.home / "credentials.json"
-        if s3 and not creds.exists():
-            creds.write_text(json.dumps({"access_key": "ganray" + secrets.token_hex(6),
-                                         "secret_key": secrets.token_urlsafe(24)}))
-            creds.chmod(0o600)
+    def prepare(self, s3: bool = False, auth: bool = False) -> None:
+        """Private folders and secrets, before any service starts."""
+        secrets_.private_dir(self.home)
+        for sub in ("logs", "mlflow"):
+            secrets_.private_dir(self.home / sub)
+        secrets_.ensure_ray_token(self.home)
+        if auth and (self.home / "mlflow" / "basic_auth.db").exists() and \
+                "mlflow_password" not in secrets_.read_credentials(self.home):
+            raise StackError(f"MLflow's user store {self.home / 'mlflow' / 'basic_auth.db'} exists but the stack's "
+                             f"credentials.json has no login for it; remove the user store to start over")
+        secrets_.ensure_credentials(self.home, s3=s3, auth=auth)
 
     # -- lifecycle -------------------------------------------------------
-    def up(self, s3: bool = False, timeout: float = 120.0) -> dict[str, Any]:
+    def up(self, s3: bool = False, auth: bool = False, timeout: float = 120.0) -> dict[str, Any]:
         """Starts whatever of the stack is not running; idempotent. Returns the profile."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(exist_ok=True)
         running = {k: v for k, v in self.services().items() if v.alive()}
         want_s3 = s3 or "s3" in running
-        self._ensure_secrets(want_s3)
-        ports = {k: v.port for k, v in running.items()}
-        try:
-            if want_s3 and "s3" not in running:
-                running["s3"] = self._start_s3(self._port("s3"))
-                ports["s3"] = running["s3"].port
-            if "mlflow" not in running:
-                running["mlflow"] = self._start_mlflow(self._port("mlflow"))
-                ports["mlflow"] = running["mlflow"].port
-            extra = self._ray_ports(running)
-            if "ray" not in running:
-                profile = self._write_profile(running, extra)
-                running["ray"] = self._start_ray(extra, profile)
-            self._save(running, {"ports": {**ports, "ray": running["ray"].port}, "ray_ports": extra})
-            self._wait_ready(running, timeout)
-        except BaseException:
-            self._save(running, {"ports": ports, "ray_ports": self._ray_ports(running)})
-            raise
+        if auth and "mlflow" in running and not self.auth():
+            raise StackError("MLflow already runs without authentication; `ganray local down` first, then "
+                             "`ganray local up --auth`")
+        auth = auth or self.auth()
+        self.prepare(want_s3, auth)
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start_missing(running, want_s3, auth, timeout)
+                break
+            except PortTaken as err:
+                if attempt == PORT_ATTEMPTS:
+                    raise StackError(f"{err} (after {attempt} attempts on fresh ports)") from None
+                log.warning("%s: port(s) %s taken between pick and start; retrying on fresh ports",
+                            err.name, ", ".join(map(str, sorted(err.ports))))
+                self._avoid |= err.ports
         if want_s3:
             self._ensure_bucket(running["s3"].port)
         else:
-            (self.home / "storage").mkdir(exist_ok=True)
-        return self._write_profile(running, self._ray_ports(running))
+            secrets_.private_dir(self.home / "storage")
+        return self._write_profile(running, self._state()["ray_ports"], auth)
 
-    def _ray_ports(self, running: dict[str, Service]) -> dict[str, int]:
-        if "ray" in running:
-            try:
-                return json.loads(self.state_file.read_text())["ray_ports"]
-            except (KeyError, ValueError, FileNotFoundError):
-                pass
-        names = ["gcs", "dashboard", "node_manager", "object_manager", "client",
-                 "metrics", "agent_grpc", "agent_http", "runtime_env_agent"]
-        prev = {}
+    def _start_missing(self, running: dict[str, Service], s3: bool, auth: bool, timeout: float) -> None:
+        """Storage and MLflow first (Ray's environment names their ports), then Ray; running is updated."""
         try:
-            prev = json.loads(self.state_file.read_text()).get("ray_ports", {})
-        except (ValueError, FileNotFoundError):
-            pass
-        return {n: (prev[n] if prev.get(n) and port_free(prev[n]) else free_port()) for n in names}
+            first = {}
+            if s3 and "s3" not in running:
+                first["s3"] = self._start_s3(self._picked("s3", {"s3": self._port("s3", self._avoid)}))
+            if "mlflow" not in running:
+                first["mlflow"] = self._start_mlflow(self._picked("mlflow", {"mlflow": self._port("mlflow",
+                                                                                                  self._avoid)}), auth)
+            running.update(first)
+            self._wait_ready(running, first, timeout)
+            if "ray" not in running:
+                ports = self._picked("ray", self._ray_ports())
+                self._save(running, ports)
+                running["ray"] = self._start_ray(ports, self._write_profile(running, ports, auth))
+                self._wait_ready(running, {"ray": running["ray"]}, timeout)
+        finally:
+            self._save(running)
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = self.logs / f"{name}.log"
-        fh = open(log, "ab")
-        full_env = {**os.environ, **(env or {})}
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=full_env, start_new_session=True, cwd=self.home)
+    def _picked(self, name: str, ports: dict[str, int]) -> dict[str, int]:
+        if self.port_hook is not None:
+            self.port_hook(name, dict(ports))
+        return ports
 
-    def _start_s3(self, port: int) -> Service:
-        p = self._spawn("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)])
-        return Service("s3", p.pid, port, str(self.logs / "s3.log"))
+    def _ray_ports(self) -> dict[str, int]:
+        prev = self._state().get("ray_ports", {})
+        ports: dict[str, int] = {}
+        for n in RAY_PORTS:
+            taken = self._avoid | set(ports.values())
+            p = prev.get(n)
+            ports[n] = p if p and p not in taken and port_free(p) else free_port(taken)
+        return ports
 
-    def _start_mlflow(self, port: int) -> Service:
+    def _spawn(self, name: str, cmd: list[str], port: int, env: dict[str, str] | None = None) -> Service:
+        log_path = self.logs / f"{name}.log"
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        offset = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            p = subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env={**os.environ, **(env or {})}, start_new_session=True, cwd=self.home)
+        finally:
+            os.close(fd)
+        return Service(name, p.pid, port, str(log_path), offset)
+
+    def _start_s3(self, ports: dict[str, int]) -> Service:
+        return self._spawn("s3", [sys.executable, "-m", "orchestrator.s3_server", "-H", "127.0.0.1",
+                                  "-p", str(ports["s3"])], ports["s3"])
+
+    def _start_mlflow(self, ports: dict[str, int], auth: bool) -> Service:
         root = self.home / "mlflow"
         (root / "artifacts").mkdir(parents=True, exist_ok=True)
-        cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
-        p = self._spawn("mlflow", cmd)
-        return Service("mlflow", p.pid, port, str(self.logs / "mlflow.log"))
+        # MLflow's job runner (GenAI jobs ganray never submits) would add eight processes per server.
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+        if auth:  # the auth app: its settings and the admin's first password in the environment only
+            cmd[2:2] = ["--app-name", "basic-auth"]
+            env.update(secrets_.auth_env(self.home, secrets_.read_credentials(self.home)))
+        return self._spawn("mlflow", cmd, ports["mlflow"], env)
 
     def _start_ray(self, ports: dict[str, int], profile: dict[str, Any]) -> Service:
         from orchestrator.environment import stack_env
 
-        creds = self.credentials() if profile.get("s3_endpoint") else None
-        env = {**stack_env(self.home, profile, creds, ray=False), **self.ray_env(), "GANRAY_HOME": str(self.home),
-               "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**stack_env(self.home, profile, self.credentials(), ray=False), **self.ray_env(), **QUICK_REQUESTS,
+               "GANRAY_HOME": str(self.home), "RAY_USAGE_STATS_ENABLED": "0"}
         cmd = [_bin("ray"), "start", "--head", "--block", "--disable-usage-stats",
                "--node-ip-address", "127.0.0.1",
-               "--port", str(ports["gcs"]), "--temp-dir", ray_temp_dir(self.home),
+               "--port", str(ports["gcs"]), "--temp-dir", self._private_ray_root(),
                "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                "--dashboard-port", str(ports["dashboard"]),
                "--node-manager-port", str(ports["node_manager"]),
@@ -243,24 +306,40 @@ class LocalStack:
                "--runtime-env-agent-port", str(ports["runtime_env_agent"]),
                "--num-cpus", str(max(2, os.cpu_count() or 2)),
                "--num-gpus", "0"]
-        p = self._spawn("ray", cmd, env)
-        return Service("ray", p.pid, ports["gcs"], str(self.logs / "ray.log"))
+        return self._spawn("ray", cmd, ports["gcs"], env)
 
-    def _wait_ready(self, services: dict[str, Service], timeout: float) -> None:
+    def _private_ray_root(self) -> str:
+        secrets_.private_ray_temp_dir(ray_temp_dir(self.home))
+        return ray_session_root(self.home)
+
+    def _wait_ready(self, running: dict[str, Service], services: dict[str, Service], timeout: float) -> None:
+        """Until every service in services answers; a dead one is dropped from running and reported
+        (PortTaken when its port was taken between pick and start)."""
         deadline = time.time() + timeout
         pending = dict(services)
         while pending:
             for name, svc in list(pending.items()):
-                if not svc.alive():
-                    raise StackError(f"{name} exited while starting; last lines of {svc.log}:\n{_tail(svc.log)}")
+                if not svc.alive() or _PORT_TAKEN.search(_since(svc.log, svc.log_offset)):
+                    running.pop(name, None)
+                    self._failed(name, svc)
                 if self._ready(name, svc):
                     del pending[name]
             if pending and time.time() > deadline:
                 name, svc = next(iter(pending.items()))
                 raise StackError(f"{name} did not become ready in {timeout:.0f}s; "
-                                 f"last lines of {svc.log}:\n{_tail(svc.log)}")
+                                 f"last lines of {svc.log}:\n{_tail(svc.log, svc.log_offset)}")
             if pending:
                 time.sleep(0.5)
+
+    def _failed(self, name: str, svc: Service) -> None:
+        _stop_group(svc.pid, 5.0)  # whatever it started before it died
+        ports = {svc.port} | (set(self._state().get("ray_ports", {}).values()) if name == "ray" else set())
+        text = _since(svc.log, svc.log_offset)
+        taken = {p for p in ports if not port_free(p)}
+        if _PORT_TAKEN.search(text) or taken:
+            raise PortTaken(name, taken or {svc.port}, f"{name} could not bind its port: another process took "
+                                                       f"it after it was picked")
+        raise StackError(f"{name} exited while starting; last lines of {svc.log}:\n{_tail(svc.log, svc.log_offset)}")
 
     def _ready(self, name: str, svc: Service) -> bool:
         try:
@@ -269,7 +348,7 @@ class LocalStack:
             if name == "s3":
                 return requests.get(f"http://127.0.0.1:{svc.port}/moto-api/", timeout=2).status_code < 500
             if name == "ray":
-                return "Ray runtime started" in Path(svc.log).read_text(errors="replace")[-20000:]
+                return "Ray runtime started" in _since(svc.log, svc.log_offset)
         except (requests.RequestException, OSError):
             return False
         return False
@@ -287,18 +366,48 @@ class LocalStack:
         except Exception:  # noqa: BLE001 - any miss means: create it
             s3.create_bucket(Bucket=LOCAL_BUCKET)
 
-    def _write_profile(self, running: dict[str, Service], ray_ports: dict[str, int]) -> dict[str, Any]:
+    def _write_profile(self, running: dict[str, Service], ray_ports: dict[str, int], auth: bool) -> dict[str, Any]:
         s3 = running.get("s3")
         profile = {
             "ray_address": f"127.0.0.1:{ray_ports['gcs']}",
             "dashboard_url": f"http://127.0.0.1:{ray_ports['dashboard']}",
             "mlflow_uri": f"http://127.0.0.1:{running['mlflow'].port}" if "mlflow" in running else None,
+            "mlflow_auth": auth,
             "s3_endpoint": f"http://127.0.0.1:{s3.port}" if s3 else None,
             "storage_root": f"s3://{LOCAL_BUCKET}" if s3 else str(self.home / "storage"),
-            "ray_temp_dir": ray_temp_dir(self.home),
+            "ray_temp_dir": ray_session_root(self.home),
         }
         self.profile_file.write_text(json.dumps(profile, indent=2))
         return profile
+
+    # -- one service -----------------------------------------------------
+    def stop_service(self, name: str, timeout: float = 30.0) -> Service:
+        """Stops one service of the stack by PID and process group; it keeps its port for start_service."""
+        services = self.services()
+        if name not in services:
+            raise StackError(f"the stack has no {name} service")
+        _stop_group(services[name].pid, timeout)
+        return services[name]
+
+    def start_service(self, name: str, timeout: float = 120.0) -> Service:
+        """Starts a stopped service again on the port it had (MLflow or S3; Ray needs `local down/up`)."""
+        services = self.services()
+        if name not in ("mlflow", "s3") or name not in services:
+            raise StackError(f"cannot start {name!r} alone: only the stack's mlflow and s3 services can be")
+        if services[name].alive():
+            return services[name]
+        port = services[name].port
+        if not port_free(port):
+            raise StackError(f"{name}'s port {port} is taken by another process")
+        svc = self._start_mlflow({"mlflow": port}, self.auth()) if name == "mlflow" else self._start_s3({"s3": port})
+        services[name] = svc
+        self._save(services)
+        self._wait_ready(services, {name: svc}, timeout)
+        return svc
+
+    def restart(self, name: str, timeout: float = 120.0) -> Service:
+        self.stop_service(name)
+        return self.start_service(name, timeout)
 
     def down(self, timeout: float = 30.0) -> list[str]:
         """Stops exactly the processes this stack started (by PID and process group)."""
@@ -314,9 +423,7 @@ class LocalStack:
                 stopped.append(name)
         _kill_strays(ray_temp_dir(self.home))
         if self.state_file.exists():
-            state = json.loads(self.state_file.read_text())
-            state["services"] = {}
-            self.state_file.write_text(json.dumps(state, indent=2))
+            self._save({})
         shutil.rmtree(ray_temp_dir(self.home), ignore_errors=True)
         return stopped
 

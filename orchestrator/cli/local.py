@@ -14,14 +14,20 @@ def local() -> None:
 @local.command("up")
 @click.option("--s3", is_flag=True, help="Also start moto's S3 server on loopback and point the defaults at it "
                                          "(it keeps objects in memory only while it runs).")
-def local_up(s3: bool) -> None:
+@click.option("--auth", is_flag=True, help="Run MLflow with its basic-auth app; the admin login is generated into "
+                                           "$GANRAY_HOME/credentials.json (0600) and every ganray command uses it. "
+                                           "Once on, it stays on for this GANRAY_HOME.")
+def local_up(s3: bool, auth: bool) -> None:
     """Start the stack (idempotent; free ports; state under $GANRAY_HOME)."""
     from orchestrator.stack import LocalStack
 
     stack = LocalStack()
-    profile = stack.up(s3=s3)
+    profile = stack.up(s3=s3, auth=auth)
     print_stack(stack.status())
     click.echo(f"MLflow UI: {profile['mlflow_uri']}   Ray dashboard: {profile['dashboard_url']}")
+    if profile.get("mlflow_auth"):
+        click.echo(f"MLflow asks for a login: user {stack.credentials()['mlflow_username']!r}, its password is "
+                   f"mlflow_password in {stack.home / 'credentials.json'} (ganray commands use it themselves)")
 
 
 @local.command("down")
@@ -53,6 +59,8 @@ def print_stack(status: dict) -> None:
     for name, s in status["services"].items():
         click.echo(f"  {name:7s} {'running' if s['alive'] else 'stopped':8s} pid {s['pid']:<7d} port {s['port']}")
     p = status.get("profile") or {}
+    if p.get("mlflow_auth"):
+        click.echo("  mlflow  with authentication (login in credentials.json)")
     if p.get("storage_root"):
         note = " (moto S3 server: objects live in memory until `local down`)" if p.get("s3_endpoint") else " (a folder)"
         click.echo(f"  storage {p['storage_root']}{note}")
