@@ -10,6 +10,8 @@ logits, ACGAN-style) or the text embedding (its direction); ``aux_kind`` names w
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -58,6 +60,8 @@ class CondDcganDiscriminator(nn.Module):
                  aux_kind: str = "tags"):
         super().__init__()
         self.c_dim, self.aux_kind = c_dim, aux_kind
+        # a unit-norm text embedding projects at unit variance per component (see ConditioningAugmentation)
+        self.c_scale = math.sqrt(c_dim) if aux_kind == "text" else 1.0
         self.trunk = DcganTrunk(resolution, channels, channels_max)
         self.head = nn.Linear(self.trunk.features, 1)
         self.project = nn.Linear(c_dim, self.trunk.features, bias=False)
@@ -67,5 +71,5 @@ class CondDcganDiscriminator(nn.Module):
         if c is None:
             raise ValueError("cond-dcgan discriminator needs a condition vector c")
         h = self.trunk(x)
-        logits = self.head(h).squeeze(1) + (self.project(c.to(h.dtype)) * h).sum(1)
+        logits = self.head(h).squeeze(1) + (self.project(c.to(h.dtype) * self.c_scale) * h).sum(1)
         return logits, self.aux(h)
