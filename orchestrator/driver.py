@@ -16,6 +16,7 @@ from orchestrator.environment import Endpoints, applied, resolve_endpoints
 from orchestrator.lifecycle import Lifecycle, State, state_of
 from orchestrator.progress import Progress
 from orchestrator.registrar import Registrar, register_finished
+from orchestrator.retry import patiently
 from orchestrator.spec import JobSpec, same_spec
 from orchestrator.stop_channel import DriverStop, StopWatcher
 from orchestrator import stored_checkpoints
@@ -208,11 +209,13 @@ def finish(spec: JobSpec, c, life: Lifecycle, ckpt_uri: str) -> dict[str, Any]:
         life.move(State.STOPPED, step=steps, checkpoint=ckpt_uri)
         return {"run_id": life.run_id, "steps": steps, "checkpoint_uri": ckpt_uri, "images_per_sec": ips,
                 "state": State.STOPPED.value}
-    version = register_finished(c, spec, life.run_id, ckpt_uri, generator, info)
+    # the tracking server may be away as training ends: wait for it (logged, bounded: retry.patiently)
+    version = patiently(lambda: register_finished(c, spec, life.run_id, ckpt_uri, generator, info),
+                        "registering the generator")
     summary = {"run_id": life.run_id, "registered_model": spec.model_name if version else None, "version": version,
                "model_uri": f"models:/{spec.model_name}/{version}" if version else None,
                "checkpoint_uri": ckpt_uri, "steps": steps, "images_per_sec": round(ips, 3),
                "state": State.FINISHED.value}
-    runs.write_summary(c, life.run_id, summary)
+    patiently(lambda: runs.write_summary(c, life.run_id, summary), "storing the summary")
     life.move(State.FINISHED, step=steps, checkpoint=ckpt_uri, summary=summary)
     return summary
