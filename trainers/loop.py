@@ -13,7 +13,6 @@ import copy
 import json
 import math
 import shutil
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
+from trainers import tempdirs
 from trainers.augment import AugmentPipe
 from trainers.checkpoint import (GRID_FILE, STATE_FILE, CheckpointError, checkpoint_name, load_rank_state,
                                  load_state, plain, rank_file, save_atomic, verify, write_index)
@@ -431,7 +431,7 @@ class GanLoop:
                 metrics.update(self.evaluate())
             if ckpt_due:
                 t_ckpt = time.perf_counter()
-                tmp = tempfile.mkdtemp(prefix="ganray-ckpt-")
+                tmp = tempdirs.make("ganray-ckpt-")  # named after this PID; stale ones swept
                 try:
                     self.write_checkpoint(tmp)
                     reporter.report(metrics, tmp, checkpoint_name(self.step))
