@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -96,6 +97,10 @@ def test_ray_ingest_keeps_the_local_keys_skips_and_resolution_rule(stack, ganray
     _, found = samples(f"file://{tmp_path}/ray")
     assert found["z_y"][1]["source"] == "z/y.png" and found["z_y_1"][1]["source"] == "z_y.png"
     assert manifest["num_samples"] == 43 and manifest["resolution"] == 16
+    # The same folder as a .zip every node sees: each task opens the archive and reads its members by name.
+    shutil.make_archive(str(tmp_path / "src"), "zip", src)
+    ganray(ganray_home, "data", "ingest", f"file://{tmp_path}/src.zip", f"file://{tmp_path}/rayzip", "--ray")
+    assert_same_dataset(f"file://{tmp_path}/local", f"file://{tmp_path}/rayzip")
     reports = [json.loads((tmp_path / d / "ingest_report.json").read_text()) for d in ("local", "ray")]
     skipped = [sorted((s["file"], re.sub(r"0x[0-9a-f]+", "0x", s["reason"])) for s in r["skipped"]) for r in reports]
     assert skipped[0] == skipped[1] and [f for f, _ in skipped[1]] == ["bad.png", "big.png"]
