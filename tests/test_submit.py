@@ -101,7 +101,10 @@ def ray_status(cluster, sid: str) -> str:
 
 
 def live_run(cluster, name: str):
-    runs = cluster["mlflow"].search_runs([cluster["mlflow"].get_experiment_by_name("ganray").experiment_id],
+    experiment = cluster["mlflow"].get_experiment_by_name("ganray")
+    if experiment is None:
+        return None
+    runs = cluster["mlflow"].search_runs([experiment.experiment_id],
                                          filter_string=f"tags.`ganray.job` = '{name}'", max_results=1,
                                          order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
@@ -147,6 +150,7 @@ def test_submit_logs_status_resubmit_and_a_refused_change(cluster, ganray_home, 
     stack_secret = json.loads((ganray_home / "credentials.json").read_text())["secret_key"]
     assert all(s not in shipped for s in (SECRET, PASSWORD, stack_secret, cluster["token"]))
     assert info.entrypoint.endswith("ganray run ganray-submitted-job.yaml")
+    assert info.runtime_env["working_dir"].startswith("gcs://_ray_pkg_")  # the spec and the working tree
     # The same spec again: its id, nothing submitted. A changed spec: refused, nothing submitted.
     assert last_line(submit(ganray_home, spec)) == sid
     changed = submit(ganray_home, spec, "--set", "train.steps=30", check=False)
@@ -203,3 +207,37 @@ def test_stop_resume_replace_and_a_second_driver_refused(cluster, ganray_home, t
     assert f"{new} STOPPED" in now.stdout and ray_status(cluster, new) == "STOPPED"
     assert cluster["mlflow"].get_run(fresh.info.run_id).data.tags["ganray.state"] == "interrupted"
     assert [j.submission_id for j in submissions(cluster, "sub-b")] == [sid, again, new]
+
+
+HOLD = """
+import sys, time
+from orchestrator.cluster_lock import held
+with held(sys.argv[1], sys.argv[2]) as me:
+    print(me["pid"], me["job_id"], flush=True)
+    if sys.argv[3] == "hold":
+        time.sleep(600)
+"""
+
+
+def test_the_cluster_lock_names_its_holder_and_dies_with_it(cluster, ganray_home, tmp_path):
+    """A plain driver (no submission) holds `sub-c`: a submit and a run from other machines are refused
+    with it named; killed, it blocks nobody: Ray releases its lock with it."""
+    env = {**cli_env(ganray_home), "RAY_ADDRESS": cluster["ray_address"], "RAY_AUTH_TOKEN": cluster["token"]}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, "sub-c", cluster["ray_address"], "hold"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        pid, job_id = holder.stdout.readline().split()
+        spec = write_spec(tmp_path / "c.yaml", "sub-c", cluster["url"], steps=24, every=8)
+        refused = elsewhere("submit", str(spec), env=via_dashboard(cluster))
+        assert refused.returncode == 1 and f"by a driver (pid {pid} on host" in refused.stderr
+        assert f"Ray job {job_id}" in refused.stderr and submissions(cluster, "sub-c") == []
+        run = elsewhere("run", str(spec), env={"RAY_ADDRESS": cluster["ray_address"], "RAY_AUTH_TOKEN": cluster["token"],
+                                               "MLFLOW_TRACKING_URI": cluster["mlflow_uri"]})
+        assert run.returncode == 1 and f"by a driver (pid {pid} on host" in run.stderr
+        assert live_run(cluster, "sub-c") is None  # refused before the job was opened
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    again = subprocess.run([sys.executable, "-c", HOLD, "sub-c", cluster["ray_address"], "once"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0 and again.stdout.split()[1] != job_id, again.stderr[-2000:]
