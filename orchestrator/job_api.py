@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from orchestrator.ray_runtime import ClusterError
 from trainers import settings
@@ -100,7 +100,6 @@ class Submission:
     end_time: int | None
     message: str | None
     entrypoint: str
-    driver: dict[str, Any] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -111,9 +110,9 @@ def _submission(d) -> Submission | None:
     meta = d.metadata or {}
     if not d.submission_id or JOB_KEY not in meta:
         return None
-    driver = d.driver_info.model_dump() if getattr(d, "driver_info", None) else {}
-    return Submission(d.submission_id, meta[JOB_KEY], meta.get(DIGEST_KEY, ""), str(getattr(d.status, "value", d.status)),
-                      d.job_id, int(d.start_time or 0), d.end_time, d.message, d.entrypoint, driver)
+    status = str(getattr(d.status, "value", d.status))
+    return Submission(d.submission_id, meta[JOB_KEY], meta.get(DIGEST_KEY, ""), status, d.job_id,
+                      int(d.start_time or 0), d.end_time, d.message, d.entrypoint)
 
 
 class JobApi:

@@ -91,6 +91,12 @@ def via_dashboard(cluster) -> dict:
             "MLFLOW_TRACKING_URI": cluster["mlflow_uri"]}
 
 
+def via_gcs(cluster) -> dict:
+    """What a driver on another host has: the cluster's GCS address, the token, the tracking server."""
+    return {"RAY_ADDRESS": cluster["ray_address"], "RAY_AUTH_TOKEN": cluster["token"],
+            "MLFLOW_TRACKING_URI": cluster["mlflow_uri"]}
+
+
 def submissions(cluster, name: str) -> list:
     return sorted((j for j in cluster["client"].list_jobs() if (j.metadata or {}).get("ganray.job") == name),
                   key=lambda j: j.start_time)
@@ -174,8 +180,7 @@ def test_stop_resume_replace_and_a_second_driver_refused(cluster, ganray_home, t
     assert sid == f"sub-b-{digest(spec)}"
     run = training_past(cluster, "sub-b", 0)
     # A second driver of the name, from another host (its own GANRAY_HOME): refused, the holder named.
-    second = elsewhere("run", str(spec), env={"RAY_ADDRESS": cluster["ray_address"], "RAY_AUTH_TOKEN": cluster["token"],
-                                              "MLFLOW_TRACKING_URI": cluster["mlflow_uri"]})
+    second = elsewhere("run", str(spec), env=via_gcs(cluster))
     assert second.returncode == 1 and f"already being run on this cluster by submission {sid}" in second.stderr
     assert last_line(submit(ganray_home, spec)) == sid  # running: its id again
     changed = submit(ganray_home, spec, "--set", "train.steps=30000", check=False)
@@ -231,8 +236,7 @@ def test_the_cluster_lock_names_its_holder_and_dies_with_it(cluster, ganray_home
         refused = elsewhere("submit", str(spec), env=via_dashboard(cluster))
         assert refused.returncode == 1 and f"by a driver (pid {pid} on host" in refused.stderr
         assert f"Ray job {job_id}" in refused.stderr and submissions(cluster, "sub-c") == []
-        run = elsewhere("run", str(spec), env={"RAY_ADDRESS": cluster["ray_address"], "RAY_AUTH_TOKEN": cluster["token"],
-                                               "MLFLOW_TRACKING_URI": cluster["mlflow_uri"]})
+        run = elsewhere("run", str(spec), env=via_gcs(cluster))
         assert run.returncode == 1 and f"by a driver (pid {pid} on host" in run.stderr
         assert live_run(cluster, "sub-c") is None  # refused before the job was opened
     finally:

@@ -95,7 +95,8 @@ def status_cmd(name: str | None, as_json: bool, address: str | None) -> None:
     for s in statuses:
         ray = f"  ray {s['ray_status'] or '-'}" if "ray_status" in s else ""
         click.echo(f"{s['name']:24s} {s['state'] or '-':11s} step {s['step']}/{s['total_steps']}  "
-                   f"preemptions {s['preemptions']}  failures {s['failures']}  checkpoint {s['checkpoint'] or '-'}{ray}")
+                   f"preemptions {s['preemptions']}  failures {s['failures']}  "
+                   f"checkpoint {s['checkpoint'] or '-'}{ray}")
 
 
 COMMANDS = [run_cmd, status_cmd]
