@@ -6,11 +6,14 @@ as arguments, so they never pass through a config, a log or an error.
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 from deploy.model_ref import ModelRef
 from trainers.generator_metadata import GeneratorMetadata, MetadataError, read_metadata
+from trainers.safe_model import UnsafeModelError, check_pt2_model, pickle_refused
 
 
 class LoadError(RuntimeError):
@@ -53,11 +56,20 @@ def load_version(ref: ModelRef, version: int, device: str = "cpu") -> LoadedMode
     import mlflow
 
     uri = f"models:/{ref.name}/{version}"
-    try:
-        info = mlflow.models.get_model_info(uri)
-        generator = mlflow.pytorch.load_model(uri, map_location="cpu")
-    except Exception as err:  # noqa: BLE001
-        raise LoadError(f"cannot load {uri}: {type(err).__name__}: {_short(err)}") from None
+    tmp = tempfile.mkdtemp(prefix="ganray-model-")
+    try:  # only a pt2 generator loads: a pickle-format version could run code (trainers.safe_model)
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            info = mlflow.models.Model.load(local)
+            check_pt2_model(local, uri)
+            with pickle_refused():
+                generator = mlflow.pytorch.load_model(local, map_location="cpu")
+        except UnsafeModelError as err:
+            raise LoadError(str(err)) from None
+        except Exception as err:  # noqa: BLE001
+            raise LoadError(f"cannot load {uri}: {type(err).__name__}: {_short(err)}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     try:
         meta = read_metadata(info.metadata, uri)
     except MetadataError as err:

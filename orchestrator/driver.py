@@ -36,23 +36,42 @@ def run_job(spec: JobSpec, fresh: bool = False, progress: bool = True) -> dict[s
     The caller's os.environ is left as it was.
     """
     endpoints = resolve_endpoints()
-    with applied(endpoints), jobs.JobLock(spec.name), cluster_lock.held(spec.name, endpoints.ray_address):
+    with applied(endpoints), jobs.JobLock(spec.name):
         c = runs.client(endpoints.mlflow_uri)
-        storage = resolve_storage(spec.checkpoint.storage, endpoints.storage_root, endpoints.s3_endpoint)
-        run, life = _open_job(c, spec, storage, fresh)
-        if life is None:
-            return runs.summary_of(run)
-        try:
-            life.move(State.STARTING, storage=storage.run_url(spec.name), total_steps=spec.train.steps)
-            ckpt = _final_checkpoint(run, spec)
-            if ckpt:  # trained to the end already: only the finishing is left
-                life.move(State.RUNNING)
-            else:
-                ckpt = _train(spec, endpoints, c, life, storage, progress)
-            return finish(spec, c, life, ckpt)
-        except KeyboardInterrupt:  # Ctrl-C before training began, or a second one during it
-            life.move(State.INTERRUPTED)
-            raise JobError(f"job {spec.name!r} aborted; run it again to resume from its last checkpoint") from None
+        answer = None if fresh else _answer_without_running(c, spec)
+        if answer is not None:
+            return answer
+        with cluster_lock.held(spec.name, endpoints.ray_address):
+            return _run_locked(spec, fresh, progress, endpoints, c)
+
+
+def _answer_without_running(c, spec: JobSpec) -> dict[str, Any] | None:
+    """What needs no cluster: a finished job's stored summary, or the refusal of a changed spec
+    (JobError). None when the job has to run."""
+    run = runs.find_run(c, spec.name)
+    if run is None:
+        return None
+    _check_same_spec(c, run, spec)
+    return runs.summary_of(run) if state_of(run) is State.FINISHED else None
+
+
+def _run_locked(spec: JobSpec, fresh: bool, progress: bool, endpoints: Endpoints, c) -> dict[str, Any]:
+    """The job's run, under the cluster-wide lock of its name: opened, trained, finished."""
+    storage = resolve_storage(spec.checkpoint.storage, endpoints.storage_root, endpoints.s3_endpoint)
+    run, life = _open_job(c, spec, storage, fresh)
+    if life is None:
+        return runs.summary_of(run)
+    try:
+        life.move(State.STARTING, storage=storage.run_url(spec.name), total_steps=spec.train.steps)
+        ckpt = _final_checkpoint(run, spec)
+        if ckpt:  # trained to the end already: only the finishing is left
+            life.move(State.RUNNING)
+        else:
+            ckpt = _train(spec, endpoints, c, life, storage, progress)
+        return finish(spec, c, life, ckpt)
+    except KeyboardInterrupt:  # Ctrl-C before training began, or a second one during it
+        life.move(State.INTERRUPTED)
+        raise JobError(f"job {spec.name!r} aborted; run it again to resume from its last checkpoint") from None
 
 
 def _open_job(c, spec: JobSpec, storage: Storage, fresh: bool):

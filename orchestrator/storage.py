@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
-from trainers import settings
+from trainers import settings, tempdirs
 from trainers.data.storage import open_filesystem
 from trainers.errors import GanrayError
 
@@ -63,13 +62,6 @@ def resolve_storage(spec_storage: str | None, storage_root: str | None, s3_endpo
     return Storage(url, path, pafs.PyFileSystem(pafs.FSSpecHandler(fs)))
 
 
-def delete_run_storage(run_url: str) -> None:
-    """Removes one job's checkpoint folder (for --fresh)."""
-    fs, path = open_filesystem(run_url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
 def checkpoint_uri(storage_url: str, checkpoint_path: str) -> str:
     """A URL for a checkpoint path inside the storage filesystem."""
     if "://" in storage_url:
@@ -84,7 +76,7 @@ def local_checkpoint(uri: str) -> Iterator[str]:
     if "://" not in uri or uri.startswith("file://"):
         yield uri.removeprefix("file://")
         return
-    tmp = tempfile.mkdtemp(prefix="ganray-ckpt-")
+    tmp = tempdirs.make("ganray-ckpt-")
     try:
         fs, path = open_filesystem(uri)
         fs.get(path.rstrip("/") + "/", tmp + "/", recursive=True)

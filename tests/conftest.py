@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ENDPOINT_VARS = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
                  "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH",
-                 "RAY_AUTH_TOKEN", "GANRAY_STORAGE_ROOT")
+                 "RAY_AUTH_TOKEN", "GANRAY_STORAGE_ROOT", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +38,11 @@ def stack(ganray_home):
     from orchestrator.stack import LocalStack
 
     s = LocalStack(ganray_home)
-    s.up(s3=True)
-    yield s
-    s.down()
+    try:
+        s.up(s3=True)
+        yield s
+    finally:  # a start that failed halfway leaves services to stop too
+        s.down()
 
 
 def cli_env(home: Path) -> dict[str, str]:

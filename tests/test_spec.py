@@ -68,7 +68,7 @@ def test_bad_name_and_bad_yaml(tmp_path):
 DIGEST_BASE = {**BASE, "model": {"arch": "stylegan2"}}
 # Values tried in turn for a field until one validates and differs from the field's default.
 ALTERNATIVES = {bool: lambda v: [not v], int: lambda v: [v + 1, v * 2], float: lambda v: [v / 2, 0.5, 0.1],
-                type(None): lambda v: [16, 0.5, "x"], list: lambda v: [["fid"]],
+                type(None): lambda v: [16, 0.5, "x", "fid"], list: lambda v: [["fid"]],
                 str: lambda v: [v + "x", "dcgan", "color", "hinge", "bf16", "diffaug", "none", "tags"]}
 
 
@@ -102,7 +102,8 @@ def test_digest_changes_with_any_field():
             untried.append(path)
             continue
         assert other.digest() != base.digest(), path
-    assert not untried, f"add an alternative value for {untried} to ALTERNATIVES"
+    # model.text_encoder: ganray knows one encoder, so the field has no other valid value yet
+    assert set(untried) <= {"model.text_encoder"}, f"add an alternative value for {untried} to ALTERNATIVES"
 
 
 def test_a_field_written_at_its_default_hashes_as_if_left_out():

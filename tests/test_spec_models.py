@@ -25,7 +25,8 @@ def test_conditioning_defaults_to_tags_for_cond_dcgan_only():
 @pytest.mark.parametrize("model,message", [
     ({"arch": "dcgan", "conditioning": "tags"}, "dcgan is unconditional"),
     ({"arch": "cond-dcgan", "conditioning": "none"}, "cond-dcgan needs model.conditioning=tags"),
-    ({"arch": "stylegan2", "conditioning": "text"}, "model.conditioning"),
+    ({"arch": "dcgan", "conditioning": "text"}, "dcgan is unconditional.*model.conditioning=text"),
+    ({"arch": "stylegan2", "conditioning": "words"}, "model.conditioning"),
     ({"arch": "biggan"}, "model.arch.*cond-dcgan.*stylegan2"),
 ])
 def test_model_errors_name_the_field(model, message):

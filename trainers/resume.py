@@ -19,12 +19,12 @@ import contextlib
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
+from trainers import tempdirs
 from trainers.checkpoint import CheckpointError, checkpoint_name, load_state, parse_checkpoint_name, verify
 from trainers.spec import JobSpec
 
@@ -63,7 +63,7 @@ def local_copy(fs, path: str) -> Iterator[str]:
     if isinstance(fs, pafs.LocalFileSystem):
         yield path
         return
-    tmp = tempfile.mkdtemp(prefix="ganray-ckpt-")
+    tmp = tempdirs.make("ganray-ckpt-")
     try:
         pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         yield tmp

@@ -119,12 +119,11 @@ def process_image(data: bytes, resolution: int | None, fmt: str) -> tuple[bytes,
 
 def _check_scheme(url: str, what: str) -> None:
     """An unknown scheme is an error that lists the ones that work, before anything else happens."""
-    from fsspec.registry import known_implementations
+    from trainers.urls import scheme_problem
 
-    scheme = str(url).split("://", 1)[0].lower() if "://" in str(url) else None
-    if scheme is not None and scheme not in known_implementations:
-        raise IngestError(f"{what} {url}: unknown URL scheme {scheme!r}; use a local path, file://... or s3://... "
-                          "(any other fsspec scheme whose package is installed works too)")
+    problem = scheme_problem(str(url))
+    if problem:
+        raise IngestError(f"{what} {url}: {problem}")
 
 
 def _check_writable(dest: str) -> None:
