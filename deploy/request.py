@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from deploy.loader import LoadedModel
-from trainers.sampling import SamplingError, check_count, check_seed, check_truncation, condition_vector, packed_rows
+from trainers.sampling import (SamplingError, check_count, check_seed, check_truncation, condition_vector, packed_rows,
+                               prompt_vector)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_N = 64
@@ -102,11 +103,10 @@ def prepare(model: LoadedModel, req: GenerateRequest) -> Prepared:
 
 
 def prompt_condition(model: LoadedModel, prompt: str) -> torch.Tensor:
-    """The one place a prompt becomes a model's condition vector. Text-conditioned models come
-    with the text issue; until then every model answers that it has no text conditioning."""
-    if model.meta.conditioning != "text":
-        raise BadRequest(f"model {model.name} has no text conditioning")
-    raise BadRequest(f"model {model.name}: text prompts are not served yet")
+    """The one place a prompt becomes a model's condition vector: its sentence embedding by the model's own
+    encoder (``trainers.sampling.prompt_vector``: offline, at most 300 characters; a model without text
+    conditioning, an empty or a too long prompt is a BadRequest)."""
+    return _sampling(prompt_vector, model.meta, prompt, f"model {model.name}")
 
 
 def _integer(raw: dict[str, Any], key: str, default: int) -> int:

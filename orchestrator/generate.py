@@ -7,7 +7,7 @@ import numpy as np
 
 from trainers.errors import UsageError
 from trainers.grid import make_grid
-from trainers.sampling import check_count, check_truncation, condition_vector, sample
+from trainers.sampling import check_count, check_truncation, condition_vector, prompt_vector, sample
 
 OUTPUT_SUFFIXES = (".png", ".npz")
 
@@ -24,17 +24,35 @@ def write_images(images: np.ndarray, out: str | Path) -> Path:
 
 
 def generate(model_uri: str, n: int, seed: int, out: str | Path, tags: list[str] | None = None,
-             truncation: float = 1.0) -> Path:
+             truncation: float = 1.0, prompt: str | None = None) -> Path:
     """Loads model_uri, draws n samples from seeds seed..seed+n-1 (all for ``tags`` if the model is
     tag-conditioned; at StyleGAN2 truncation psi ``truncation``, 1: none), writes out by its suffix.
-    An unknown tag is an error listing the known ones."""
+    An unknown tag is an error listing the known ones. A text-conditioned model takes ``prompt`` instead
+    (every sample gets it): a prompt with tags, an empty one, one over 300 characters, or one to a model
+    without text conditioning is an error."""
     from orchestrator.registry import load_generator, parse_model_uri
 
     if Path(out).suffix not in OUTPUT_SUFFIXES:
         raise UsageError(f"--out must end in .png (a grid) or .npz (an array), got {str(out)!r}")
     check_count(n)
+    _check_prompt(prompt, tags)
     parse_model_uri(model_uri)
     g, meta = load_generator(model_uri)
-    c = condition_vector(meta, tags, model_uri)
+    c = prompt_vector(meta, prompt, model_uri) if prompt is not None else condition_vector(meta, tags, model_uri)
     psi = check_truncation(meta, truncation, model_uri)
     return write_images(sample(g, meta.z_dim, n, seed, c=c, truncation=psi, takes_psi=meta.takes_psi), out)
+
+
+def _check_prompt(prompt: str | None, tags: list[str] | None) -> None:
+    """UsageError for --prompt with --tags, or a prompt that is empty or over 300 characters."""
+    from trainers.conditioning.text import PromptError, check_prompt
+
+    if prompt is None:
+        return
+    if tags:
+        raise UsageError("give --prompt or --tags, not both (a text-conditioned model takes a prompt, "
+                         "a tag-conditioned one tags)")
+    try:
+        check_prompt(prompt)
+    except PromptError as err:
+        raise UsageError(f"--prompt: {err}") from None

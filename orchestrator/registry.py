@@ -36,6 +36,8 @@ def version_tags(meta: GeneratorMetadata, run_id: str, digest: str, checkpoint_u
     tags = {"step": str(meta.step), "dataset_hash": str(meta.dataset_hash), "spec_digest": digest,
             "code_revision": code_revision(), "run_id": run_id, "arch": meta.arch,
             "conditioning": meta.conditioning, CHECKPOINT_VERSION_TAG: checkpoint_uri}
+    if meta.text_encoder:
+        tags["text_encoder"] = meta.text_encoder
     ev = dict(meta.evaluation)
     kimg = ev.get("kimg") if kimg is None and ev.get("step") == meta.step else kimg
     if kimg is not None:
@@ -133,7 +135,7 @@ def register_generator(c: MlflowClient, run_id: str, model_name: str, generator,
     from trainers.networks import PackedInputGenerator
 
     # pt2 (torch.export) format; a batch of 2 keeps the batch dimension dynamic (1 would be specialised).
-    example = np.zeros((2, meta.z_dim + meta.c_dim), dtype=np.float32)
+    example = np.zeros((2, meta.input_width), dtype=np.float32)
     mlflow.set_tracking_uri(c.tracking_uri)
     mlflow.set_registry_uri(c.tracking_uri)
     status = c.get_run(run_id).info.status

@@ -31,6 +31,7 @@ class GeneratorMetadata:
     dataset_hash: str | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
     packed_input: str | None = None  # what a stored version's module takes; None: what an export takes today
+    text_encoder: str | None = None  # text conditioning: the sentence encoder whose embedding c is
 
     @property
     def arch(self) -> str:
@@ -69,7 +70,8 @@ class GeneratorMetadata:
         """The stored form (JSON-safe); ``input`` says what the exported module takes."""
         return {"generator_config": self.generator_config, "vocabulary": list(self.vocabulary),
                 "conditioning": self.conditioning, "c_dim": self.c_dim, "input": self.input,
-                "step": self.step, "dataset_hash": self.dataset_hash, "evaluation": self.evaluation}
+                "step": self.step, "dataset_hash": self.dataset_hash, "evaluation": self.evaluation,
+                "text_encoder": self.text_encoder}
 
     @classmethod
     def from_checkpoint_info(cls, info: dict[str, Any]) -> "GeneratorMetadata":
@@ -79,8 +81,10 @@ class GeneratorMetadata:
         config = dict(info["generator_config"])
         conditioning = info.get("conditioning") or ("tags" if config.get("c_dim") else "none")
         step = info.get("step")
-        return cls(config, list(info.get("tags") or []), conditioning, int(step) if step is not None else None,
-                   info.get("dataset_hash"), evaluation)
+        text = conditioning == "text"  # c is a sentence embedding: no vocabulary, the spec's encoder
+        return cls(config, [] if text else list(info.get("tags") or []), conditioning,
+                   int(step) if step is not None else None, info.get("dataset_hash"), evaluation,
+                   text_encoder=info["spec"]["model"]["text_encoder"] if text else None)
 
 
 def read_metadata(model_metadata: dict[str, Any] | None, where: str = "the model") -> GeneratorMetadata:
@@ -94,10 +98,13 @@ def read_metadata(model_metadata: dict[str, Any] | None, where: str = "the model
         raise MetadataError(f"{where} was not registered by ganray (no generator metadata)")
     vocabulary = list(raw.get("vocabulary", raw.get("tags")) or [])
     meta = GeneratorMetadata(raw["generator_config"], vocabulary, raw.get("conditioning") or "none",
-                             raw.get("step"), raw.get("dataset_hash"), dict(raw.get("evaluation") or {}))
-    if meta.c_dim and meta.conditioning == "tags" and len(vocabulary) != meta.c_dim:
-        raise MetadataError(f"{where} takes {meta.c_dim} tags but its metadata lists {len(vocabulary)}")
+                             raw.get("step"), raw.get("dataset_hash"), dict(raw.get("evaluation") or {}),
+                             text_encoder=raw.get("text_encoder"))
+    if meta.conditioning == "text" and not meta.text_encoder:
+        raise MetadataError(f"{where} is text-conditioned but its metadata names no text encoder")
     stored = str(raw.get("input") or ("z|c" if meta.c_dim else "z"))
     if stored != meta.input:  # a version exported before today's input (say, a StyleGAN2 without psi)
         meta = replace(meta, packed_input=stored)
+    if meta.c_dim and meta.conditioning == "tags" and len(vocabulary) != meta.c_dim:
+        raise MetadataError(f"{where} takes {meta.c_dim} tags but its metadata lists {len(vocabulary)}")
     return meta

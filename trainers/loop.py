@@ -26,7 +26,7 @@ from trainers import tempdirs
 from trainers.augment import AugmentPipe
 from trainers.checkpoint import (GRID_FILE, STATE_FILE, CheckpointError, checkpoint_name, load_rank_state,
                                  load_state, plain, rank_file, save_atomic, verify, write_index)
-from trainers.conditioning import TagEncoder
+from trainers.conditioning import Conditioning, TagConditioning, build_conditioning, text_conditioning
 from trainers.data.stream import ShardStream, batches
 from trainers.distributed import average_gradients, broadcast_module, distributed_ready
 from trainers.grid import from_uint8, make_grid, to_uint8
@@ -35,7 +35,6 @@ from trainers.networks import build_models, generate_images
 from trainers.preemption import PreemptionGuard
 from trainers.sample_log import open_sample_log
 from trainers.spec import JobSpec
-from trainers.stored_order import iter_samples
 
 GRID_SEED, GRID_SAMPLES = 20251127, 16
 
@@ -114,9 +113,9 @@ class GanLoop:
         if want and want != self.resolution:
             raise ValueError(f"data.resolution={want} but {self.spec.data.url} holds {self.resolution}x"
                              f"{self.resolution} images")
-        self.tags = self._tag_encoder()
+        self.cond = self._conditioning()
         torch.manual_seed(t.seed)  # same initial weights on every rank
-        g, d = build_models(m, self.resolution, self.tags.dim if self.tags else 0)
+        g, d = build_models(m, self.resolution, self.cond.dim if self.cond else 0)
         self.g, self.d = g.to(self.device), d.to(self.device)
         self.ddp = distributed_ready(world_size)
         if self.ddp:  # the same seed gives the same weights; this makes sure of it
@@ -146,18 +145,32 @@ class GanLoop:
         if rank == 0 and self.spec.eval.metrics:
             from trainers.evaluation import Evaluator
 
-            self.evaluator = Evaluator(self.spec, self.stream.manifest, self.tags, self.device)
+            self.evaluator = Evaluator(self.spec, self.stream.manifest, self.cond, self.device)
 
-    def _tag_encoder(self) -> TagEncoder | None:
-        """The dataset's tag vocabulary for a conditional model (None otherwise); an error without tags."""
-        data, model = self.spec.data, self.spec.model
-        if not model.conditional:
-            return None
-        tags = TagEncoder(self.stream.manifest.vocabulary)
-        if not tags.dim:
-            raise ValueError(f"model.conditioning={model.conditioning} but {data.url} has no tags "
-                             "(ingest it with a labels file)")
-        return tags
+    def _conditioning(self) -> Conditioning | None:
+        """The spec's conditioning over the dataset (None: unconditional; ``trainers/conditioning``). Text with
+        several workers: rank 0 reads the caption table (or computes and caches it, once per dataset and
+        encoder) and hands it to the other ranks, which never load the encoder."""
+        m, url, manifest = self.spec.model, self.spec.data.url, self.stream.manifest
+        if m.conditioning != "text" or not distributed_ready(self.world_size):
+            return build_conditioning(m, url, manifest)
+        from trainers.conditioning.text_cache import load_or_compute
+
+        box: list[Any] = [None]
+        if self.rank == 0:
+            try:
+                box[0] = load_or_compute(url, manifest, m.text_encoder)[0]
+            except Exception as err:  # noqa: BLE001 - every rank raises it, none waits forever
+                box[0] = err
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        if isinstance(box[0], Exception):
+            raise box[0]
+        return text_conditioning(m.text_encoder, url, manifest, box[0])
+
+    @property
+    def tags(self) -> TagConditioning | None:
+        """The tag conditioning (its vocabulary is the dataset's), or None for text and unconditional models."""
+        return self.cond if isinstance(self.cond, TagConditioning) else None
 
     def _build_phases(self) -> list[Phase]:
         """D's phases, then G's: 'main' every step; a lazy regulariser as its own phase every interval steps."""
@@ -258,15 +271,18 @@ class GanLoop:
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.g.z_dim, generator=self.noise, device=self.device)
 
-    def train_step(self, real: torch.Tensor, tag_lists: list[list[str]] | None = None) -> dict[str, torch.Tensor]:
+    def train_step(self, real: torch.Tensor, samples: list[dict[str, Any]] | None = None
+                   ) -> dict[str, torch.Tensor]:
         """One step of every phase due at this step, on a batch of real images; returns detached stats.
 
-        Each phase draws its own latents (and, for conditional models, a shuffle of the batch's
-        tag sets), runs its micro-batches, averages gradients over workers, makes them finite
-        and steps its optimiser. Then the G EMA and the augment probability move on.
+        Conditional models take the batch's conditions from its samples (``cond.batch``: tags, or one
+        caption line each, drawn from the noise generator). Each phase draws its own latents (and, for
+        conditional models, a shuffle of the batch's conditions), runs its micro-batches, averages
+        gradients over workers, makes them finite and steps its optimiser. Then the G EMA and the augment
+        probability move on.
         """
         n = real.shape[0]
-        real_c = self.tags.encode(tag_lists or [[]] * n).to(self.device) if self.tags is not None else None
+        real_c = self.cond.batch(samples, self.noise).to(self.device) if self.cond is not None else None
         micro = n // self.rounds
         sums: dict[str, torch.Tensor] = {}
         for phase in self.phases:
@@ -319,13 +335,11 @@ class GanLoop:
                 be.copy_(b)
 
     def grid_conditions(self) -> torch.Tensor | None:
-        """The grid's tag vectors: the tag sets of the dataset's first samples (in stored order)."""
-        if self.tags is None:
+        """The grid's conditions: those of the dataset's first samples (in stored order)."""
+        if self.cond is None:
             return None
         if self._grid_c is None:
-            tag_lists = [s["tags"] for s in iter_samples(self.spec.data.url, limit=GRID_SAMPLES)]
-            tag_lists += [[]] * (GRID_SAMPLES - len(tag_lists))
-            self._grid_c = self.tags.encode(tag_lists)
+            self._grid_c = self.cond.first(GRID_SAMPLES)
         return self._grid_c
 
     @torch.no_grad()
@@ -406,7 +420,7 @@ class GanLoop:
                                              "keys": [x["key"] for x in samples]}) + "\n")
             real = from_uint8(images).to(self.device, non_blocking=True)
             t_data = time.perf_counter() - t0
-            stats = self.train_step(real, [s["tags"] for s in samples] if self.tags is not None else None)
+            stats = self.train_step(real, samples if self.cond is not None else None)
             self.step += 1
             self.images_seen += self.batch
             dt = time.perf_counter() - t0

@@ -55,12 +55,37 @@ def condition_vector(meta: GeneratorMetadata, tags: list[str] | None, where: str
         if tags:
             raise SamplingError(f"{where} is unconditional (arch {meta.arch}); tags need a tag-conditioned model")
         return None
+    if meta.conditioning == "text":
+        raise SamplingError(f"{where} is text-conditioned: give a prompt (--prompt), not tags")
     if not tags:
         raise SamplingError(f"{where} is tag-conditioned: give tags (known tags: {', '.join(meta.vocabulary)})")
     try:
         return TagEncoder(meta.vocabulary).encode_request(normalise_tags(tags))
     except UnknownTagError as err:
         raise SamplingError(f"{where}: {err}") from None
+
+
+def prompt_vector(meta: GeneratorMetadata, prompt: str, where: str = "the model") -> torch.Tensor:
+    """The c of a text prompt: its sentence embedding by the model's own encoder (offline, from its package).
+
+    A prompt to a model without text conditioning, an empty prompt or one over 300 characters
+    (SamplingErrors), or an encoder this installation does not have, are errors; the server
+    calls this one function for a request's ``prompt``.
+    """
+    from trainers.conditioning.encoder import TextEncoderError
+    from trainers.conditioning.text import PromptError, encode_prompts
+
+    if meta.conditioning != "text":
+        kind = "tag-conditioned: give tags" if meta.c_dim else f"unconditional (arch {meta.arch})"
+        raise SamplingError(f"{where} has no text conditioning ({kind}); a prompt needs a text-conditioned model")
+    try:
+        c = encode_prompts(meta.text_encoder, [prompt])[0]
+    except (PromptError, TextEncoderError) as err:
+        raise SamplingError(f"{where}: {err}") from None
+    if c.shape[0] != meta.c_dim:
+        raise SamplingError(f"{where} takes a {meta.c_dim}-d text embedding; {meta.text_encoder} gives "
+                            f"{c.shape[0]}")
+    return c
 
 
 def check_truncation(meta: GeneratorMetadata, truncation: float, where: str = "the model") -> float:

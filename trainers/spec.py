@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainers.conditioning.encoder import DEFAULT_TEXT_ENCODER, TEXT_ENCODERS
 from trainers.urls import url_problem
 
 Arch = Literal["dcgan", "cond-dcgan", "stylegan2"]
@@ -69,11 +70,15 @@ class DataSpec(_Strict):
 class ModelSpec(_Strict):
     arch: Arch
     z_dim: int = Field(128, ge=1, le=1024)
-    conditioning: Literal["none", "tags"] = Field(
-        "none", description="none | tags; default: tags for cond-dcgan, none otherwise (text: a later issue)")
+    conditioning: Literal["none", "tags", "text"] = Field(
+        "none", description="none | tags | text (captions/prompts, StackGAN); default: tags for cond-dcgan, "
+                            "none otherwise")
+    text_encoder: str = Field(DEFAULT_TEXT_ENCODER,
+                              description="text: the sentence encoder (a package that ships its model; offline)")
     channels: int = Field(64, ge=4, le=1024, description="width of the highest-resolution layers")
     channels_max: int = Field(512, ge=4, le=2048, description="cap on any layer's width")
-    embed_dim: int = Field(32, ge=1, le=1024, description="cond-dcgan: size of the tag embedding joined to z")
+    embed_dim: int = Field(32, ge=1, le=1024, description="cond-dcgan: size of the tag embedding joined to z; "
+                                                          "text: size of the conditioning augmentation's sample")
     w_dim: int | None = Field(None, ge=1, le=1024, description="stylegan2: W space size; default z_dim")
     mapping_layers: int = Field(8, ge=1, le=16, description="stylegan2: depth of the mapping network")
     mbstd_group: int = Field(4, ge=1, description="stylegan2: minibatch standard deviation group size")
@@ -85,13 +90,21 @@ class ModelSpec(_Strict):
             raw = {**raw, "conditioning": "tags"}
         return raw
 
+    @field_validator("text_encoder")
+    @classmethod
+    def _known_encoder(cls, v):
+        if v not in TEXT_ENCODERS:
+            raise ValueError(f"unknown text encoder {v!r}; known: {', '.join(TEXT_ENCODERS)} (no other model is "
+                             "ever downloaded)")
+        return v
+
     @model_validator(mode="after")
     def _conditioning_fits_arch(self):
-        if self.conditioning == "tags" and self.arch not in CONDITIONAL_ARCHES:
+        if self.conditioning != "none" and self.arch not in CONDITIONAL_ARCHES:
             raise ValueError(f"model.arch={self.arch} is unconditional; use {' or '.join(CONDITIONAL_ARCHES)} for "
-                             "model.conditioning=tags")
+                             f"model.conditioning={self.conditioning}")
         if self.arch == "cond-dcgan" and self.conditioning == "none":
-            raise ValueError("model.arch=cond-dcgan needs model.conditioning=tags (use dcgan for none)")
+            raise ValueError("model.arch=cond-dcgan needs model.conditioning=tags or text (use dcgan for none)")
         return self
 
     @property
@@ -113,7 +126,12 @@ class TrainSpec(_Strict):
     r1_gamma: float = Field(0.0, ge=0, description="R1 weight; 0 turns it off")
     r1_interval: int = Field(16, ge=1, description="lazy R1: every N D steps, scaled by N (1: every step)")
     dragan_lambda: float = Field(0.0, ge=0, description="DRAGAN gradient penalty weight; 0 turns it off")
-    aux_weight: float = Field(1.0, ge=0, description="weight of the auxiliary multi-label loss (cond-dcgan)")
+    aux_weight: float = Field(1.0, ge=0, description="weight of D's auxiliary loss (cond-dcgan): multi-label tags, "
+                                                     "or the text embedding's cosine")
+    kl_weight: float = Field(2.0, ge=0, description="text: weight of the conditioning augmentation's KL term "
+                                                    "(StackGAN's 2.0)")
+    mismatch_weight: float = Field(1.0, ge=0, description="text: weight of D's real-image-with-mismatched-text term "
+                                                          "(matching-aware D)")
     style_mixing: float = Field(0.9, ge=0, le=1,
                                 description="stylegan2: probability of mixing two latents (StyleGAN2's 0.9)")
     pl_weight: float = Field(0.0, ge=0, description="stylegan2: path length regularisation weight; 0: off")
@@ -150,7 +168,7 @@ class TrainSpec(_Strict):
 
 
 class EvalSpec(_Strict):
-    metrics: list[Literal["fid", "kid", "tag_accuracy"]] = Field(
+    metrics: list[Literal["fid", "kid", "tag_accuracy", "text_agreement"]] = Field(
         default_factory=list, description="what to evaluate; fid/kid need Inception weights")
     every_steps: int | None = Field(None, ge=1, description="evaluate every N steps; None: at the last step only")
     fid_weights: str | None = Field(None, description="local pt_inception-2015-12-05 weights; or GANRAY_FID_WEIGHTS")
@@ -297,6 +315,12 @@ class JobSpec(_Strict):
         if "tag_accuracy" in self.eval.metrics and not self.model.conditional:
             raise ValueError(f"eval.metrics has tag_accuracy but model.arch={self.model.arch} is unconditional "
                              "(model.conditioning=none)")
+        if "tag_accuracy" in self.eval.metrics and self.model.conditioning != "tags":
+            raise ValueError(f"eval.metrics has tag_accuracy but model.conditioning={self.model.conditioning} "
+                             "(tag_accuracy needs tags; text models: text_agreement)")
+        if "text_agreement" in self.eval.metrics and self.model.conditioning != "text":
+            raise ValueError(f"eval.metrics has text_agreement but model.conditioning={self.model.conditioning} "
+                             "(it needs text)")
         return self
 
     @model_validator(mode="after")

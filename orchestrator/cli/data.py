@@ -41,11 +41,14 @@ def data_synth(dest: str, n: int, resolution: int, seed: int) -> None:
 @click.option("--labels-encoding", default="utf-8", show_default=True, help="Text encoding of the labels file.")
 @click.option("--max-member-mb", type=float, default=256, show_default=True,
               help="Skip (and report) any file or archive member larger than this, decompressed.")
+@click.option("--compose-captions", is_flag=True,
+              help="Give samples that have tags but no caption one composed from their tags (text models).")
 @click.option("--ray", "on_ray", is_flag=True,
               help="Decode and resize as Ray tasks over the cluster's CPUs (RAY_ADDRESS or the local stack); "
                    "SRC and DEST must be URLs every node reaches (s3://..., or file:///shared/path).")
 def data_ingest(src: str, dest: str, labels: str | None, resolution: int | None, fmt: str, shard_mb: float,
-                workers: int, labels_encoding: str, max_member_mb: float, on_ray: bool) -> None:
+                workers: int, labels_encoding: str, max_member_mb: float, compose_captions: bool,
+                on_ray: bool) -> None:
     """Turn SRC (a folder, .zip or .tar of images, or an fsspec URL of one) into WebDataset shards at DEST.
 
     Shards go into a new version folder DEST/v-<time>-<id>/ and DEST/manifest.json
@@ -66,7 +69,8 @@ def data_ingest(src: str, dest: str, labels: str | None, resolution: int | None,
     with Progress(*columns, transient=True, console=None) as bar:
         task = bar.add_task("ingest", total=None)
         options = dict(progress=lambda i, n: bar.update(task, completed=i, total=n),
-                       labels_encoding=labels_encoding, max_member_mb=max_member_mb)
+                       labels_encoding=labels_encoding, max_member_mb=max_member_mb,
+                       compose_captions=compose_captions)
         if on_ray:  # every CPU of the cluster works; --workers does not apply
             from orchestrator.ray_ingest import ingest_on_ray
 

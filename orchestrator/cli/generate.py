@@ -10,12 +10,13 @@ import click
 @click.option("--n", "n", type=int, default=16, show_default=True, help="Number of samples (1 to 1024).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i.")
 @click.option("--tags", help="Comma-separated tags (conditional models only).")
+@click.option("--prompt", help="A text prompt, at most 300 characters (text-conditioned models only; not with --tags).")
 @click.option("--truncation", type=float, default=1.0, show_default=True,
               help="StyleGAN2's truncation psi toward the average w (1: none; other architectures: 1 only).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="PATH.png (a grid) or PATH.npz (uint8 NxHxWx3).")
-def generate_cmd(model_uri: str, version: str | None, n: int, seed: int, tags: str | None, truncation: float,
-                 out: str) -> None:
+def generate_cmd(model_uri: str, version: str | None, n: int, seed: int, tags: str | None, prompt: str | None,
+                 truncation: float, out: str) -> None:
     """Sample a registered generator: MODEL --version V, MODEL@ALIAS, MODEL/V, models:/MODEL/V, models:/MODEL@ALIAS."""
     from orchestrator.generate import generate
     from orchestrator.model_ref import parse_ref
@@ -23,7 +24,7 @@ def generate_cmd(model_uri: str, version: str | None, n: int, seed: int, tags: s
     model_uri = parse_ref(model_uri, version, need_version=True).uri
 
     tag_list = [t.strip() for t in tags.split(",") if t.strip()] if tags else None
-    path = generate(model_uri, n, seed, out, tag_list, truncation=truncation)
+    path = generate(model_uri, n, seed, out, tag_list, truncation=truncation, prompt=prompt)
     click.echo(f"wrote {n} samples of {model_uri} to {path}")
 
 

@@ -2,7 +2,8 @@
 
 Every generator is ``G(z, c=None) -> images`` with attributes ``z_dim``, ``c_dim``,
 ``resolution`` and ``config`` (what :func:`build_generator` needs to rebuild it); every
-discriminator is ``D(x, c=None) -> (logits [N], aux tag logits [N, c_dim] or None)``.
+discriminator is ``D(x, c=None) -> (logits [N], aux logits [N, c_dim] or None)``. c is a
+tag vector or a text embedding (``config["conditioning"]``; a config without it is tags).
 """
 from __future__ import annotations
 
@@ -31,33 +32,36 @@ def build_generator(config: dict[str, Any]) -> nn.Module:
     arch = config["arch"]
     if arch == "dcgan":
         return DcganGenerator(config["z_dim"], config["resolution"], config["channels"], config["channels_max"])
+    text = config.get("conditioning") == "text"  # configs written before text conditioning hold no such key
     if arch == "cond-dcgan":
         return CondDcganGenerator(config["z_dim"], config["c_dim"], config["resolution"], config["channels"],
-                                  config["channels_max"], config["embed_dim"])
+                                  config["channels_max"], config["embed_dim"], "text" if text else "tags")
     if arch == "stylegan2":
         return StyleGan2Generator(config["z_dim"], config["c_dim"], config["resolution"], config["channels"],
-                                  config["channels_max"], config["w_dim"], config["mapping_layers"])
+                                  config["channels_max"], config["w_dim"], config["mapping_layers"],
+                                  config["embed_dim"] if text else 0)
     raise ValueError(f"unknown generator arch {arch!r}; known: {', '.join(ARCHES)}")
 
 
 def build_models(model: ModelSpec, resolution: int, c_dim: int = 0) -> tuple[nn.Module, nn.Module]:
     """(G, D) for the spec's model section at resolution; c_dim is the conditioning size (0: none).
 
-    Raises ValueError for a resolution outside the rule or a conditional model without tags.
+    Raises ValueError for a resolution outside the rule or a conditional model without a condition.
     DCGAN-family networks get DCGAN's N(0, 0.02) init; StyleGAN2 keeps its equalised-lr init.
     """
     check_resolution(resolution)
     if model.conditional and c_dim < 1:
-        raise ValueError(f"model.conditioning={model.conditioning} but the dataset has no tags to condition on")
+        raise ValueError(f"model.conditioning={model.conditioning} but the dataset has no tags (or captions) to "
+                         "condition on")
     c_dim = c_dim if model.conditional else 0
     config = {"arch": model.arch, "z_dim": model.z_dim, "c_dim": c_dim, "resolution": resolution,
               "channels": model.channels, "channels_max": model.channels_max, "embed_dim": model.embed_dim,
-              "w_dim": model.w_dim, "mapping_layers": model.mapping_layers}
+              "w_dim": model.w_dim, "mapping_layers": model.mapping_layers, "conditioning": model.conditioning}
     g = build_generator(config)
     if model.arch == "dcgan":
         d: nn.Module = DcganDiscriminator(resolution, model.channels, model.channels_max)
     elif model.arch == "cond-dcgan":
-        d = CondDcganDiscriminator(c_dim, resolution, model.channels, model.channels_max)
+        d = CondDcganDiscriminator(c_dim, resolution, model.channels, model.channels_max, model.conditioning)
     else:
         d = StyleGan2Discriminator(c_dim, resolution, model.channels, model.channels_max, model.mbstd_group,
                                    model.mapping_layers)

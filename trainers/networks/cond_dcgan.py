@@ -49,7 +49,7 @@ class CondDcganGenerator(nn.Module):
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [-1, 1] for latents z (N, z_dim) and conditions c (N, c_dim)."""
         if c is None:
-            raise ValueError("cond-dcgan generator needs a condition vector c")
+            raise ValueError("cond-dcgan generator needs a tag vector (or a text embedding) c")
         return self.generate(z, self.condition(c.to(z.dtype)))
 
 
@@ -69,7 +69,7 @@ class CondDcganDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if c is None:
-            raise ValueError("cond-dcgan discriminator needs a condition vector c")
+            raise ValueError("cond-dcgan discriminator needs a tag vector (or a text embedding) c")
         h = self.trunk(x)
         logits = self.head(h).squeeze(1) + (self.project(c.to(h.dtype) * self.c_scale) * h).sum(1)
         return logits, self.aux(h)
