@@ -16,12 +16,12 @@ from typing import Any
 import torch
 
 from deploy.loader import LoadedModel
-from trainers.sampling import (SamplingError, check_count, check_seed, check_truncation, condition_vector, packed_rows,
+from trainers.sampling import (SamplingError, check_count, check_seed, check_truncation, condition_rows, packed_rows,
                                prompt_vector)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_N = 64
-MAX_PROMPT_CHARS = 2000
+MAX_PROMPT_CHARS = 300  # trainers.conditioning.text's bound, checked here before any encoding
 FIELDS = ("seed", "n", "tags", "prompt", "truncation")
 FORMATS = ("png", "npz")
 
@@ -96,7 +96,7 @@ def prepare(model: LoadedModel, req: GenerateRequest) -> Prepared:
     if req.prompt is not None:
         c = prompt_condition(model, req.prompt)
     else:
-        c = _sampling(condition_vector, model.meta, list(req.tags) if req.tags else None, where)
+        c = _sampling(condition_rows, model.meta, list(req.tags) if req.tags else None, req.n, req.seed, where)
     psi = _sampling(check_truncation, model.meta, req.truncation, where)
     rows = _sampling(packed_rows, model.meta.z_dim, req.n, req.seed, c, psi, model.meta.takes_psi)
     return Prepared(model, rows)

@@ -7,7 +7,7 @@ import numpy as np
 
 from trainers.errors import UsageError
 from trainers.grid import make_grid
-from trainers.sampling import check_count, check_truncation, condition_vector, prompt_vector, sample
+from trainers.sampling import check_count, check_truncation, condition_rows, prompt_vector, sample
 
 OUTPUT_SUFFIXES = (".png", ".npz")
 
@@ -24,9 +24,10 @@ def write_images(images: np.ndarray, out: str | Path) -> Path:
 
 
 def generate(model_uri: str, n: int, seed: int, out: str | Path, tags: list[str] | None = None,
-             truncation: float = 1.0, prompt: str | None = None) -> Path:
-    """Loads model_uri, draws n samples from seeds seed..seed+n-1 (all for ``tags`` if the model is
-    tag-conditioned; at StyleGAN2 truncation psi ``truncation``, 1: none), writes out by its suffix.
+             truncation: float = 1.0, prompt: str | None = None, exact_tags: bool = False) -> Path:
+    """Loads model_uri, draws n samples from seeds seed..seed+n-1 (all with ``tags`` if the model is
+    tag-conditioned, the tags they leave open drawn per sample from the training data's tag sets
+    unless exact_tags; at StyleGAN2 truncation psi ``truncation``, 1: none), writes out by its suffix.
     An unknown tag is an error listing the known ones. A text-conditioned model takes ``prompt`` instead
     (every sample gets it): a prompt with tags, an empty one, one over 300 characters, or one to a model
     without text conditioning is an error."""
@@ -38,7 +39,8 @@ def generate(model_uri: str, n: int, seed: int, out: str | Path, tags: list[str]
     _check_prompt(prompt, tags)
     parse_model_uri(model_uri)
     g, meta = load_generator(model_uri)
-    c = prompt_vector(meta, prompt, model_uri) if prompt is not None else condition_vector(meta, tags, model_uri)
+    c = (prompt_vector(meta, prompt, model_uri) if prompt is not None
+         else condition_rows(meta, tags, n, seed, model_uri, fill=not exact_tags))
     psi = check_truncation(meta, truncation, model_uri)
     return write_images(sample(g, meta.z_dim, n, seed, c=c, truncation=psi, takes_psi=meta.takes_psi), out)
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from trainers.data.ingest import (IngestError, IngestReport, _candidates, _check_arguments, _check_scheme,
                                   _check_writable, _Job, _process, _write_report)
 from trainers.data.labels import Label, LabelsError, read_labels
-from trainers.data.manifest import Manifest, ShardInfo, content_hash
+from trainers.data.manifest import Manifest, ShardInfo, content_hash, top_tag_sets
 from trainers.data.sources import (ARCHIVE_SUFFIXES, DEFAULT_MAX_MEMBER_MB, FolderSource, FsspecFolderSource,
                                    MemberRefused, SourceError, open_source)
 from trainers.data.storage import join, open_filesystem
@@ -194,7 +194,7 @@ def ingest_chunk(args: dict[str, Any]) -> dict[str, Any]:
     finally:
         reader.close()
     return {"accepted": accepted, "skipped": skipped, "shards": [asdict(s) for s in writer.shards],
-            "tags": writer.tag_counts}
+            "tags": writer.tag_counts, "tag_sets": writer.tag_set_counts}
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def _assemble(plan: _Plan, dest: Destination, version: str, results: list[dict[s
         report.skip(name, reason)
     shards = [[ShardInfo(**s) for s in r["shards"]] for r in results]
     used: set[str] = set()
-    items, renames, tags = [], {}, {}
+    items, renames, tags, tag_sets = [], {}, {}, {}
     for part, r in enumerate(results):
         for index, key, digest, text, shard in r["accepted"]:  # chunks are contiguous: this is candidate order
             exact = key_for(plan.names[index], used)
@@ -256,6 +256,8 @@ def _assemble(plan: _Plan, dest: Destination, version: str, results: list[dict[s
             items.append((exact, digest, text))
         for tag, n in r["tags"].items():
             tags[tag] = tags.get(tag, 0) + n
+        for combo, n in r["tag_sets"].items():
+            tag_sets[combo] = tag_sets.get(combo, 0) + n
     for (part, shard), mapping in renames.items():
         shards[part][shard] = _rekey(dest, shards[part][shard], mapping)
     report.ingested = len(items)
@@ -265,7 +267,7 @@ def _assemble(plan: _Plan, dest: Destination, version: str, results: list[dict[s
     flat = [s for part in shards for s in part]
     report.manifest = Manifest(num_samples=sum(s.samples for s in flat), resolution=plan.expected,
                                image_format=plan.fmt, shards=flat, tags=dict(sorted(tags.items())),
-                               dataset_hash=content_hash(items, plan.expected))
+                               dataset_hash=content_hash(items, plan.expected), tag_sets=top_tag_sets(tag_sets))
     report.removed, note = dest.publish(report.manifest, version)
     report.version, report.notes = version, [note] if note else []
 

@@ -229,7 +229,7 @@ def generator_from_checkpoint(directory: str | Path) -> tuple[torch.nn.Module, d
     g.load_state_dict(state["g_ema"] if state.get("g_ema") is not None else state["g"])
     g.eval()
     info = {k: state[k] for k in ("generator_config", "step", "images_seen", "spec", "dataset_hash", "tags",
-                                  "conditioning") if k in state}
+                                  "tag_sets", "conditioning") if k in state}
     info.setdefault("conditioning", "tags" if state["generator_config"].get("c_dim") else "none")
     if state.get("evaluations"):
         info["evaluation"] = state["evaluations"][-1]

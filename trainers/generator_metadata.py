@@ -32,6 +32,8 @@ class GeneratorMetadata:
     evaluation: dict[str, Any] = field(default_factory=dict)
     packed_input: str | None = None  # what a stored version's module takes; None: what an export takes today
     text_encoder: str | None = None  # text conditioning: the sentence encoder whose embedding c is
+    # tags: the training data's most frequent tag sets ("a,b,c": count), what unspecified tags are drawn from
+    tag_sets: dict[str, int] = field(default_factory=dict)
 
     @property
     def arch(self) -> str:
@@ -71,7 +73,7 @@ class GeneratorMetadata:
         return {"generator_config": self.generator_config, "vocabulary": list(self.vocabulary),
                 "conditioning": self.conditioning, "c_dim": self.c_dim, "input": self.input,
                 "step": self.step, "dataset_hash": self.dataset_hash, "evaluation": self.evaluation,
-                "text_encoder": self.text_encoder}
+                "text_encoder": self.text_encoder, "tag_sets": dict(self.tag_sets)}
 
     @classmethod
     def from_checkpoint_info(cls, info: dict[str, Any]) -> "GeneratorMetadata":
@@ -84,7 +86,8 @@ class GeneratorMetadata:
         text = conditioning == "text"  # c is a sentence embedding: no vocabulary, the spec's encoder
         return cls(config, [] if text else list(info.get("tags") or []), conditioning,
                    int(step) if step is not None else None, info.get("dataset_hash"), evaluation,
-                   text_encoder=info["spec"]["model"]["text_encoder"] if text else None)
+                   text_encoder=info["spec"]["model"]["text_encoder"] if text else None,
+                   tag_sets={} if text else dict(info.get("tag_sets") or {}))
 
 
 def read_metadata(model_metadata: dict[str, Any] | None, where: str = "the model") -> GeneratorMetadata:
@@ -99,7 +102,7 @@ def read_metadata(model_metadata: dict[str, Any] | None, where: str = "the model
     vocabulary = list(raw.get("vocabulary", raw.get("tags")) or [])
     meta = GeneratorMetadata(raw["generator_config"], vocabulary, raw.get("conditioning") or "none",
                              raw.get("step"), raw.get("dataset_hash"), dict(raw.get("evaluation") or {}),
-                             text_encoder=raw.get("text_encoder"))
+                             text_encoder=raw.get("text_encoder"), tag_sets=_tag_sets(raw.get("tag_sets")))
     if meta.conditioning == "text" and not meta.text_encoder:
         raise MetadataError(f"{where} is text-conditioned but its metadata names no text encoder")
     stored = str(raw.get("input") or ("z|c" if meta.c_dim else "z"))
@@ -108,3 +111,10 @@ def read_metadata(model_metadata: dict[str, Any] | None, where: str = "the model
     if meta.c_dim and meta.conditioning == "tags" and len(vocabulary) != meta.c_dim:
         raise MetadataError(f"{where} takes {meta.c_dim} tags but its metadata lists {len(vocabulary)}")
     return meta
+
+
+def _tag_sets(raw: Any) -> dict[str, int]:
+    """A stored tag-set table, or {} for versions registered before it existed (or a malformed one)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): int(v) for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}

@@ -208,7 +208,7 @@ class GanLoop:
             "stream": self.stream.state_dict(), "spec": self.spec.model_dump(mode="json"),
             "world_size": self.world_size,
             "generator_config": self.g.config, "dataset_hash": self.stream.manifest.dataset_hash,
-            "tags": self.stream.manifest.vocabulary,
+            "tags": self.stream.manifest.vocabulary, "tag_sets": self.stream.manifest.tag_sets,
             "conditioning": self.spec.model.conditioning,
             "evaluations": self.evaluations,
         })

@@ -65,6 +65,35 @@ def condition_vector(meta: GeneratorMetadata, tags: list[str] | None, where: str
         raise SamplingError(f"{where}: {err}") from None
 
 
+def fill_tags(meta: GeneratorMetadata, tags: list[str], n: int, seed: int) -> list[list[str]]:
+    """n tag sets for a request of tags: sample i gets a tag set of the training data that holds every
+    requested tag, drawn (weighted by how often it occurs) from seed + i alone, so tags the request
+    leaves open vary from sample to sample as they do in the data (MakeGirlsMoe's "random" attributes).
+    Without such a set (or a table: older versions), every sample gets exactly the requested tags."""
+    wanted = set(normalise_tags(tags))
+    matching = sorted((key, count) for key, count in meta.tag_sets.items() if wanted <= set(key.split(",")))
+    if not matching:
+        return [sorted(wanted)] * n
+    weights = np.array([count for _, count in matching], dtype=np.float64)
+    out = []
+    for i in range(n):
+        pick = np.random.default_rng([seed + i, 7919]).choice(len(matching), p=weights / weights.sum())
+        out.append(matching[pick][0].split(","))
+    return out
+
+
+def condition_rows(meta: GeneratorMetadata, tags: list[str] | None, n: int, seed: int, where: str = "the model",
+                   fill: bool = True) -> torch.Tensor | None:
+    """The c of each of n samples for a tag request (n x c_dim), with unspecified tags drawn per sample
+    (:func:`fill_tags`) unless fill is False; None for an unconditional model. The errors are
+    :func:`condition_vector`'s."""
+    c = condition_vector(meta, tags, where)
+    if c is None or not fill or not meta.tag_sets:
+        return c
+    check_seed(seed, n)
+    return TagEncoder(meta.vocabulary).encode(fill_tags(meta, tags or [], n, seed))
+
+
 def prompt_vector(meta: GeneratorMetadata, prompt: str, where: str = "the model") -> torch.Tensor:
     """The c of a text prompt: its sentence embedding by the model's own encoder (offline, from its package).
 
@@ -111,13 +140,14 @@ def check_truncation(meta: GeneratorMetadata, truncation: float, where: str = "t
 def packed_rows(z_dim: int, n: int, seed: int, c: torch.Tensor | None = None, truncation: float = 1.0,
                 takes_psi: bool = False) -> torch.Tensor:
     """The generator's input for one request: n rows [z | c | psi]; row i's z comes from seed + i,
-    c (the same for all) is left out when None, psi only when the generator takes it."""
+    c is one vector for all rows or one per row (n x c_dim), left out when None; psi only when the
+    generator takes it."""
     if truncation != 1.0 and not takes_psi:
         raise SamplingError(f"this generator takes no truncation: it must be 1, got {truncation:g}")
     check_seed(seed, n)
     parts = [latents(z_dim, n, seed)]
     if c is not None:
-        parts.append(c.float().unsqueeze(0).expand(n, -1))
+        parts.append(c.float().unsqueeze(0).expand(n, -1) if c.dim() == 1 else c.float())
     if takes_psi:
         parts.append(torch.full((n, 1), float(truncation)))
     return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]

@@ -16,6 +16,7 @@ from trainers.data.errors import DataError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MAX_TAG_SETS = 4096  # the most frequent distinct tag sets a manifest keeps (what sampling fills tags from)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -39,6 +40,8 @@ class Manifest:
     shards: list[ShardInfo]
     tags: dict[str, int] = field(default_factory=dict)  # vocabulary with counts, sorted by name
     dataset_hash: str = ""
+    # the most frequent distinct tag sets of the samples ("a,b,c": count; tags sorted, joined by ",")
+    tag_sets: dict[str, int] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -88,7 +91,8 @@ def _need(raw: dict, name: str, kind: type, where: str = "", minimum: int | None
 def _parse(raw: object) -> Manifest:
     if not isinstance(raw, dict):
         raise _Invalid(f"expected a JSON object, got {_kind(raw)}")
-    known = {"num_samples", "resolution", "image_format", "shards", "tags", "dataset_hash", "format_version"}
+    known = {"num_samples", "resolution", "image_format", "shards", "tags", "dataset_hash", "format_version",
+             "tag_sets"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _Invalid(f"unknown field `{unknown[0]}`")
@@ -98,9 +102,13 @@ def _parse(raw: object) -> Manifest:
     tags = raw.get("tags", {})
     if not isinstance(tags, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in tags.values()):
         raise _Invalid(f"field `tags` must be an object of tag counts, got {_kind(tags)}")
+    tag_sets = raw.get("tag_sets", {})
+    if not isinstance(tag_sets, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                 for v in tag_sets.values()):
+        raise _Invalid(f"field `tag_sets` must be an object of tag-set counts, got {_kind(tag_sets)}")
     m = Manifest(num_samples=_need(raw, "num_samples", int, minimum=0),
                  resolution=_need(raw, "resolution", int, minimum=1), image_format=_need(raw, "image_format", str),
-                 shards=shards, tags=tags,
+                 shards=shards, tags=tags, tag_sets=tag_sets,
                  dataset_hash=_need(raw, "dataset_hash", str) if "dataset_hash" in raw else "")
     if sum(s.samples for s in shards) != m.num_samples:
         raise _Invalid(f"field `num_samples` is {m.num_samples}, the shards hold {sum(s.samples for s in shards)}")
@@ -122,6 +130,16 @@ def _shard(raw: object, i: int) -> ShardInfo:
     if not _SHA256.match(sha):
         raise _Invalid(f"field `{where}sha256` must be 64 hex digits, got {sha!r:.80}")
     return ShardInfo(path, _need(raw, "samples", int, where, 0), _need(raw, "bytes", int, where, 0), sha)
+
+
+def tag_set_key(tags: list[str]) -> str:
+    """The key of a sample's tag set in ``Manifest.tag_sets``: its tags sorted, joined by ","."""
+    return ",".join(sorted(set(tags)))
+
+
+def top_tag_sets(counts: dict[str, int], limit: int = MAX_TAG_SETS) -> dict[str, int]:
+    """The `limit` most frequent tag sets (ties by key), for a manifest."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit])
 
 
 def content_hash(items: list[tuple[str, bytes, str]], resolution: int) -> str:

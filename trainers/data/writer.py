@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 from trainers.data.labels import Label
-from trainers.data.manifest import Manifest, ShardInfo, content_hash
+from trainers.data.manifest import Manifest, ShardInfo, content_hash, tag_set_key, top_tag_sets
 from trainers.data.versions import Destination
 
 
@@ -34,6 +34,7 @@ class ShardWriter:
         self.fmt, self.limit = fmt, max(1, int(shard_mb * 1024 * 1024))
         self.shards: list[ShardInfo] = []
         self.tag_counts: dict[str, int] = {}
+        self.tag_set_counts: dict[str, int] = {}
         self.hash_items: list[tuple[str, str, str]] = []
         self.used: set[str] = set()
         self._new()
@@ -55,6 +56,9 @@ class ShardWriter:
         self.count += 1
         for t in meta["tags"]:
             self.tag_counts[t] = self.tag_counts.get(t, 0) + 1
+        if meta["tags"]:
+            combo = tag_set_key(meta["tags"])
+            self.tag_set_counts[combo] = self.tag_set_counts.get(combo, 0) + 1
         self.hash_items.append((key, hashlib.sha256(data).hexdigest(), json.dumps(meta["tags"]) + str(meta["caption"])))
         if self.buf.tell() >= self.limit:
             self.flush()
@@ -76,4 +80,5 @@ class ShardWriter:
         self.flush()
         return Manifest(num_samples=sum(s.samples for s in self.shards), resolution=resolution,
                         image_format=self.fmt, shards=self.shards, tags=dict(sorted(self.tag_counts.items())),
-                        dataset_hash=content_hash(self.hash_items, resolution))
+                        dataset_hash=content_hash(self.hash_items, resolution),
+                        tag_sets=top_tag_sets(self.tag_set_counts))
