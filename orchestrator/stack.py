@@ -281,7 +281,8 @@ class LocalStack:
                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
         # MLflow's job runner (GenAI jobs ganray never submits) would add eight processes per server.
-        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
+               "TMPDIR": str(secrets_.private_dir(root / "tmp"))}  # its lock files stay in the stack, not /tmp
         if auth:  # the auth app: its settings and the admin's first password in the environment only
             cmd[2:2] = ["--app-name", "basic-auth"]
             env.update(secrets_.auth_env(self.home, secrets_.read_credentials(self.home)))

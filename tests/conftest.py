@@ -20,6 +20,29 @@ ENDPOINT_VARS = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_
                  "RAY_AUTH_TOKEN", "GANRAY_STORAGE_ROOT", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
+_SESSION_TMP: dict[str, str] = {}
+
+
+def pytest_configure(config):
+    """One private temp dir for the session, this process and every process it starts (TMPDIR), removed
+    at the end: what libraries leave in the temp dir (MLflow's model downloads, say) goes with it."""
+    tmp = tempfile.mkdtemp(prefix="grtmp-", dir="/tmp")
+    _SESSION_TMP.update(path=tmp, saved=os.environ.get("TMPDIR", ""))
+    os.environ["TMPDIR"] = tmp
+    tempfile.tempdir = tmp
+
+
+def pytest_unconfigure(config):
+    tmp = _SESSION_TMP.get("path")
+    if tmp:
+        tempfile.tempdir = None
+        if _SESSION_TMP["saved"]:
+            os.environ["TMPDIR"] = _SESSION_TMP["saved"]
+        else:
+            os.environ.pop("TMPDIR", None)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def ganray_home():
     """A short, private GANRAY_HOME (Ray's socket paths must stay short)."""

@@ -130,7 +130,7 @@ def load_or_train_judge(dataset_hash: str, images_fn, vocabulary: list[str], epo
     """(judge, its held-out scores, whether it came from the cache); images_fn() -> (uint8 images, multi-hot)."""
     path = cache_dir() / "judges" / f"{dataset_hash[:20]}-e{epochs}-v{JUDGE_VERSION}.pt"
     if path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved["vocabulary"] == list(vocabulary):
             judge = TagJudge(len(vocabulary), saved["resolution"])
             judge.load_state_dict(saved["state_dict"])
