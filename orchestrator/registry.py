@@ -9,8 +9,10 @@ and the alias ``candidate`` follows the newest version. No Ray here.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+import os
+from typing import Any, Iterator
 
 from mlflow.tracking import MlflowClient
 
@@ -136,18 +138,43 @@ def register_generator(c: MlflowClient, run_id: str, model_name: str, generator,
 
     # pt2 (torch.export) format; a batch of 2 keeps the batch dimension dynamic (1 would be specialised).
     example = np.zeros((2, meta.input_width), dtype=np.float32)
-    mlflow.set_tracking_uri(c.tracking_uri)
-    mlflow.set_registry_uri(c.tracking_uri)
     status = c.get_run(run_id).info.status
-    with mlflow.start_run(run_id=run_id):
-        model_info = mlflow.pytorch.log_model(
-            PackedInputGenerator(generator).eval(), name="generator", input_example=example,
-            metadata={METADATA_KEY: meta.to_dict()}, serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ganray"], step=int(meta.step or 0))
-    c.update_run(run_id, status=status)  # leaving start_run ended the run; its lifecycle decides that
-    mv = mlflow.register_model(model_info.model_uri, model_name,
-                               tags=version_tags(meta, run_id, digest, checkpoint_uri, kimg))
+    with _mlflow_pointed_at(c.tracking_uri):
+        with mlflow.start_run(run_id=run_id):
+            model_info = mlflow.pytorch.log_model(
+                PackedInputGenerator(generator).eval(), name="generator", input_example=example,
+                metadata={METADATA_KEY: meta.to_dict()}, serialization_format="pt2",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ganray"], step=int(meta.step or 0))
+        c.update_run(run_id, status=status)  # leaving start_run ended the run; its lifecycle decides that
+        mv = mlflow.register_model(model_info.model_uri, model_name,
+                                   tags=version_tags(meta, run_id, digest, checkpoint_uri, kimg))
     return int(mv.version)
+
+
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def _mlflow_pointed_at(uri: str) -> Iterator[None]:
+    """mlflow's fluent API on uri for the block. mlflow.set_tracking_uri/set_registry_uri also write
+    os.environ (for child processes); the caller's environment and mlflow's defaults are put back after."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {k: os.environ.get(k) for k in URI_VARIABLES}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def parse_model_uri(uri: str) -> str:

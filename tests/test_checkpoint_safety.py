@@ -194,50 +194,73 @@ def test_on_s3_the_fallback_reads_through_ray_trains_filesystem(stack, dataset, 
     assert len(skipped(caplog)) == 1 and c8.name in skipped(caplog)[0] and "state.pt" in skipped(caplog)[0]
 
 
+FALL_BACK_UNDER_RAY = """
+import json, os, sys
+from pathlib import Path
+from orchestrator.environment import use_cluster_environment
+use_cluster_environment()  # before Ray is imported: it reads its auth settings once
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from orchestrator.ray_runtime import NAMESPACE, control_actor, ray_init
+from trainers.checkpoint import STATE_FILE
+from trainers.loop import GanLoop
+from trainers.ray_worker import train_worker
+from trainers.spec import JobSpec
+
+spec, storage = JobSpec.model_validate(json.loads(os.environ["SPEC"])), Path(os.environ["STORAGE"])
+name = spec.name
+ray_init(os.environ["RAY_ADDRESS"])
+
+def fit(control_name):
+    return TorchTrainer(
+        train_worker, train_loop_config={"spec": spec.to_dict(), "control": {"name": control_name, "namespace": NAMESPACE}},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=5),
+                             failure_config=FailureConfig(max_failures=0))).fit()
+
+control_name, control = control_actor(name)
+ray.get(control.request_stop.remote())
+first = fit(control_name)  # stopped at once: one checkpoint, Ray's latest
+latest = Path(first.checkpoint.path)
+older = storage / name / "checkpoint_000000000"  # an older one that verifies, as two ranks write it
+older.mkdir()
+for rank in range(2):
+    GanLoop(spec, rank, 2).write_checkpoint(older)
+data = (latest / STATE_FILE).read_bytes()
+(latest / STATE_FILE).write_bytes(data[:100])
+control_name, _ = control_actor(name)  # a new control actor: no stop this time
+second = fit(control_name)
+print(json.dumps({"first_error": str(first.error) if first.error else None, "latest": str(latest),
+                  "second_error": str(second.error) if second.error else None,
+                  "end": second.checkpoint.path if second.checkpoint else None}))
+"""
+
+
 @pytest.mark.ray
-def test_under_ray_train_both_ranks_fall_back_together_and_write_beside_the_skipped(stack, dataset, tmp_path):
+def test_under_ray_train_both_ranks_fall_back_together_and_write_beside_the_skipped(stack, ganray_home, dataset,
+                                                                                    tmp_path):
     """Two Ray Train workers: Ray's latest checkpoint has a truncated state; both ranks resume from the
-    older one that verifies, train to the end, and write their checkpoints under new folder names."""
-    from orchestrator.environment import applied, resolve_endpoints
-    from orchestrator.ray_runtime import NAMESPACE, control_actor, ray_init
+    older one that verifies, train to the end, and write their checkpoints under new folder names.
+    (A driver process of its own, as `ganray run` is: Ray reads its auth settings once per process.)"""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env
     from trainers.checkpoint import checkpoint_step
-    from trainers.ray_worker import train_worker
 
     name, storage = "safety-ray", tmp_path / "storage"
     spec = parse_spec({**spec_of(dataset, steps=12, every=4).to_dict(), "name": name, "scaling": {"workers": 2}})
-
-    def fit(control_name):
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
-
-        return TorchTrainer(
-            train_worker, train_loop_config={"spec": spec.to_dict(),
-                                             "control": {"name": control_name, "namespace": NAMESPACE}},
-            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-            run_config=RunConfig(name=name, storage_path=str(storage),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=5),
-                                 failure_config=FailureConfig(max_failures=0))).fit()
-
-    endpoints = resolve_endpoints()
-    with applied(endpoints):
-        ray_init(endpoints.ray_address)  # first: Ray reads its auth settings once, as it is imported
-        import ray
-
-        control_name, control = control_actor(name)
-        ray.get(control.request_stop.remote())
-        first = fit(control_name)  # stopped at once: one checkpoint, Ray's latest
-        assert first.error is None and checkpoint_step(first.checkpoint.path) < 12
-        latest = Path(first.checkpoint.path)
-        older = storage / name / "checkpoint_000000000"  # an older one that verifies, as two ranks write it
-        older.mkdir()
-        for rank in range(2):
-            GanLoop(spec, rank, 2).write_checkpoint(older)
-        data = (latest / STATE_FILE).read_bytes()
-        (latest / STATE_FILE).write_bytes(data[:100])
-        control_name, _ = control_actor(name)  # a new control actor: no stop this time
-        second = fit(control_name)
-    assert second.error is None, second.error
-    end = Path(second.checkpoint.path)
+    proc = subprocess.run([sys.executable, "-c", FALL_BACK_UNDER_RAY], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**cli_env(ganray_home), "SPEC": json.dumps(spec.to_dict()),
+                                            "STORAGE": str(storage)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    latest = Path(out["latest"])
+    assert out["first_error"] is None and checkpoint_step(out["latest"]) < 12
+    assert out["second_error"] is None, out["second_error"]
+    end = Path(out["end"])
     assert end.name == "checkpoint_000000012-1" and verify(end)["world_size"] == 2
     assert load_state(end)["step"] == 12 and load_state(end)["images_seen"] == 48  # 12 steps from step 0
     names = sorted(p.name for p in (storage / name).iterdir() if p.name.startswith("checkpoint_0"))

@@ -231,7 +231,7 @@ def trained(stack, ganray_home, faces, tmp_path_factory):
     summary = json.loads(ganray(ganray_home, "run", str(spec)).stdout)
     assert summary["model_uri"] == "models:/srv/1" and summary["state"] == "finished"
     c = mlflow_client(ganray_home)
-    c.set_registered_model_alias("srv", "champion", "1")  # what `ganray promote` does
+    ganray(ganray_home, "promote", "srv", "--version", "1", "--alias", "champion")
     return {"client": c, "vocabulary": _vocabulary(c, "srv", 1)}
 
 
@@ -319,7 +319,7 @@ def test_concurrent_clients_share_forward_passes_and_get_their_own_samples(serve
     assert max(batch for _, batch in answers) > 1  # one forward pass served several clients
 
 
-def test_a_moved_alias_reaches_the_endpoint_by_reload_and_by_polling_without_dropping_requests(
+def test_a_promotion_and_a_rollback_reach_the_endpoint_without_dropping_requests(
         served, ganray_home, tmp_path):
     url, c = served["url"], served["client"]
     v2 = register_untrained(c, "srv", "cond-dcgan", served["vocabulary"], seed=11)
@@ -341,7 +341,11 @@ def test_a_moved_alias_reaches_the_endpoint_by_reload_and_by_polling_without_dro
     client.start()
     try:
         time.sleep(1.0)
-        c.set_registered_model_alias("srv", "champion", str(v2))
+        refused = ganray(ganray_home, "promote", "srv", "--version", str(v2), "--alias",
+                         "champion", "--require", "tag_accuracy>=0.9", check=False)
+        assert refused.returncode == 1 and "tag_acc" in refused.stderr  # no metric: the gate never passes
+        assert requests.post(url + "reload", timeout=120).json() == {"version": 1}
+        ganray(ganray_home, "promote", "srv", "--version", str(v2), "--alias", "champion")
         assert requests.post(url + "reload", timeout=120).json() == {"version": 2}
         assert requests.get(url + "model", timeout=10).json()["version"] == 2
         time.sleep(1.0)
@@ -352,8 +356,9 @@ def test_a_moved_alias_reaches_the_endpoint_by_reload_and_by_polling_without_dro
     for _, version, content in answers:
         np.testing.assert_array_equal(np.load(io.BytesIO(content))["images"], want[int(version)])
     assert answers[0][1] == "1" and answers[-1][1] == "2"
-    # Polling alone (poll_s 2): the alias goes back to version 1 and the endpoint follows.
-    c.set_registered_model_alias("srv", "champion", "1")
+    # Polling alone (poll_s 2): a rollback gives the alias back to version 1 and the endpoint follows.
+    ganray(ganray_home, "rollback", "srv", "--alias", "champion")
+    assert c.get_model_version_by_alias("srv", "champion").version == "1"
     moved, deadline = time.time(), time.time() + 30
     while requests.get(url + "model", timeout=10).json()["version"] != 1:
         assert time.time() < deadline, "the replica did not follow the alias within 30 s"
