@@ -69,6 +69,7 @@ def one_run(mode: str, settings: str, home: Path, data_url: str, work: Path) -> 
     from orchestrator.stack import LocalStack
 
     stack = LocalStack(home)
+    profile = stack.profile()
     env = {**stack_env(home, stack.profile(), stack.credentials(), ray=False), "GANRAY_HOME": str(home),
            "GANRAY_SAMPLE_LOG": str(work / "samples")}
     cluster = LocalCluster(work / "cluster", env, tuned=settings == "tuned")

@@ -13,7 +13,7 @@ from typing import Any
 
 from deploy.model_ref import ModelRef
 from trainers.generator_metadata import GeneratorMetadata, MetadataError, read_metadata
-from trainers.safe_model import UnsafeModelError, check_pt2_model, pickle_refused
+from trainers.safe_model import UnsafeModelError, load_checked
 
 
 class LoadError(RuntimeError):
@@ -61,9 +61,7 @@ def load_version(ref: ModelRef, version: int, device: str = "cpu") -> LoadedMode
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
             info = mlflow.models.Model.load(local)
-            check_pt2_model(local, uri)
-            with pickle_refused():
-                generator = mlflow.pytorch.load_model(local, map_location="cpu")
+            generator = load_checked(local, uri, lambda d: mlflow.pytorch.load_model(d, map_location="cpu"))
         except UnsafeModelError as err:
             raise LoadError(str(err)) from None
         except Exception as err:  # noqa: BLE001
@@ -74,10 +72,6 @@ def load_version(ref: ModelRef, version: int, device: str = "cpu") -> LoadedMode
         meta = read_metadata(info.metadata, uri)
     except MetadataError as err:
         raise LoadError(str(err)) from None
-    try:
-        generator.eval()
-    except NotImplementedError:  # an exported (pt2) generator is traced in eval mode already
-        pass
     if device != "cpu":
         generator = generator.to(device)
     if meta.conditioning == "text":  # load the sentence encoder now, not on the first prompt (~7 s)

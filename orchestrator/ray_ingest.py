@@ -25,12 +25,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from trainers.data.ingest import (IngestError, IngestReport, _candidates, _check_arguments, _check_scheme,
-                                  _check_writable, _Job, _process, _write_report)
-from trainers.data.labels import Label, LabelsError, read_labels
+from trainers.data.ingest import (IngestError, IngestReport, _candidates, _Job, _process, _write_report, member_limit,
+                                  open_inputs)
+from trainers.data.labels import Label
 from trainers.data.manifest import Manifest, ShardInfo, content_hash, top_tag_sets
 from trainers.data.sources import (ARCHIVE_SUFFIXES, DEFAULT_MAX_MEMBER_MB, FolderSource, FsspecFolderSource,
-                                   MemberRefused, SourceError, open_source)
+                                   MemberRefused, open_source)
 from trainers.data.storage import join, open_filesystem
 from trainers.data.versions import Destination
 from trainers.data.writer import ShardWriter, key_for
@@ -64,20 +64,9 @@ def ingest_on_ray(src: str, dest: str, labels_file: str | Path | None = None, re
     """ingest() of src into dest with the processing in Ray tasks; the report is ingest()'s."""
     require_shared(src, "SRC")
     require_shared(dest, "DEST")
-    _check_arguments(fmt, resolution, shard_mb, max_member_mb)
-    _check_scheme(src, "source")
-    _check_scheme(dest, "destination")
-    _check_writable(dest)
-    try:
-        labels = read_labels(labels_file, labels_encoding) if labels_file else None
-    except LabelsError as err:
-        raise IngestError(str(err)) from None
-    limit = max(1, int(max_member_mb * 2 ** 20))
+    labels, source = open_inputs(src, dest, labels_file, resolution, fmt, shard_mb, labels_encoding, max_member_mb)
+    limit = member_limit(max_member_mb)
     report = IngestReport()
-    try:
-        source = open_source(src, limit)
-    except SourceError as err:
-        raise IngestError(str(err)) from None
     try:
         names = _candidates(source, labels, labels_file, report)
         expected = resolution or _first_resolution(source, names, fmt)

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from mlflow.tracking import MlflowClient
 
 from orchestrator.runs import code_revision
-from trainers.errors import GanrayError, UsageError
+from trainers.errors import GanrayError
 from trainers.generator_metadata import METADATA_KEY, GeneratorMetadata, MetadataError, read_metadata
 
 CHECKPOINT_VERSION_TAG = "checkpoint_uri"
@@ -215,7 +215,7 @@ def load_generator(model_uri: str) -> tuple[Any, GeneratorMetadata]:
 
     import mlflow
 
-    from trainers.safe_model import UnsafeModelError, check_pt2_model, pickle_refused
+    from trainers.safe_model import UnsafeModelError, load_checked
 
     model_uri = parse_model_uri(model_uri)
     tmp = tempfile.mkdtemp(prefix="ganray-model-")
@@ -223,28 +223,17 @@ def load_generator(model_uri: str) -> tuple[Any, GeneratorMetadata]:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
             info = mlflow.models.Model.load(local)
-        except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a missing model
-            raise RegistryError(f"cannot load {model_uri}: {type(err).__name__}: {err}") from None
-        try:
-            check_pt2_model(local, model_uri)
+            loaded = load_checked(local, model_uri, lambda d: mlflow.pytorch.load_model(d, map_location="cpu"))
         except UnsafeModelError as err:
             raise RegistryError(str(err)) from None
-        try:
-            with pickle_refused():
-                loaded = mlflow.pytorch.load_model(local, map_location="cpu")
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a missing model
             raise RegistryError(f"cannot load {model_uri}: {type(err).__name__}: {err}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     try:
-        meta = read_metadata(info.metadata, model_uri)
+        return loaded, read_metadata(info.metadata, model_uri)
     except MetadataError as err:
         raise RegistryError(str(err)) from None
-    try:
-        loaded.eval()
-    except NotImplementedError:  # a pt2 (exported) generator: traced in eval mode already
-        pass
-    return loaded, meta
 
 
 def _number(text: str | None, kind=float):

@@ -18,7 +18,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 from mlflow.tracking import MlflowClient
 

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest

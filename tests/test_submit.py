@@ -8,7 +8,6 @@ four Ray Train fits."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -62,3 +62,18 @@ def pickle_refused() -> Iterator[None]:
             os.environ.pop(PICKLE_ENV, None)
         else:
             os.environ[PICKLE_ENV] = saved
+
+
+def load_checked(model_dir: str | Path, where: str, load: Callable[[str], Any]) -> Any:
+    """The generator in a downloaded MLflow model folder, loaded by `load` (the caller's MLflow loader:
+    trainers/ never imports MLflow) only once the folder passed :func:`check_pt2_model`, with pickle
+    refused while it loads; in eval mode. UnsafeModelError as check_pt2_model says; load's own errors
+    pass through."""
+    check_pt2_model(model_dir, where)
+    with pickle_refused():
+        generator = load(str(model_dir))
+    try:
+        generator.eval()
+    except NotImplementedError:  # an exported (pt2) generator is traced in eval mode already
+        pass
+    return generator

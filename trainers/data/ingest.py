@@ -26,7 +26,6 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from trainers.conditioning import normalise_tags
 from trainers.conditioning.captions import compose_caption
 from trainers.errors import GanrayError
 from trainers.data.labels import Label, LabelsError, read_labels
@@ -174,6 +173,29 @@ def _processed(items: Iterator[tuple[str, bytes, int | None, str]], workers: int
             yield pending.popleft()[0].result()
 
 
+def open_inputs(src: str | Path, dest: str, labels_file: str | Path | None, resolution: int | None, fmt: str,
+                shard_mb: float, labels_encoding: str, max_member_mb: float) -> tuple[dict[str, Label] | None, Source]:
+    """(labels, opened source) of an ingest, once every argument, both URL schemes and dest's
+    writability are checked; IngestError naming what is wrong. The caller closes the source."""
+    _check_arguments(fmt, resolution, shard_mb, max_member_mb)
+    _check_scheme(str(src), "source")
+    _check_scheme(dest, "destination")
+    _check_writable(dest)
+    try:
+        labels = read_labels(labels_file, labels_encoding) if labels_file else None
+    except LabelsError as err:
+        raise IngestError(str(err)) from None
+    try:
+        return labels, open_source(src, member_limit(max_member_mb))
+    except SourceError as err:
+        raise IngestError(str(err)) from None
+
+
+def member_limit(max_member_mb: float) -> int:
+    """The largest source member read, in bytes."""
+    return max(1, int(max_member_mb * 2 ** 20))
+
+
 def ingest(src: str | Path, dest: str, labels_file: str | Path | None = None, resolution: int | None = None,
            fmt: str = "png", shard_mb: float = 64, workers: int = 2,
            progress: Callable[[int, int], None] | None = None, *, labels_encoding: str = "utf-8",
@@ -189,18 +211,7 @@ def ingest(src: str | Path, dest: str, labels_file: str | Path | None = None, re
     published and readable until the new manifest replaces it (``versions.py``).
     compose_captions: samples with tags and no caption get a caption composed from their tags.
     """
-    _check_arguments(fmt, resolution, shard_mb, max_member_mb)
-    _check_scheme(src, "source")
-    _check_scheme(dest, "destination")
-    _check_writable(dest)
-    try:
-        labels = read_labels(labels_file, labels_encoding) if labels_file else None
-    except LabelsError as err:
-        raise IngestError(str(err)) from None
-    try:
-        source = open_source(src, max(1, int(max_member_mb * 2 ** 20)))
-    except SourceError as err:
-        raise IngestError(str(err)) from None
+    labels, source = open_inputs(src, dest, labels_file, resolution, fmt, shard_mb, labels_encoding, max_member_mb)
     try:
         report = _ingest(source, Destination(dest), labels, _Job(resolution, fmt, shard_mb, workers,
                                                                  max_member_mb, labels_file, compose_captions),

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import posixpath
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
