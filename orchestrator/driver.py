@@ -17,7 +17,7 @@ from orchestrator.lifecycle import Lifecycle, State, state_of
 from orchestrator.progress import Progress
 from orchestrator.registrar import Registrar, register_finished
 from orchestrator.retry import patiently
-from orchestrator.spec import JobSpec, same_spec
+from orchestrator.spec import JobSpec, read_stored_spec, same_spec
 from orchestrator.stop_channel import DriverStop, StopWatcher
 from orchestrator import stored_checkpoints
 from orchestrator.storage import Storage, checkpoint_uri, local_checkpoint, resolve_storage
@@ -146,7 +146,7 @@ def _spec_diff_message(stored: dict[str, Any] | None, spec: JobSpec) -> str:
     if stored is None:
         detail = "stored spec unavailable"
     else:
-        old, new = runs.flatten(stored), runs.flatten(spec.to_dict())
+        old, new = runs.flatten(read_stored_spec(stored)), runs.flatten(spec.to_dict())
         fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         detail = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in fields[:8])
     return (f"job {spec.name!r} already exists with a different spec ({detail}); "

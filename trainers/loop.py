@@ -159,13 +159,13 @@ class GanLoop:
         box: list[Any] = [None]
         if self.rank == 0:
             try:
-                box[0] = load_or_compute(url, manifest, m.text_encoder)[0]
+                box[0] = load_or_compute(url, manifest, m.text_encoder, m.text_pooling)[0]
             except Exception as err:  # noqa: BLE001 - every rank raises it, none waits forever
                 box[0] = err
         dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         if isinstance(box[0], Exception):
             raise box[0]
-        return text_conditioning(m.text_encoder, url, manifest, box[0])
+        return text_conditioning(m.text_encoder, m.text_pooling, url, manifest, box[0])
 
     @property
     def tags(self) -> TagConditioning | None:

@@ -26,7 +26,7 @@ import torch
 
 from trainers import tempdirs
 from trainers.checkpoint import CheckpointError, checkpoint_name, load_state, parse_checkpoint_name, verify
-from trainers.spec import JobSpec
+from trainers.spec import JobSpec, read_stored_spec
 
 log = logging.getLogger("ganray.resume")
 
@@ -86,6 +86,7 @@ def spec_changes(stored: dict[str, Any] | None, spec: JobSpec) -> list[str]:
     (read under today's model: a field added since, with its default, changes nothing)."""
     if not isinstance(stored, dict):
         return []  # a checkpoint without a spec: nothing to compare
+    stored = read_stored_spec(stored)
     try:
         if JobSpec.model_validate(stored).digest() == spec.digest():
             return []

@@ -102,14 +102,15 @@ def prompt_vector(meta: GeneratorMetadata, prompt: str, where: str = "the model"
     calls this one function for a request's ``prompt``.
     """
     from trainers.conditioning.encoder import TextEncoderError
+    from trainers.conditioning.phrases import PoolingError
     from trainers.conditioning.text import PromptError, encode_prompts
 
     if meta.conditioning != "text":
         kind = "tag-conditioned: give tags" if meta.c_dim else f"unconditional (arch {meta.arch})"
         raise SamplingError(f"{where} has no text conditioning ({kind}); a prompt needs a text-conditioned model")
     try:
-        c = encode_prompts(meta.text_encoder, [prompt])[0]
-    except (PromptError, TextEncoderError) as err:
+        c = encode_prompts(meta.text_encoder, meta.text_pooling, [prompt])[0]
+    except (PromptError, TextEncoderError, PoolingError) as err:
         raise SamplingError(f"{where}: {err}") from None
     if c.shape[0] != meta.c_dim:
         raise SamplingError(f"{where} takes a {meta.c_dim}-d text embedding; {meta.text_encoder} gives "

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainers.conditioning.encoder import DEFAULT_TEXT_ENCODER, TEXT_ENCODERS
+from trainers.conditioning.phrases import DEFAULT_POOLING, POOLINGS, check_pooling
 from trainers.urls import url_problem
 
 Arch = Literal["dcgan", "cond-dcgan", "stylegan2"]
@@ -75,6 +76,8 @@ class ModelSpec(_Strict):
                             "none otherwise")
     text_encoder: str = Field(DEFAULT_TEXT_ENCODER,
                               description="text: the sentence encoder (a package that ships its model; offline)")
+    text_pooling: str = Field(DEFAULT_POOLING, description=f"text: {' | '.join(POOLINGS)} (the mean of the "
+                                                           "content phrases' embeddings, or one of the whole text)")
     channels: int = Field(64, ge=4, le=1024, description="width of the highest-resolution layers")
     channels_max: int = Field(512, ge=4, le=2048, description="cap on any layer's width")
     embed_dim: int = Field(32, ge=1, le=1024, description="cond-dcgan: size of the tag embedding joined to z; "
@@ -97,6 +100,11 @@ class ModelSpec(_Strict):
             raise ValueError(f"unknown text encoder {v!r}; known: {', '.join(TEXT_ENCODERS)} (no other model is "
                              "ever downloaded)")
         return v
+
+    @field_validator("text_pooling")
+    @classmethod
+    def _known_pooling(cls, v):
+        return check_pooling(v)
 
     @model_validator(mode="after")
     def _conditioning_fits_arch(self):
@@ -356,4 +364,17 @@ class JobSpec(_Strict):
         default to the model changes no existing spec's digest; changing any value changes it.
         """
         changed = self.model_dump(mode="json", exclude_defaults=True)
+        if self.model.conditioning == "text":  # its default changed once (read_stored_spec): always counted
+            changed.setdefault("model", {})["text_pooling"] = self.model.text_pooling
         return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_stored_spec(stored: dict[str, Any]) -> dict[str, Any]:
+    """A spec dict written by an earlier ganray, with the values it ran under where a default has changed
+    since: a text model stored before ``model.text_pooling`` existed embedded whole sentences. Compare
+    and validate stored specs through this, so that such a job is a changed spec under today's default
+    and resumes with ``model.text_pooling: sentence``."""
+    model = stored.get("model")
+    if isinstance(model, dict) and model.get("conditioning") == "text" and "text_pooling" not in model:
+        return {**stored, "model": {**model, "text_pooling": "sentence"}}
+    return stored

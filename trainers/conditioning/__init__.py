@@ -56,14 +56,14 @@ def build_conditioning(model, url: str, manifest) -> Conditioning | None:
         if not cond.dim:
             raise ValueError(f"model.conditioning=tags but {url} has no tags (ingest it with a labels file)")
         return cond
-    return text_conditioning(model.text_encoder, url, manifest)
+    return text_conditioning(model.text_encoder, model.text_pooling, url, manifest)
 
 
-def text_conditioning(encoder_name: str, url: str, manifest, table=None):
+def text_conditioning(encoder_name: str, pooling: str, url: str, manifest, table=None):
     """TextConditioning over the dataset's caption table (given, or loaded/computed here)."""
     from trainers.conditioning.text import TextConditioning
     from trainers.conditioning.text_cache import load_or_compute
 
     if table is None:
-        table, _, _ = load_or_compute(url, manifest, encoder_name)
-    return TextConditioning(encoder_name, table)
+        table, _, _ = load_or_compute(url, manifest, encoder_name, pooling)
+    return TextConditioning(table)

@@ -1,9 +1,10 @@
-"""Text conditioning (after StackGAN): c is the sentence embedding of a caption, or of a prompt.
+"""Text conditioning (after StackGAN): c is the text embedding of a caption, or of a prompt.
 
 Every caption line of the dataset is encoded once per dataset and encoder, and the table is
 cached (:mod:`trainers.conditioning.text_cache`); a training step only looks rows up. A
 sample whose caption holds several lines (several descriptions) gets one of them per step,
-drawn from the loop's generator. Prompts at generation time go through the same encoder.
+drawn from the loop's generator. Prompts at generation time go through the same encoder
+and pooling (``phrases.py``).
 The conditioning augmentation (mu, log sigma^2, a sample joined to z) lives in the
 generator (``networks/common.py``); D is matching-aware (``loss.py``).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from trainers.conditioning import encoder
+from trainers.conditioning import phrases
 from trainers.errors import GanrayError
 
 if TYPE_CHECKING:
@@ -38,11 +39,11 @@ def check_prompt(prompt: Any) -> str:
     return text
 
 
-def encode_prompts(encoder_name: str, prompts: list[str]) -> torch.Tensor:
-    """(N, dim) sentence embeddings of checked prompts, by the named encoder."""
+def encode_prompts(encoder_name: str, pooling: str, prompts: list[str]) -> torch.Tensor:
+    """(N, dim) embeddings of checked prompts, by the named encoder and pooling (``phrases.embed``)."""
     import torch
 
-    return torch.from_numpy(encoder.encode(encoder_name, [check_prompt(p) for p in prompts]))
+    return torch.from_numpy(phrases.embed(encoder_name, [check_prompt(p) for p in prompts], pooling))
 
 
 class TextConditioning:
@@ -51,8 +52,9 @@ class TextConditioning:
     kind = "text"
     matching_aware = True  # D also sees real images with mismatched text, as fakes (GAN-CLS / StackGAN)
 
-    def __init__(self, encoder_name: str, table: CaptionTable):
-        self.encoder_name, self.table = encoder_name, table
+    def __init__(self, table: CaptionTable):
+        self.table = table
+        self.encoder_name, self.pooling = table.encoder, table.pooling
         self.row = {k: i for i, k in enumerate(table.keys)}
 
     @property
@@ -79,7 +81,7 @@ class TextConditioning:
 
     def request(self, prompt: str) -> torch.Tensor:
         """(dim,) for a user's prompt (PromptError when it is empty or too long)."""
-        return encode_prompts(self.encoder_name, [prompt])[0]
+        return encode_prompts(self.encoder_name, self.pooling, [prompt])[0]
 
     def first(self, n: int) -> torch.Tensor:
         """The first n samples' first caption lines in stored order (repeated to n): the sample grid's."""

@@ -1,6 +1,7 @@
-"""The caption-embedding table of a dataset: computed once per (dataset, encoder), cached next to the data.
+"""The caption-embedding table of a dataset: computed once per (dataset, encoder, pooling), cached next to
+the data.
 
-Where: ``DATA_URL/text-embeddings/<encoder>-<dataset hash>.npz``, beside the shards, so every
+Where: ``DATA_URL/text-embeddings/<encoder>-<pooling>-<dataset hash>.npz``, beside the shards, so every
 node and every job on the same dataset shares one computation, it lives exactly as long as
 the dataset (ingest never touches other folders of DEST, and a re-ingest with other captions
 has another hash), and it is found from any machine that reads the data. When the data URL
@@ -20,12 +21,12 @@ from typing import Iterator
 
 import numpy as np
 
-from trainers.conditioning import encoder
+from trainers.conditioning import phrases
 from trainers.conditioning.captions import caption_lines
 from trainers.errors import GanrayError
 
 CACHE_FOLDER = "text-embeddings"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the pooling is part of the table
 
 
 class CaptionError(GanrayError, ValueError):
@@ -40,26 +41,28 @@ class CaptionTable:
     offsets: np.ndarray
     embeddings: np.ndarray
     encoder: str
+    pooling: str
     dataset_hash: str
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         np.savez(buf, keys=np.array(self.keys, dtype=str), offsets=self.offsets, embeddings=self.embeddings,
-                 meta=np.array([self.encoder, self.dataset_hash, str(CACHE_VERSION)], dtype=str))
+                 meta=np.array([self.encoder, self.pooling, self.dataset_hash, str(CACHE_VERSION)], dtype=str))
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "CaptionTable":
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            name, dataset_hash, version = (str(x) for x in z["meta"])
-            if version != str(CACHE_VERSION):
-                raise ValueError(f"cache version {version}")
+            meta = [str(x) for x in z["meta"]]
+            if meta[-1] != str(CACHE_VERSION):
+                raise ValueError(f"cache version {meta[-1]}")
+            name, pooling, dataset_hash, _ = meta
             return cls([str(k) for k in z["keys"]], z["offsets"].astype(np.int64),
-                       z["embeddings"].astype(np.float32), name, dataset_hash)
+                       z["embeddings"].astype(np.float32), name, pooling, dataset_hash)
 
 
-def cache_name(encoder_name: str, dataset_hash: str) -> str:
-    return f"{encoder_name}-{dataset_hash[:24]}.npz"
+def cache_name(encoder_name: str, pooling: str, dataset_hash: str) -> str:
+    return f"{encoder_name}-{pooling}-{dataset_hash[:24]}.npz"
 
 
 def _places(url: str, name: str) -> list[str]:
@@ -81,7 +84,7 @@ def iter_captions(url: str, manifest) -> Iterator[tuple[str, str | None]]:
             yield key, caption
 
 
-def compute_table(url: str, manifest, encoder_name: str) -> CaptionTable:
+def compute_table(url: str, manifest, encoder_name: str, pooling: str) -> CaptionTable:
     """Encodes every caption line of the dataset; CaptionError when samples have no caption."""
     keys, lines, offsets, missing = [], [], [0], []
     for key, caption in iter_captions(url, manifest):
@@ -95,8 +98,8 @@ def compute_table(url: str, manifest, encoder_name: str) -> CaptionTable:
         raise CaptionError(f"model.conditioning=text but {len(missing)} of {len(keys)} samples of {url} have no "
                            f"caption (e.g. {missing[0]!r}); ingest with a labels file that has captions, or with "
                            "--compose-captions to compose them from the tags")
-    return CaptionTable(keys, np.asarray(offsets, dtype=np.int64), encoder.encode(encoder_name, lines),
-                        encoder_name, manifest.dataset_hash)
+    return CaptionTable(keys, np.asarray(offsets, dtype=np.int64), phrases.embed(encoder_name, lines, pooling),
+                        encoder_name, pooling, manifest.dataset_hash)
 
 
 def _read(place: str) -> bytes | None:
@@ -123,10 +126,11 @@ def _write(place: str, data: bytes) -> None:
     fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
 
 
-def load_or_compute(url: str, manifest, encoder_name: str) -> tuple[CaptionTable, str, bool]:
+def load_or_compute(url: str, manifest, encoder_name: str, pooling: str) -> tuple[CaptionTable, str, bool]:
     """(table, where it is stored, whether it was computed now). Reads the first cache that holds a table
-    of this dataset and encoder; else computes it and writes it next to the data, or to the node cache."""
-    places = _places(url, cache_name(encoder_name, manifest.dataset_hash))
+    of this dataset, encoder and pooling; else computes it and writes it next to the data, or to the node
+    cache."""
+    places = _places(url, cache_name(encoder_name, pooling, manifest.dataset_hash))
     for place in places:
         data = _read(place)
         if data is None:
@@ -135,9 +139,9 @@ def load_or_compute(url: str, manifest, encoder_name: str) -> tuple[CaptionTable
             table = CaptionTable.from_bytes(data)
         except Exception:  # noqa: BLE001 - a damaged or older cache file is recomputed
             continue
-        if table.encoder == encoder_name and table.dataset_hash == manifest.dataset_hash:
+        if (table.encoder, table.pooling, table.dataset_hash) == (encoder_name, pooling, manifest.dataset_hash):
             return table, place, False
-    table = compute_table(url, manifest, encoder_name)
+    table = compute_table(url, manifest, encoder_name, pooling)
     data = table.to_bytes()
     for place in places:
         try:
