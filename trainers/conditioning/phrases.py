@@ -9,7 +9,7 @@ read by the encoder without the rest of the sentence around it, so a caption's w
 (the template, the order, the connecting words) moves the embedding much less than what
 it describes. Measured with a linear probe from embeddings of composed captions to their
 tags, applied to ``bench/prompts_paraphrased.json``: 0.79-0.80 of the prompted tags with
-whole-sentence embeddings, 0.84-0.87 with phrase pooling (bench/README.md).
+whole-sentence embeddings, 0.84 with phrase pooling (bench/text_encoder_probe.py).
 ``sentence`` pooling (one embedding of the whole text) is what text models trained before
 phrase pooling existed use; their specs and registered versions read as ``sentence``.
 No torch here; the encoding is :func:`trainers.conditioning.encoder.encode`'s.
