@@ -22,9 +22,6 @@ class MetadataError(GanrayError, ValueError):
     """A model whose metadata is not ganray's, or does not hold together."""
 
 
-_SENTENCE_IF_TEXT = {True: "sentence"}  # text versions registered before phrase pooling embedded sentences
-
-
 @dataclass(frozen=True)
 class GeneratorMetadata:
     generator_config: dict[str, Any]
@@ -110,9 +107,11 @@ def read_metadata(model_metadata: dict[str, Any] | None, where: str = "the model
     meta = GeneratorMetadata(raw["generator_config"], vocabulary, raw.get("conditioning") or "none",
                              raw.get("step"), raw.get("dataset_hash"), dict(raw.get("evaluation") or {}),
                              text_encoder=raw.get("text_encoder"), tag_sets=_tag_sets(raw.get("tag_sets")),
-                             text_pooling=raw.get("text_pooling") or _SENTENCE_IF_TEXT.get(bool(raw.get("text_encoder"))))
+                             text_pooling=raw.get("text_pooling"))
     if meta.conditioning == "text" and not meta.text_encoder:
         raise MetadataError(f"{where} is text-conditioned but its metadata names no text encoder")
+    if meta.text_encoder and not meta.text_pooling:  # registered before phrase pooling: whole sentences
+        meta = replace(meta, text_pooling="sentence")
     stored = str(raw.get("input") or ("z|c" if meta.c_dim else "z"))
     if stored != meta.input:  # a version exported before today's input (say, a StyleGAN2 without psi)
         meta = replace(meta, packed_input=stored)

@@ -26,7 +26,7 @@ from trainers import tempdirs
 from trainers.augment import AugmentPipe
 from trainers.checkpoint import (GRID_FILE, STATE_FILE, CheckpointError, checkpoint_name, load_rank_state,
                                  load_state, plain, rank_file, save_atomic, verify, write_index)
-from trainers.conditioning import Conditioning, TagConditioning, build_conditioning, text_conditioning
+from trainers.conditioning import TagConditioning, build_conditioning
 from trainers.data.stream import ShardStream, batches
 from trainers.distributed import average_gradients, broadcast_module, distributed_ready
 from trainers.grid import from_uint8, make_grid, to_uint8
@@ -113,7 +113,7 @@ class GanLoop:
         if want and want != self.resolution:
             raise ValueError(f"data.resolution={want} but {self.spec.data.url} holds {self.resolution}x"
                              f"{self.resolution} images")
-        self.cond = self._conditioning()
+        self.cond = build_conditioning(m, self.spec.data.url, self.stream.manifest, rank, world_size, self.device)
         torch.manual_seed(t.seed)  # same initial weights on every rank
         g, d = build_models(m, self.resolution, self.cond.dim if self.cond else 0)
         self.g, self.d = g.to(self.device), d.to(self.device)
@@ -146,26 +146,6 @@ class GanLoop:
             from trainers.evaluation import Evaluator
 
             self.evaluator = Evaluator(self.spec, self.stream.manifest, self.cond, self.device)
-
-    def _conditioning(self) -> Conditioning | None:
-        """The spec's conditioning over the dataset (None: unconditional; ``trainers/conditioning``). Text with
-        several workers: rank 0 reads the caption table (or computes and caches it, once per dataset and
-        encoder) and hands it to the other ranks, which never load the encoder."""
-        m, url, manifest = self.spec.model, self.spec.data.url, self.stream.manifest
-        if m.conditioning != "text" or not distributed_ready(self.world_size):
-            return build_conditioning(m, url, manifest)
-        from trainers.conditioning.text_cache import load_or_compute
-
-        box: list[Any] = [None]
-        if self.rank == 0:
-            try:
-                box[0] = load_or_compute(url, manifest, m.text_encoder, m.text_pooling)[0]
-            except Exception as err:  # noqa: BLE001 - every rank raises it, none waits forever
-                box[0] = err
-        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
-        if isinstance(box[0], Exception):
-            raise box[0]
-        return text_conditioning(m.text_encoder, m.text_pooling, url, manifest, box[0])
 
     @property
     def tags(self) -> TagConditioning | None:

@@ -43,11 +43,14 @@ class Conditioning(Protocol):
     def draw(self, n: int, seed: int) -> torch.Tensor: ...
 
 
-def build_conditioning(model, url: str, manifest) -> Conditioning | None:
+def build_conditioning(model, url: str, manifest, rank: int = 0, world_size: int = 1,
+                       device: torch.device | None = None) -> Conditioning | None:
     """The conditioning the spec's model section asks for over the dataset at url (None: unconditional).
 
     Raises ValueError for tags on a dataset without tags; CaptionError for text on one without captions.
-    Text: the caption table is read from its cache or computed and cached (``text_cache.py``).
+    Text: the caption table is read from its cache or computed and cached (``text_cache.py``); with
+    several workers in a process group, rank 0 does that and hands the table to the other ranks (a
+    collective: every rank calls this), which never load the encoder.
     """
     if model.conditioning == "none":
         return None
@@ -56,14 +59,26 @@ def build_conditioning(model, url: str, manifest) -> Conditioning | None:
         if not cond.dim:
             raise ValueError(f"model.conditioning=tags but {url} has no tags (ingest it with a labels file)")
         return cond
-    return text_conditioning(model.text_encoder, model.text_pooling, url, manifest)
-
-
-def text_conditioning(encoder_name: str, pooling: str, url: str, manifest, table=None):
-    """TextConditioning over the dataset's caption table (given, or loaded/computed here)."""
     from trainers.conditioning.text import TextConditioning
-    from trainers.conditioning.text_cache import load_or_compute
 
-    if table is None:
-        table, _, _ = load_or_compute(url, manifest, encoder_name, pooling)
-    return TextConditioning(table)
+    return TextConditioning(_caption_table(model, url, manifest, rank, world_size, device))
+
+
+def _caption_table(model, url: str, manifest, rank: int, world_size: int, device: torch.device | None):
+    from trainers.conditioning.text_cache import load_or_compute
+    from trainers.distributed import distributed_ready
+
+    if not distributed_ready(world_size):
+        return load_or_compute(url, manifest, model.text_encoder, model.text_pooling)[0]
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box[0] = load_or_compute(url, manifest, model.text_encoder, model.text_pooling)[0]
+        except Exception as err:  # noqa: BLE001 - every rank raises it, none waits forever
+            box[0] = err
+    dist.broadcast_object_list(box, src=0, device=device if device is not None and device.type == "cuda" else None)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]

@@ -54,8 +54,15 @@ class TextConditioning:
 
     def __init__(self, table: CaptionTable):
         self.table = table
-        self.encoder_name, self.pooling = table.encoder, table.pooling
         self.row = {k: i for i, k in enumerate(table.keys)}
+
+    @property
+    def encoder_name(self) -> str:
+        return self.table.encoder
+
+    @property
+    def pooling(self) -> str:
+        return self.table.pooling
 
     @property
     def dim(self) -> int:
