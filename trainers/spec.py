@@ -374,7 +374,7 @@ def read_stored_spec(stored: dict[str, Any]) -> dict[str, Any]:
     since: a text model stored before ``model.text_pooling`` existed embedded whole sentences. Compare
     and validate stored specs through this, so that such a job is a changed spec under today's default
     and resumes with ``model.text_pooling: sentence``."""
-    model = stored.get("model")
-    if isinstance(model, dict) and model.get("conditioning") == "text" and "text_pooling" not in model:
-        return {**stored, "model": {**model, "text_pooling": "sentence"}}
+    as_stored = stored.get("model")  # a raw dict as written then, not a validated section
+    if isinstance(as_stored, dict) and as_stored.get("conditioning") == "text" and "text_pooling" not in as_stored:
+        return {**stored, "model": {**as_stored, "text_pooling": "sentence"}}
     return stored
