@@ -6,7 +6,7 @@ One run, interleaved rounds. The dataset: N synthetic tagged faces (``ganray dat
 cluster sees). Rows:
 
 - ``local``: ``trainers.data.ingest.ingest`` with ``--workers`` = the cores (a process pool).
-- ``ray``: ``orchestrator.ray_ingest.ingest_on_ray`` on a Ray cluster of a head with 0 CPUs and one
+- ``ray``: ``orchestrator.cluster.ingest.ingest_on_ray`` on a Ray cluster of a head with 0 CPUs and one
   1-CPU worker node per core (tests/cluster.py: each node its own ``ray start``, token auth on,
   explicit ports), connected before the clock starts.
 
@@ -45,7 +45,7 @@ def local_round(src: Path, dest: Path, args) -> tuple[float, str]:
 
 
 def ray_round(src: Path, dest: Path, args, address: str) -> tuple[float, str]:
-    from orchestrator.ray_ingest import ingest_on_ray
+    from orchestrator.cluster.ingest import ingest_on_ray
 
     t0 = time.perf_counter()
     report = ingest_on_ray(f"file://{src}", f"file://{dest}", src / "labels.csv", args.resolution, "png", 64,
@@ -84,7 +84,7 @@ def run(args, work: Path, cluster: LocalCluster) -> dict:
     for i in range(args.cores):
         cluster.add_node(f"n{i}", num_cpus=1)
     os.environ.update({k: v for k, v in cluster.client_env().items() if k.startswith("RAY_")})
-    from orchestrator.ray_runtime import ray_init
+    from orchestrator.job.ray_runtime import ray_init
 
     ray_init(cluster.address)  # connected before any clock starts
     rounds = []

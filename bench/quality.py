@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    from orchestrator.spec import parse_spec
+    from orchestrator.job.spec_file import parse_spec
     from trainers.evaluation import Evaluator
     from trainers.loop import GanLoop
 

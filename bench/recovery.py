@@ -65,8 +65,8 @@ def steps_lost(log_dir: Path) -> int:
 
 
 def one_run(mode: str, settings: str, home: Path, data_url: str, work: Path) -> dict:
-    from orchestrator.environment import stack_env
-    from orchestrator.stack import LocalStack
+    from orchestrator.cluster.endpoints import stack_env
+    from orchestrator.stack.local_stack import LocalStack
 
     stack = LocalStack(home)
     profile = stack.profile()
@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--default-reps", type=int, default=1, help="repetitions with Ray's default settings")
     args = ap.parse_args()
 
-    from orchestrator.stack import LocalStack
+    from orchestrator.stack.local_stack import LocalStack
     from trainers.data.synth import write_synthetic_dataset
 
     home = Path(tempfile.mkdtemp(prefix="grb-", dir="/tmp"))

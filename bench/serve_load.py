@@ -3,7 +3,7 @@
 Starts a private embedded stack (Ray head with token auth, MLflow server; stopped by PID at the
 end, even on failure), registers an untrained tag-conditional generator shaped as
 `examples/cond-dcgan-faces.yaml` but at 64x64 (cond-dcgan, z 64, channels 32, embed 32; the
-weights do not change the cost), and deploys it through `orchestrator.serving` twice, one after the
+weights do not change the cost), and deploys it through `orchestrator.cluster.serving` twice, one after the
 other, with one replica of one CPU each:
 
 - ``batched``: Ray Serve batching on the replica (max_batch_size 16, batch_wait_s 0.01);
@@ -44,7 +44,7 @@ def register(tracking_uri: str) -> int:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.registry import register_generator
+    from orchestrator.registry.versions import register_generator
     from trainers.generator_metadata import GeneratorMetadata
     from trainers.networks import build_models
     from trainers.spec import ModelSpec
@@ -114,9 +114,9 @@ def ratios(b: dict, one: dict) -> dict:
 
 
 def run(args, home: Path) -> dict:
-    from orchestrator import serving
-    from orchestrator.environment import use_cluster_environment
-    from orchestrator.stack import LocalStack, free_port
+    from orchestrator.cluster import serving
+    from orchestrator.cluster.endpoints import use_cluster_environment
+    from orchestrator.stack.local_stack import LocalStack, free_port
 
     stack = LocalStack(home)
     try:

@@ -177,7 +177,7 @@ def main() -> None:
 
     import ray
 
-    from orchestrator.spec import parse_spec
+    from orchestrator.job.spec_file import parse_spec
     from trainers.conditioning.captions import caption_lines
     from trainers.conditioning.text_cache import iter_captions, load_or_compute
     from trainers.data.stream import read_manifest

@@ -59,7 +59,7 @@ def make_dataset(root: Path, n: int, resolution: int) -> str:
 
 def spec_for(url: str, arch: str, channels: int, batch: int, precision: str, steps: int, threads: int,
              workers: int = 1, report_every_s: float = 2.5, every_steps: int = 10 ** 9) -> dict:
-    from orchestrator.spec import parse_spec
+    from orchestrator.job.spec_file import parse_spec
 
     raw = {"name": "bench", "data": {"url": url}, "model": {**ARCH_MODELS[arch], "channels": channels},
            "train": {"steps": steps, "batch_size": batch, "precision": precision, "report_every_s": report_every_s,

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from orchestrator.environment import use_cluster_environment
-from orchestrator.registry import load_generator
+from orchestrator.cluster.endpoints import use_cluster_environment
+from orchestrator.registry.versions import load_generator
 from trainers.sampling import condition_rows, sample
 
 LABEL_WIDTH, SCALE, PAD = 260, 2, 4

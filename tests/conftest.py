@@ -59,7 +59,7 @@ def ganray_home():
 @pytest.fixture(scope="session")
 def stack(ganray_home):
     """The embedded stack with its S3 server, up for the whole session."""
-    from orchestrator.stack import LocalStack
+    from orchestrator.stack.local_stack import LocalStack
 
     s = LocalStack(ganray_home)
     try:

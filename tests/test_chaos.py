@@ -37,7 +37,7 @@ def chaos_data(stack, ganray_home, faces):
 
 @pytest.fixture
 def cluster(stack, ganray_home, tmp_path):
-    from orchestrator.environment import stack_env
+    from orchestrator.cluster.endpoints import stack_env
 
     env = {**stack_env(ganray_home, stack.profile(), stack.credentials(), ray=False), "GANRAY_HOME": str(ganray_home),
            "GANRAY_SAMPLE_LOG": str(tmp_path / "samples")}

@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from orchestrator.spec import parse_spec
+from orchestrator.job.spec_file import parse_spec
 from tests.reporters import DirectoryReporter
 from trainers.checkpoint import (STATE_FILE, CheckpointError, generator_from_checkpoint, index_file, load_state,
                                  rank_file, verify)
@@ -174,8 +174,8 @@ def test_a_checkpoint_of_another_spec_is_refused_naming_the_fields(dataset, tmp_
 
 def test_on_s3_the_fallback_reads_through_ray_trains_filesystem(stack, dataset, tmp_path, caplog):
     """What a worker does with the pyarrow S3 filesystem Ray Train hands it: list, download, verify, restore."""
-    from orchestrator.environment import applied, resolve_endpoints
-    from orchestrator.storage import resolve_storage
+    from orchestrator.cluster.endpoints import applied, resolve_endpoints
+    from orchestrator.job.storage import resolve_storage
     from trainers.data.storage import open_filesystem
 
     spec = spec_of(dataset, steps=8, every=4)
@@ -197,12 +197,12 @@ def test_on_s3_the_fallback_reads_through_ray_trains_filesystem(stack, dataset, 
 FALL_BACK_UNDER_RAY = """
 import json, os, sys
 from pathlib import Path
-from orchestrator.environment import use_cluster_environment
+from orchestrator.cluster.endpoints import use_cluster_environment
 use_cluster_environment()  # before Ray is imported: it reads its auth settings once
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from orchestrator.ray_runtime import NAMESPACE, control_actor, ray_init
+from orchestrator.job.ray_runtime import NAMESPACE, control_actor, ray_init
 from trainers.checkpoint import STATE_FILE
 from trainers.loop import GanLoop
 from trainers.ray_worker import train_worker

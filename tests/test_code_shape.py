@@ -51,8 +51,8 @@ def test_deploy_imports_only_trainers_of_ganray():
 
 
 def test_registry_commands_import_no_ray():
-    code = ("import sys; import orchestrator.registry, orchestrator.generate, orchestrator.runs, "
-            "orchestrator.lifecycle, orchestrator.promotion, orchestrator.model_ref, orchestrator.registrar, "
+    code = ("import sys; import orchestrator.registry.versions, orchestrator.explore.generate, orchestrator.job.runs, "
+            "orchestrator.job.lifecycle, orchestrator.registry.promotion, orchestrator.registry.model_ref, orchestrator.registry.registrar, "
             "orchestrator.cli.models; from orchestrator.cli import main; "
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

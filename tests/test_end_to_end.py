@@ -142,7 +142,7 @@ def test_conditional_job_through_ray_resumes_exactly_and_generates_by_tags(datas
 
     import torch
 
-    from orchestrator.spec import load_spec
+    from orchestrator.job.spec_file import load_spec
     from trainers.checkpoint import load_state
     from trainers.data.storage import open_filesystem
 
@@ -276,7 +276,7 @@ def test_ctrl_c_stopped_aborted_and_fresh_states_agree_everywhere(demo, dataset,
 def test_down_leaves_nothing_and_registered_models_survive(demo, stack, ganray_home, tmp_path):
     pids = [v.pid for v in stack.services().values()]
     ganray(ganray_home, "local", "down")
-    from orchestrator.stack import pid_alive, ray_temp_dir
+    from orchestrator.stack.local_stack import pid_alive, ray_temp_dir
 
     assert not any(pid_alive(p) for p in pids)
     marker, home = ray_temp_dir(ganray_home), str(ganray_home)

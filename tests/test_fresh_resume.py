@@ -7,11 +7,13 @@ import shutil
 
 import pytest
 
-from orchestrator import runs
-from orchestrator.driver import JobError, _final_checkpoint, _open_job
-from orchestrator.lifecycle import State
-from orchestrator.spec import parse_spec
-from orchestrator.storage import resolve_storage
+from orchestrator import tracking_server
+
+from orchestrator.job import runs
+from orchestrator.job.driver import JobError, _final_checkpoint, _open_job
+from orchestrator.job.lifecycle import State
+from orchestrator.job.spec_file import parse_spec
+from orchestrator.job.storage import resolve_storage
 from tests.reporters import DirectoryReporter
 from trainers.checkpoint import index_file
 from trainers.data.ingest import ingest
@@ -46,7 +48,7 @@ def write_checkpoints(spec, run_folder, legacy: bool = False):
 
 def test_no_run_on_record_but_checkpoints_of_another_spec_are_refused_unless_fresh(stack, tracking_uri, dataset,
                                                                                    tmp_path):
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     storage_dir = tmp_path / "storage"
     old = spec_of("fresh-norun", dataset, storage_dir)
     run_folder = storage_dir / "fresh-norun"
@@ -65,7 +67,7 @@ def test_no_run_on_record_but_checkpoints_of_another_spec_are_refused_unless_fre
 
 def test_a_legacy_checkpoint_is_compared_too_and_fresh_deletes_only_the_jobs_checkpoints(stack, tracking_uri,
                                                                                         dataset, tmp_path):
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     storage_dir = tmp_path / "storage"
     old = spec_of("fresh-legacy", dataset, storage_dir)
     run_folder = storage_dir / "fresh-legacy"
@@ -85,7 +87,7 @@ def test_a_legacy_checkpoint_is_compared_too_and_fresh_deletes_only_the_jobs_che
 
 def test_fresh_deletes_the_checkpoints_the_old_run_recorded_and_starts_at_step_0(stack, tracking_uri, dataset,
                                                                                tmp_path):
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
     old = spec_of("fresh-moved", dataset, first_dir)
     old_storage = resolve_storage(old.checkpoint.storage, None, None)
@@ -120,7 +122,7 @@ def test_on_s3_the_stored_spec_is_read_and_fresh_deletes_only_the_jobs_checkpoin
                                                                                   tmp_path):
     from trainers.data.storage import open_filesystem
 
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     url = "s3://ganray/fresh-s3"
     old = spec_of("fresh-s3", dataset, url)
     local = tmp_path / "run"

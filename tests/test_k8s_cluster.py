@@ -7,8 +7,8 @@ import shlex
 import pytest
 import yaml
 
-from orchestrator.agent import GCP_NOTICE_S
-from orchestrator.spec import parse_spec
+from orchestrator.agent.notices import GCP_NOTICE_S
+from orchestrator.job.spec_file import parse_spec
 from test_k8s import OVERLAYS, RAY_KINDS, ROOT, TARGETS, cluster_spec, containers, find, pod_templates, render
 
 NOTICE_S = {"aws": 120.0, "gcp": GCP_NOTICE_S}  # AWS: two minutes (IMDS instance-action); GCE: 30 s

@@ -9,9 +9,11 @@ import yaml
 from ray.train import Result
 
 from conftest import ganray, status_elsewhere
-from orchestrator import jobs, runs
-from orchestrator.lifecycle import RERUNNABLE, TRANSITIONS, Lifecycle, State, TransitionError, check
-from orchestrator.spec import parse_spec
+from orchestrator import tracking_server
+from orchestrator.job import host_record
+from orchestrator.job import runs
+from orchestrator.job.lifecycle import RERUNNABLE, TRANSITIONS, Lifecycle, State, TransitionError, check
+from orchestrator.job.spec_file import parse_spec
 
 S = State
 
@@ -27,7 +29,7 @@ def _new_job(c, name: str, storage: str = "/tmp/unused-storage") -> Lifecycle:
 
 
 def _states(c, life: Lifecycle) -> tuple[str, str]:
-    return c.get_run(life.run_id).data.tags[runs.STATE_TAG], jobs.read_record(life.name)["state"]
+    return c.get_run(life.run_id).data.tags[runs.STATE_TAG], host_record.read_record(life.name)["state"]
 
 
 def test_the_table_allows_reruns_from_running_stopped_interrupted_and_failed_only():
@@ -42,7 +44,7 @@ def test_the_table_allows_reruns_from_running_stopped_interrupted_and_failed_onl
 
 
 def test_every_move_writes_mlflow_and_the_local_record_and_a_refused_move_changes_nothing(stack, tracking_uri):
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     life = _new_job(c, "life-moves")
     path = [S.STARTING, S.RUNNING, S.STOPPED, S.STARTING, S.RUNNING, S.INTERRUPTED, S.STARTING, S.STARTING,
             S.RUNNING, S.STARTING, S.RUNNING, S.FAILED]
@@ -59,9 +61,9 @@ def test_every_move_writes_mlflow_and_the_local_record_and_a_refused_move_change
 
 
 def test_a_fit_that_raised_or_left_no_checkpoint_is_failed(stack, tracking_uri, tmp_path):
-    from orchestrator.driver import JobError, outcome
+    from orchestrator.job.driver import JobError, outcome
 
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     for name, result, reason in (
             ("life-error", Result(metrics={}, checkpoint=None, error=RuntimeError("worker 1 died"), path=str(tmp_path)),
              "worker 1 died"),
@@ -74,14 +76,14 @@ def test_a_fit_that_raised_or_left_no_checkpoint_is_failed(stack, tracking_uri, 
         with pytest.raises(JobError, match=reason):
             outcome(name, life, result, "/tmp/unused-storage")
         assert _states(c, life) == ("failed", "failed")
-        assert reason in jobs.read_record(name)["error"]
+        assert reason in host_record.read_record(name)["error"]
         assert status_elsewhere(tracking_uri, name)["state"] == "failed"
 
 
 def test_a_refused_changed_spec_leaves_the_state_as_it_was(stack, tracking_uri):
-    from orchestrator.driver import JobError, run_job
+    from orchestrator.job.driver import JobError, run_job
 
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     life = _new_job(c, "life-changed")
     for to in (S.STARTING, S.RUNNING, S.STOPPED):
         life.move(to)
@@ -93,8 +95,8 @@ def test_a_refused_changed_spec_leaves_the_state_as_it_was(stack, tracking_uri):
 
 def test_a_driver_that_died_after_registering_finishes_on_the_rerun_without_a_second_version(
         stack, ganray_home, tracking_uri, faces, tmp_path):
-    from orchestrator import registry
-    from orchestrator.driver import run_job
+    from orchestrator.registry import versions
+    from orchestrator.job.driver import run_job
     from tests.reporters import DirectoryReporter
     from trainers.checkpoint import generator_from_checkpoint
     from trainers.data.ingest import ingest
@@ -109,7 +111,7 @@ def test_a_driver_that_died_after_registering_finishes_on_the_rerun_without_a_se
     reporter = DirectoryReporter(storage / "life-finish")
     GanLoop(spec).run(reporter)  # a real last-step checkpoint, as the workers write it
     ckpt = str(reporter.checkpoints[-1])
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     life = Lifecycle(c, spec.name, runs.create_run(c, spec.to_dict(), spec.digest(), str(storage / spec.name)),
                      S.CREATED)
     life.move(S.STARTING)
@@ -117,7 +119,7 @@ def test_a_driver_that_died_after_registering_finishes_on_the_rerun_without_a_se
     c.set_tag(life.run_id, runs.CHECKPOINT_TAG, ckpt)  # what the controller callback records
     c.set_tag(life.run_id, runs.CHECKPOINT_STEP_TAG, "2")
     g, info = generator_from_checkpoint(ckpt)
-    first = registry.register_generator(c, life.run_id, spec.model_name, g, GeneratorMetadata.from_checkpoint_info(info),
+    first = versions.register_generator(c, life.run_id, spec.model_name, g, GeneratorMetadata.from_checkpoint_info(info),
                                         spec.digest(), ckpt)
     # ... and the driver died here, before the summary. The rerun (through the CLI, which sets Ray's token
     # up before Ray is imported) finishes without training:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from orchestrator.spec import parse_spec
+from orchestrator.job.spec_file import parse_spec
 from tests.reporters import DirectoryReporter
 from trainers.checkpoint import generator_from_checkpoint, load_rank_state, load_state
 from trainers.data.ingest import ingest

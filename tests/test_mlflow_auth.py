@@ -165,7 +165,7 @@ def _files_under(*roots: Path):
 
 
 def test_no_secret_in_any_file_the_stack_and_the_job_wrote(auth_home, auth_job, monkeypatch):
-    from orchestrator.stack import ray_session_root
+    from orchestrator.stack.local_stack import ray_session_root
 
     home, up = auth_home
     secrets = secrets_of(home)

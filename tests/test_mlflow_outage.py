@@ -18,10 +18,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, cli_env, ganray
-from orchestrator.outbox import Outbox
-from orchestrator.retry import QUICK_REQUESTS, patiently, unreachable
-from orchestrator.runs import TrackingError
-from orchestrator.stack import free_port
+from orchestrator.controller.outbox import Outbox
+from orchestrator.tracking_server import QUICK_REQUESTS, patiently, unreachable
+from orchestrator.tracking_server import TrackingError
+from orchestrator.stack.local_stack import free_port
 
 REPORT_EVERY_S = 2.5
 OUTAGE_S = 20.0  # eight report intervals
@@ -87,7 +87,7 @@ def test_the_outbox_keeps_everything_while_away_and_sends_it_in_order(tracking_u
 
 
 def test_the_callback_keeps_reports_and_merges_the_recorded_timeline_once_mlflow_answers(tracking_uri, tmp_path):
-    from orchestrator.report_callback import MlflowReportCallback
+    from orchestrator.controller.report_callback import MlflowReportCallback
 
     c = MlflowClient(tracking_uri)
     run_id = _run(c, "timeline")
@@ -114,8 +114,8 @@ def test_the_callback_keeps_reports_and_merges_the_recorded_timeline_once_mlflow
 
 
 def test_the_progress_thread_outlives_an_unreachable_server(tracking_uri, ganray_home, caplog):
-    from orchestrator import jobs
-    from orchestrator.progress import Progress
+    from orchestrator.job import host_record
+    from orchestrator.job.progress import Progress
 
     c = MlflowClient(tracking_uri)
     run_id = _run(c, "progress")
@@ -124,10 +124,10 @@ def test_the_progress_thread_outlives_an_unreachable_server(tracking_uri, ganray
                         every_s=0.2)
     with caplog.at_level(logging.WARNING, logger="ganray.progress"), progress:
         time.sleep(2)
-        assert progress._thread.is_alive() and jobs.read_record("progress-job") is None
-        progress.c = c  # the server answers again
+        assert progress._thread.is_alive() and host_record.read_record("progress-job") is None
+        progress.client = c  # the server answers again
         deadline = time.time() + 60
-        while (jobs.read_record("progress-job") or {}).get("step") != 3:
+        while (host_record.read_record("progress-job") or {}).get("step") != 3:
             assert progress._thread.is_alive() and time.time() < deadline
             time.sleep(0.2)
     assert caplog.text.count("progress not updated") == 1  # noted once, not once per tick
@@ -147,7 +147,7 @@ def _steps_for(seconds: float, faces: Path, tmp_path: Path) -> int:
     the outage lands mid-run on an idle machine and a busy one alike."""
     import torch
 
-    from orchestrator.spec import parse_spec
+    from orchestrator.job.spec_file import parse_spec
     from trainers.data.ingest import ingest
     from trainers.loop import GanLoop
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from fake_metadata import serve
-from orchestrator.agent import AwsSpotWatcher, GcpPreemptionWatcher, NoticeAgent
+from orchestrator.agent.notices import AwsSpotWatcher, GcpPreemptionWatcher, NoticeAgent
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_a_trickling_server_is_cut_off_by_the_deadline_of_a_poll(metadata, caplo
 
 # -- the loop's side, in-process -------------------------------------------------
 def test_loop_writes_one_jit_checkpoint_and_loses_no_step(tmp_path, faces):
-    from orchestrator.spec import parse_spec
+    from orchestrator.job.spec_file import parse_spec
     from trainers.data.ingest import ingest
     from tests.reporters import DirectoryReporter
     from trainers.loop import GanLoop
@@ -176,7 +176,7 @@ def test_loop_writes_one_jit_checkpoint_and_loses_no_step(tmp_path, faces):
 
 
 def test_timeline_closes_a_preemption_and_tells_failures_apart():
-    from orchestrator.timeline import Timeline
+    from orchestrator.controller.timeline import Timeline
 
     t = Timeline()
     assert t.observe({"step": 10}, 100.0) is None

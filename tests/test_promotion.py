@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 
 from conftest import ganray
-from orchestrator import registry, runs
-from orchestrator.model_ref import ModelRef, parse_ref
-from orchestrator.promotion import Gate, failed_gates, parse_gate
-from orchestrator.spec import parse_spec
+from orchestrator import tracking_server
+from orchestrator.registry import versions
+from orchestrator.job import runs
+from orchestrator.registry.model_ref import ModelRef, parse_ref
+from orchestrator.registry.promotion import Gate, failed_gates, parse_gate
+from orchestrator.job.spec_file import parse_spec
 from tests.reporters import DirectoryReporter
 from trainers.errors import UsageError
 
@@ -46,13 +48,13 @@ def promo(stack, tracking_uri, faces, tmp_path_factory):
     GanLoop(spec).run(reporter)
     ckpt = str(reporter.checkpoints[-1])
     g, info = generator_from_checkpoint(ckpt)
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     run_id = runs.create_run(c, spec.to_dict(), spec.digest(), str(tmp / "ckpt" / "promo"))
     for version, evaluation in EVALUATIONS.items():
         meta = replace(GeneratorMetadata.from_checkpoint_info(info),
                        evaluation={"step": 2, "eval_settings": "chosen by the test", **evaluation})
-        assert registry.register_generator(c, run_id, "promo", g, meta, spec.digest(), ckpt) == version
-    registry.point_candidate(c, "promo", 4)
+        assert versions.register_generator(c, run_id, "promo", g, meta, spec.digest(), ckpt) == version
+    versions.point_candidate(c, "promo", 4)
     return run_id
 
 
@@ -87,7 +89,7 @@ def show(home, ref: str, *extra: str) -> dict:
 
 def champion(tracking_uri, model="promo"):
     try:
-        return int(runs.client(tracking_uri).get_model_version_by_alias(model, "champion").version)
+        return int(tracking_server.client(tracking_uri).get_model_version_by_alias(model, "champion").version)
     except Exception:  # noqa: BLE001 - no champion
         return None
 
@@ -220,7 +222,7 @@ def test_every_addressing_form_names_the_same_version_in_every_command(promo, in
         code, out, err = inproc("models", "show", *form, "--json")
         assert code == 0 and json.loads(out)["version"] == 2, (form, err)
         assert inproc("promote", *form, "--alias", "bronze")[0] == 0
-        assert int(runs.client(tracking_uri).get_model_version_by_alias("promo", "bronze").version) == 2
+        assert int(tracking_server.client(tracking_uri).get_model_version_by_alias("promo", "bronze").version) == 2
         code, _, err = inproc("generate", *form, "--n", "1", "--seed", "3", "--out", str(tmp_path / f"{i}.npz"))
         assert code == 0, err
         images.append(np.load(tmp_path / f"{i}.npz")["images"])

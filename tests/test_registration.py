@@ -19,10 +19,12 @@ import pytest
 import yaml
 
 from conftest import ganray
-from orchestrator import registry, runs
-from orchestrator.registrar import (ENTRY_TAG, KEPT_FOLDER, Registrar, evaluated_entries, qualifying,
+from orchestrator import tracking_server
+from orchestrator.registry import versions
+from orchestrator.job import runs
+from orchestrator.registry.registrar import (ENTRY_TAG, KEPT_FOLDER, Registrar, evaluated_entries, qualifying,
                                     register_finished)
-from orchestrator.spec import SpecError, parse_spec
+from orchestrator.job.spec_file import SpecError, parse_spec
 from tests.reporters import DirectoryReporter
 
 COND = {"arch": "cond-dcgan", "z_dim": 8, "channels": 4, "embed_dim": 4}
@@ -139,14 +141,14 @@ class ControllerLike(DirectoryReporter):
 
 def _train_registering(tracking_uri, spec, storage):
     """A real run of spec in-process with the registrar beside it; returns (client, run id, reporter)."""
-    from orchestrator.report_callback import MlflowReportCallback
+    from orchestrator.controller.report_callback import MlflowReportCallback
     from trainers.loop import GanLoop
 
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     run_id = runs.create_run(c, spec.to_dict(), spec.digest(), f"{storage}/{spec.name}")
     reporter = ControllerLike(storage / spec.name,
                               MlflowReportCallback(tracking_uri, run_id, str(storage), spec.registry.evaluated))
-    with Registrar(runs.client(tracking_uri), spec, run_id, every_s=0.2):
+    with Registrar(tracking_server.client(tracking_uri), spec, run_id, every_s=0.2):
         GanLoop(spec).run(reporter)
     return c, run_id, reporter
 
@@ -173,10 +175,10 @@ def test_best_registers_the_improving_checkpoints_from_kept_copies_and_keeps_the
         if acc > best:
             expected.append(step)
             best = acc
-    versions = _versions(c, "reg-best")
-    by_step = {int(v.tags["step"]): v for v in versions.values()}
-    assert sorted(by_step) == expected and len(versions) == len(expected)
-    newest = versions[max(versions)]
+    registered = _versions(c, "reg-best")
+    by_step = {int(v.tags["step"]): v for v in registered.values()}
+    assert sorted(by_step) == expected and len(registered) == len(expected)
+    newest = registered[max(registered)]
     assert int(newest.tags["step"]) == expected[-1]
     assert int(c.get_model_version_by_alias("reg-best", "candidate").version) == int(newest.version)
     for step, acc in evaluated:
@@ -200,15 +202,15 @@ def test_best_registers_the_improving_checkpoints_from_kept_copies_and_keeps_the
     # the run records each evaluated checkpoint; a rerun of registration registers nothing twice
     recorded = sorted(k for k in c.get_run(run_id).data.tags if k.startswith(ENTRY_TAG))
     assert recorded == [f"{ENTRY_TAG}checkpoint_{s:09d}" for s in (2, 4, 6, 8)]
-    assert Registrar(c, spec, run_id).process() == sorted(versions)
+    assert Registrar(c, spec, run_id).process() == sorted(registered)
     ckpt = str(job / "checkpoint_000000008")
-    assert register_finished(c, spec, run_id, ckpt, None, {}) == max(versions)
-    assert len(_versions(c, "reg-best")) == len(versions)
+    assert register_finished(c, spec, run_id, ckpt, None, {}) == max(registered)
+    assert len(_versions(c, "reg-best")) == len(registered)
 
     # a version loads with mlflow.pytorch.load_model, and through the registry's loader with its metadata
     mlflow.set_tracking_uri(tracking_uri)
     g = mlflow.pytorch.load_model("models:/reg-best@candidate", map_location="cpu")
-    loaded, meta = registry.load_generator("reg-best@candidate")
+    loaded, meta = versions.load_generator("reg-best@candidate")
     z = np.zeros((2, meta.z_dim + meta.c_dim), dtype=np.float32)
     import torch
 
@@ -222,13 +224,13 @@ def test_every_registers_each_evaluated_checkpoint_and_keeps_the_newest_copy(
     storage = tmp_path / "ckpt"
     spec = _spec("reg-every", dataset, storage, "every", steps=6)
     c, run_id, reporter = _train_registering(tracking_uri, spec, storage)
-    versions = _versions(c, "reg-every")
-    assert sorted(int(v.tags["step"]) for v in versions.values()) == [2, 4, 6] == [s for s, _ in _evaluated(reporter)]
-    assert [int(versions[v].tags["step"]) for v in sorted(versions)] == [2, 4, 6]  # registered in step order
+    registered = _versions(c, "reg-every")
+    assert sorted(int(v.tags["step"]) for v in registered.values()) == [2, 4, 6] == [s for s, _ in _evaluated(reporter)]
+    assert [int(registered[v].tags["step"]) for v in sorted(registered)] == [2, 4, 6]  # registered in step order
     assert c.get_model_version_by_alias("reg-every", "candidate").tags["step"] == "6"
     assert sorted(p.name for p in (storage / spec.name / KEPT_FOLDER).iterdir()) == ["checkpoint_000000006"]
     last = str(storage / spec.name / "checkpoint_000000006")
-    assert register_finished(c, spec, run_id, last, None, {}) == max(versions)
+    assert register_finished(c, spec, run_id, last, None, {}) == max(registered)
     assert len(_versions(c, "reg-every")) == 3
 
 
@@ -239,7 +241,7 @@ def test_last_registers_the_final_generator_once_and_none_registers_nothing(
 
     monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
     storage = tmp_path / "ckpt"
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     for mode in ("last", "none"):
         spec = _spec(f"reg-{mode}", dataset, storage, "last", steps=4)
         spec = parse_spec({**spec.to_dict(), "registry": {"register": mode}})
@@ -273,16 +275,16 @@ def test_a_ray_run_registers_the_best_during_the_run_and_keeps_its_checkpoint(
         "registry": {"register": "best", "best_by": "tag_accuracy"},
         "eval": {"metrics": ["tag_accuracy"], "every_steps": 20, "tag_samples": 32, "judge_epochs": 1}}))
     summary = json.loads(ganray(ganray_home, "run", str(spec_path), "--quiet").stdout)
-    c = runs.client(tracking_uri)
-    versions = _versions(c, "reg-ray")
-    assert summary["state"] == "finished" and summary["version"] == max(versions)
-    assert summary["model_uri"] == f"models:/reg-ray/{max(versions)}"
-    assert int(c.get_model_version_by_alias("reg-ray", "candidate").version) == max(versions)
+    c = tracking_server.client(tracking_uri)
+    registered = _versions(c, "reg-ray")
+    assert summary["state"] == "finished" and summary["version"] == max(registered)
+    assert summary["model_uri"] == f"models:/reg-ray/{max(registered)}"
+    assert int(c.get_model_version_by_alias("reg-ray", "candidate").version) == max(registered)
 
     # registered during the run: the first version was created before the last step was reported
     history = c.get_metric_history(summary["run_id"], "step")
     last_step_ms = min(m.timestamp for m in history if m.value == 120)
-    first = versions[min(versions)]
+    first = registered[min(registered)]
     assert first.creation_timestamp < last_step_ms, (first.creation_timestamp, last_step_ms)
 
     # each version beats every earlier evaluation, as the run's tag_acc history says
@@ -293,13 +295,13 @@ def test_a_ray_run_registers_the_best_during_the_run_and_keeps_its_checkpoint(
         if accs[step] > best:
             improving.append(step)
             best = accs[step]
-    assert sorted(int(v.tags["step"]) for v in versions.values()) == improving
+    assert sorted(int(v.tags["step"]) for v in registered.values()) == improving
 
     # storage: Ray kept its latest checkpoint only; the best version's checkpoint is kept beside it
     fs, root = open_filesystem(summary["checkpoint_uri"].rsplit("/", 1)[0])
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root))
     assert [n for n in names if re.fullmatch(r"checkpoint_\d+", n)] == ["checkpoint_000000120"]
-    best_uri = versions[max(versions)].tags["checkpoint_uri"]
+    best_uri = registered[max(registered)].tags["checkpoint_uri"]
     assert best_uri.endswith(f"/{KEPT_FOLDER}/checkpoint_{improving[-1]:09d}")
     kept = sorted(n for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root}/{KEPT_FOLDER}"))
                   if n != KEPT_FOLDER)  # (S3 lists the folder's own marker too)
@@ -312,4 +314,4 @@ def test_a_ray_run_registers_the_best_during_the_run_and_keeps_its_checkpoint(
     assert np.load(out)["images"].shape == (2, 16, 16, 3)
     # the same name again prints the same summary and registers nothing more
     again = json.loads(ganray(ganray_home, "run", str(spec_path), "--quiet").stdout)
-    assert again == summary and len(_versions(c, "reg-ray")) == len(versions)
+    assert again == summary and len(_versions(c, "reg-ray")) == len(registered)

@@ -165,7 +165,7 @@ def register_untrained(client: MlflowClient, name: str, arch: str, vocabulary: l
     metadata). psi_export: a StyleGAN2 exported with its psi column ([z | c | psi], metadata input z|c|psi)."""
     import mlflow
 
-    from orchestrator.registry import register_generator
+    from orchestrator.registry.versions import register_generator
     from trainers.generator_metadata import METADATA_KEY, GeneratorMetadata
     from trainers.networks import PackedInputGenerator, build_models
     from trainers.spec import ModelSpec
@@ -192,7 +192,7 @@ def register_untrained(client: MlflowClient, name: str, arch: str, vocabulary: l
 
 
 def free_port() -> int:
-    from orchestrator.stack import free_port as free
+    from orchestrator.stack.local_stack import free_port as free
 
     return free()
 

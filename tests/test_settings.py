@@ -35,7 +35,7 @@ def _profile(home, **kw):
 
 
 def test_endpoints_come_from_the_environment_first_then_the_stack(tmp_path, monkeypatch):
-    from orchestrator.environment import resolve_endpoints
+    from orchestrator.cluster.endpoints import resolve_endpoints
 
     _profile(tmp_path)
     clean = {"GANRAY_HOME": str(tmp_path)}
@@ -52,7 +52,7 @@ def test_endpoints_come_from_the_environment_first_then_the_stack(tmp_path, monk
 
 
 def test_applied_restores_the_callers_environment(tmp_path, monkeypatch):
-    from orchestrator.environment import applied, resolve_endpoints
+    from orchestrator.cluster.endpoints import applied, resolve_endpoints
 
     _profile(tmp_path)
     monkeypatch.setenv("GANRAY_HOME", str(tmp_path))
@@ -68,7 +68,7 @@ def test_applied_restores_the_callers_environment(tmp_path, monkeypatch):
 
 
 def test_s3_checkpoint_storage_takes_the_region_from_the_environment(monkeypatch):
-    from orchestrator.storage import resolve_storage
+    from orchestrator.job.storage import resolve_storage
 
     monkeypatch.setenv("AWS_REGION", "eu-central-1")
     storage = resolve_storage("s3://bucket/ckpt", None, "http://127.0.0.1:9")
@@ -81,15 +81,17 @@ def test_s3_checkpoint_storage_takes_the_region_from_the_environment(monkeypatch
 def test_registering_leaves_the_callers_environment_as_it_was(stack, tracking_uri, faces, tmp_path, monkeypatch):
     """mlflow.set_tracking_uri/set_registry_uri write os.environ; a registration must not leave that behind
     (a process that starts children afterwards would send them to this tracking server)."""
-    from orchestrator import registry, runs
-    from orchestrator.spec import parse_spec
+    from orchestrator import tracking_server
+    from orchestrator.job import runs
+    from orchestrator.registry import versions
+    from orchestrator.job.spec_file import parse_spec
     from tests.reporters import DirectoryReporter
     from trainers.checkpoint import generator_from_checkpoint
     from trainers.data.ingest import ingest
     from trainers.generator_metadata import GeneratorMetadata
     from trainers.loop import GanLoop
 
-    for name in registry.URI_VARIABLES:
+    for name in versions.URI_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     ingest(faces, str(tmp_path / "data"), faces / "labels.csv", shard_mb=0.05)
     spec = parse_spec({"name": "env-kept", "data": {"url": str(tmp_path / "data")},
@@ -98,9 +100,9 @@ def test_registering_leaves_the_callers_environment_as_it_was(stack, tracking_ur
     reporter = DirectoryReporter(tmp_path / "ckpt")
     GanLoop(spec).run(reporter)
     g, info = generator_from_checkpoint(reporter.checkpoints[-1])
-    c = runs.client(tracking_uri)
+    c = tracking_server.client(tracking_uri)
     run_id = runs.create_run(c, spec.to_dict(), spec.digest(), str(tmp_path / "ckpt"))
     before = dict(os.environ)
-    version = registry.register_generator(c, run_id, "env-kept", g, GeneratorMetadata.from_checkpoint_info(info),
+    version = versions.register_generator(c, run_id, "env-kept", g, GeneratorMetadata.from_checkpoint_info(info),
                                           spec.digest(), str(reporter.checkpoints[-1]))
     assert version == 1 and dict(os.environ) == before

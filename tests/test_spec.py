@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from orchestrator.spec import JobSpec, SpecError, TrainSpec, load_spec, parse_spec, same_spec
+from orchestrator.job.spec_file import JobSpec, SpecError, TrainSpec, load_spec, parse_spec, same_spec
 
 BASE = {"name": "anime-64", "data": {"url": "s3://data/anime64"}, "model": {"arch": "dcgan"}}
 

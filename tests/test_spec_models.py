@@ -4,7 +4,7 @@ from typing import get_args
 
 import pytest
 
-from orchestrator.spec import ARCHES, CONDITIONAL_ARCHES, ModelSpec, SpecError, load_spec, parse_spec
+from orchestrator.job.spec_file import ARCHES, CONDITIONAL_ARCHES, ModelSpec, SpecError, load_spec, parse_spec
 from trainers.spec import check_resolution as spec_check_resolution
 
 BASE = {"name": "x", "data": {"url": "s3://d"}, "model": {"arch": "dcgan"}}

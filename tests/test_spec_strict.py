@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from orchestrator.spec import JobSpec, SpecError, load_spec, parse_spec
+from orchestrator.job.spec_file import JobSpec, SpecError, load_spec, parse_spec
 
 BASE = {"name": "strict", "data": {"url": "s3://ganray/data/x"}, "model": {"arch": "dcgan"}}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from orchestrator.stack import LocalStack, StackError, pid_alive
+from orchestrator.stack.local_stack import LocalStack, StackError, pid_alive
 from trainers import tempdirs
 
 @pytest.mark.ray
@@ -101,7 +101,7 @@ def test_the_first_folder_of_a_process_sweeps_and_carries_its_pid(tmp_path, monk
 
 def test_the_loop_writes_checkpoints_in_folders_named_after_its_pid_and_sweeps_stale_ones(faces, tmp_path,
                                                                                          monkeypatch):
-    from orchestrator.spec import parse_spec
+    from orchestrator.job.spec_file import parse_spec
     from trainers.data.ingest import ingest
     from trainers.loop import GanLoop
 

@@ -16,9 +16,9 @@ from botocore.config import Config
 import pytest
 import requests
 
-from orchestrator import stack_secrets
-from orchestrator.stack import LocalStack, free_port, ray_session_root, ray_temp_dir
-from orchestrator.stack_secrets import PrivateFileError
+from orchestrator.stack import private_files
+from orchestrator.stack.local_stack import LocalStack, free_port, ray_session_root, ray_temp_dir
+from orchestrator.stack.private_files import PrivateFileError
 
 
 def mode(path: Path) -> int:
@@ -32,7 +32,7 @@ def test_a_new_home_is_private_and_its_secrets_are_0600_from_the_first_byte(tmp_
     old = os.umask(0)  # whatever a file gets, it gets from its creation
     try:
         LocalStack(home).prepare(s3=True, auth=True)
-        stack_secrets.auth_config(home)
+        private_files.auth_config(home)
     finally:
         os.umask(old)
     assert not chmods
@@ -101,8 +101,8 @@ def test_the_ray_temp_dir_is_made_private_before_ray_starts_and_a_foreign_one_is
 
 def test_write_secret_replaces_a_file_without_a_moment_of_a_looser_mode(tmp_path):
     path = tmp_path / "s.json"
-    stack_secrets.write_secret(path, "one")
-    stack_secrets.write_secret(path, "two")
+    private_files.write_secret(path, "one")
+    private_files.write_secret(path, "two")
     assert path.read_text() == "two" and mode(path) == 0o600 and [p.name for p in tmp_path.iterdir()] == ["s.json"]
 
 
@@ -111,7 +111,7 @@ def s3_server(tmp_path):
     """The stack's S3 server module on its own port, logging to a file; stopped by PID."""
     port, log = free_port(), tmp_path / "s3.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.s3_server", "-H", "127.0.0.1", "-p", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.stack.s3_server", "-H", "127.0.0.1", "-p", str(port)],
                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -156,7 +156,7 @@ def test_the_s3_server_logs_requests_without_query_strings(s3_server):
 def test_the_log_filter_redacts_signatures_in_any_message_and_traceback():
     import logging
 
-    from orchestrator.s3_server import NoQueryStrings
+    from orchestrator.stack.s3_server import NoQueryStrings
 
     try:
         raise ValueError("failed https://h/b/k?X-Amz-Signature=abc123&X-Amz-Credential=AK%2F1")

@@ -56,7 +56,7 @@ def write_spec(path: Path, name: str, url: str, steps: int, every: int) -> Path:
 
 
 def digest(spec: Path, *overrides: str) -> str:
-    from orchestrator.spec import load_spec
+    from orchestrator.job.spec_file import load_spec
 
     return load_spec(spec, list(overrides)).digest()
 
@@ -215,7 +215,7 @@ def test_stop_resume_replace_and_a_second_driver_refused(cluster, ganray_home, t
 
 HOLD = """
 import sys, time
-from orchestrator.cluster_lock import held
+from orchestrator.job.cluster_lock import held
 with held(sys.argv[1], sys.argv[2]) as me:
     print(me["pid"], me["job_id"], flush=True)
     if sys.argv[3] == "hold":

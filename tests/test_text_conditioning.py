@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.spec import parse_spec
+from orchestrator.job.spec_file import parse_spec
 from tests.reporters import DirectoryReporter
 from trainers.conditioning import encoder
 from trainers.conditioning.captions import TEMPLATES, caption_lines, compose_caption, template_wordings

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.spec import JobSpec, read_stored_spec, same_spec
+from orchestrator.job.spec_file import JobSpec, read_stored_spec, same_spec
 from trainers.conditioning import encoder
 from trainers.conditioning.phrases import FUNCTION_WORDS, embed, phrases
 from trainers.conditioning.text_cache import load_or_compute

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, ganray
-from orchestrator.spec import parse_spec
+from orchestrator.job.spec_file import parse_spec
 from tests.reporters import DirectoryReporter
 from trainers.conditioning.text import MAX_PROMPT_CHARS, PromptError, check_prompt
 from trainers.data.ingest import ingest
@@ -168,7 +168,7 @@ def test_generate_prompt_on_a_registered_text_model(stack, ganray_home, tracking
                                                     monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.registry import register_checkpoint
+    from orchestrator.registry.versions import register_checkpoint
 
     monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
     c = MlflowClient(tracking_uri)

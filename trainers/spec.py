@@ -1,7 +1,7 @@
 """The JobSpec model: every field, its type, its bounds and its one default.
 
 Workers and the driver use this one model. The driver validates the user's YAML with it
-(``orchestrator/spec.py``: files, overrides, error messages); a worker gets the spec as a
+(``orchestrator/job/spec_file.py``: files, overrides, error messages); a worker gets the spec as a
 plain dict (``JobSpec.to_dict()``) and validates it again with ``JobSpec.model_validate``,
 so every default a worker reads is the one written here, never one of its own.
 """
@@ -49,7 +49,7 @@ def check_storage_url(url: str | None) -> str | None:
 
 class _Strict(BaseModel):
     # Strict types (no "100" for 100, no true for 1), finite floats; inputs left out of pydantic's own
-    # messages (orchestrator/spec.py prints them, redacted).
+    # messages (orchestrator/job/spec_file.py prints them, redacted).
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False,
                               hide_input_in_errors=True)
 

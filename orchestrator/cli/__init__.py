@@ -33,15 +33,15 @@ def main(ctx: click.Context) -> None:
     """
     if ctx.invoked_subcommand != "local":
         # Before anything imports Ray: its token loader reads the environment once.
-        from orchestrator.environment import use_cluster_environment
+        from orchestrator.cluster.endpoints import use_cluster_environment
 
         use_cluster_environment()
 
 
 def _register() -> None:
-    from orchestrator.cli import agent, cluster, data, generate, jobs, local, models, serve
+    from orchestrator.cli import agent, cluster, data, generate, local, models, run, serve
 
-    for module in (local, data, jobs, generate, agent, models, serve, cluster):
+    for module in (local, data, run, generate, agent, models, serve, cluster):
         for command in module.COMMANDS:
             main.add_command(command)
 

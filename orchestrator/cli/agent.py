@@ -24,7 +24,7 @@ def agent_cmd(provider: str, metadata_url: str | None, node_id: str | None, marg
     """Watch this node's preemption notice and drain its Ray node (reason PREEMPTION) when it comes."""
     import logging
 
-    from orchestrator.agent import (AWS_DEFAULT_URL, GCP_DEFAULT_URL, AwsSpotWatcher, GcpPreemptionWatcher,
+    from orchestrator.agent.notices import (AWS_DEFAULT_URL, GCP_DEFAULT_URL, AwsSpotWatcher, GcpPreemptionWatcher,
                                     NoticeAgent, SigtermWatcher, drain_ray_node, local_node_id)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ganray-agent %(levelname)s %(message)s")

@@ -24,11 +24,11 @@ def address_option(f):
 
 def tracking_client():
     """A client of the tracking server, or None when none is configured."""
-    from orchestrator import runs
-    from orchestrator.environment import resolve_endpoints
+    from orchestrator import tracking_server
+    from orchestrator.cluster.endpoints import resolve_endpoints
 
     uri = resolve_endpoints().mlflow_uri
-    return runs.client(uri) if uri else None
+    return tracking_server.client(uri) if uri else None
 
 
 @click.command("submit")
@@ -48,9 +48,9 @@ def submit_cmd(spec_path: str, overrides: tuple[str, ...], address: str | None, 
     The same spec again prints the id of its pending, running or succeeded submission and submits
     nothing; after a stop or a failure it submits the next attempt, which resumes from the checkpoint.
     """
-    from orchestrator import submission
-    from orchestrator.job_api import JobApi
-    from orchestrator.spec import load_spec
+    from orchestrator.cluster import submission
+    from orchestrator.cluster.job_api import JobApi
+    from orchestrator.job.spec_file import load_spec
 
     spec = load_spec(spec_path, list(overrides))
     api = JobApi.connect(address)
@@ -74,7 +74,7 @@ def _latest(api, name: str):
 @address_option
 def logs_cmd(name: str, follow: bool, address: str | None) -> None:
     """The log of job NAME's latest submission (its driver's output)."""
-    from orchestrator.job_api import JobApi
+    from orchestrator.cluster.job_api import JobApi
 
     api = JobApi.connect(address)
     sub = _latest(api, name)
@@ -91,30 +91,30 @@ def logs_cmd(name: str, follow: bool, address: str | None) -> None:
 @address_option
 def stop_cmd(name: str, now: bool, timeout: float, address: str | None) -> None:
     """Stop job NAME's running submission: a checkpoint first (run `ganray submit` again to resume)."""
-    from orchestrator import submission
-    from orchestrator.job_api import JobApi
+    from orchestrator.cluster import submission
+    from orchestrator.cluster.job_api import JobApi
 
     api = JobApi.connect(address)
     sub = _latest(api, name)
     if not sub.active:
         click.echo(f"{name}: submission {sub.id} is {sub.status}; nothing to stop")
         return
-    c = tracking_client()
-    if c is None and not now:
+    client = tracking_client()
+    if client is None and not now:
         raise UsageError("a checkpointed stop goes through the tracking server: set MLFLOW_TRACKING_URI, "
                          "or stop at once with --now")
-    status = submission.stop(api, c, name, sub, timeout, now, say=lambda line: click.echo(f"ganray: {line}", err=True))
-    state = _training_state(c, name)
+    status = submission.stop(api, client, name, sub, timeout, now, say=lambda line: click.echo(f"ganray: {line}", err=True))
+    state = _training_state(client, name)
     click.echo(f"{name}: submission {sub.id} {status}" + (f", training {state}" if state else ""))
 
 
-def _training_state(c, name: str) -> str | None:
-    if c is None:
+def _training_state(client, name: str) -> str | None:
+    if client is None:
         return None
-    from orchestrator import runs
-    from orchestrator.lifecycle import job_status
+    from orchestrator.job import runs
+    from orchestrator.job.lifecycle import job_status
 
-    run = runs.find_run(c, name)
+    run = runs.find_run(client, name)
     if run is None:
         return None
     s = job_status(run)
@@ -126,7 +126,7 @@ def _training_state(c, name: str) -> str | None:
 @address_option
 def list_cmd(as_json: bool, address: str | None) -> None:
     """Every ganray submission on the cluster, oldest first: id, job name, Ray state, times."""
-    from orchestrator.job_api import JobApi
+    from orchestrator.cluster.job_api import JobApi
 
     subs = JobApi.connect(address).submissions()
     rows = [{"submission_id": s.id, "name": s.name, "ray_status": s.status, "start_time": _when(s.start_time),

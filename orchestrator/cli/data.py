@@ -72,7 +72,7 @@ def data_ingest(src: str, dest: str, labels: str | None, resolution: int | None,
                        labels_encoding=labels_encoding, max_member_mb=max_member_mb,
                        compose_captions=compose_captions)
         if on_ray:  # every CPU of the cluster works; --workers does not apply
-            from orchestrator.ray_ingest import ingest_on_ray
+            from orchestrator.cluster.ingest import ingest_on_ray
 
             report = ingest_on_ray(src, dest, labels, resolution, fmt, shard_mb, **options)
         else:

@@ -20,8 +20,8 @@ import click
 def generate_cmd(model_uri: str, version: str | None, n: int, seed: int, tags: str | None, exact_tags: bool,
                  prompt: str | None, truncation: float, out: str) -> None:
     """Sample a registered generator: MODEL --version V, MODEL@ALIAS, MODEL/V, models:/MODEL/V, models:/MODEL@ALIAS."""
-    from orchestrator.generate import generate
-    from orchestrator.model_ref import parse_ref
+    from orchestrator.explore.generate import generate
+    from orchestrator.registry.model_ref import parse_ref
 
     model_uri = parse_ref(model_uri, version, need_version=True).uri
     tag_list = [t.strip() for t in tags.split(",") if t.strip()] if tags else None

@@ -19,7 +19,7 @@ def local() -> None:
                                            "Once on, it stays on for this GANRAY_HOME.")
 def local_up(s3: bool, auth: bool) -> None:
     """Start the stack (idempotent; free ports; state under $GANRAY_HOME)."""
-    from orchestrator.stack import LocalStack
+    from orchestrator.stack.local_stack import LocalStack
 
     stack = LocalStack()
     profile = stack.up(s3=s3, auth=auth)
@@ -33,7 +33,7 @@ def local_up(s3: bool, auth: bool) -> None:
 @local.command("down")
 def local_down() -> None:
     """Stop exactly the processes the stack started (registered models are kept)."""
-    from orchestrator.stack import LocalStack
+    from orchestrator.stack.local_stack import LocalStack
 
     stopped = LocalStack().down()
     click.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
@@ -43,7 +43,7 @@ def local_down() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def local_status(as_json: bool) -> None:
     """Say what runs where."""
-    from orchestrator.stack import LocalStack
+    from orchestrator.stack.local_stack import LocalStack
 
     status = LocalStack().status()
     if as_json:

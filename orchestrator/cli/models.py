@@ -1,6 +1,6 @@
 """``ganray promote``, ``ganray rollback`` and ``ganray models list|show``: the registry, without Ray.
 
-Every command addresses a model in any form of ``orchestrator.model_ref`` (MODEL --version V,
+Every command addresses a model in any form of ``orchestrator.registry.model_ref`` (MODEL --version V,
 MODEL@ALIAS, MODEL/V, models:/MODEL/V, models:/MODEL@ALIAS).
 """
 from __future__ import annotations
@@ -19,14 +19,14 @@ def _registry() -> Iterator[Any]:
     """A client of the tracking server's registry; an MLflow refusal becomes a one-line error."""
     from mlflow.exceptions import MlflowException
 
-    from orchestrator import runs
-    from orchestrator.environment import resolve_endpoints
+    from orchestrator import tracking_server
+    from orchestrator.cluster.endpoints import resolve_endpoints
 
-    c = runs.client(resolve_endpoints().mlflow_uri)
+    client = tracking_server.client(resolve_endpoints().mlflow_uri)
     try:
-        yield c
+        yield client
     except MlflowException as err:
-        raise GanrayError(f"the model registry at {c.tracking_uri} refused: {err.message.splitlines()[0]}") from None
+        raise GanrayError(f"the model registry at {client.tracking_uri} refused: {err.message.splitlines()[0]}") from None
 
 
 @click.command("promote")
@@ -40,8 +40,8 @@ def _registry() -> Iterator[Any]:
 def promote_cmd(model: str, version: str | None, alias: str | None, requires: tuple[str, ...],
                 copy_to: str | None, as_json: bool) -> None:
     """Move an alias (and/or copy a version into another model) when the version passes every gate."""
-    from orchestrator.model_ref import parse_alias, parse_name, parse_ref
-    from orchestrator.promotion import parse_gate, promote
+    from orchestrator.registry.model_ref import parse_alias, parse_name, parse_ref
+    from orchestrator.registry.promotion import parse_gate, promote
 
     ref = parse_ref(model, version, need_version=True)
     gates = [parse_gate(g) for g in requires]
@@ -49,8 +49,8 @@ def promote_cmd(model: str, version: str | None, alias: str | None, requires: tu
         raise UsageError("promote needs --alias ALIAS, --copy-to MODEL_PROD, or both")
     alias = parse_alias(alias, "(--alias)") if alias else None
     copy_to = parse_name(copy_to, "(--copy-to)") if copy_to else None
-    with _registry() as c:
-        done = promote(c, ref, alias, gates, copy_to)
+    with _registry() as client:
+        done = promote(client, ref, alias, gates, copy_to)
     if as_json:
         click.echo(json.dumps(done, indent=2))
         return
@@ -68,8 +68,8 @@ def promote_cmd(model: str, version: str | None, alias: str | None, requires: tu
 @click.option("--alias", help="The alias to give back to its previous holder (or MODEL@ALIAS).")
 def rollback_cmd(model: str, alias: str | None) -> None:
     """Give an alias back to the version that held it before (repeatable: each call goes one further back)."""
-    from orchestrator.model_ref import parse_alias, parse_ref
-    from orchestrator.promotion import rollback
+    from orchestrator.registry.model_ref import parse_alias, parse_ref
+    from orchestrator.registry.promotion import rollback
 
     ref = parse_ref(model)
     if ref.version is not None:
@@ -79,8 +79,8 @@ def rollback_cmd(model: str, alias: str | None) -> None:
     alias = ref.alias or alias
     if not alias:
         raise UsageError("rollback needs an alias: MODEL --alias ALIAS or MODEL@ALIAS")
-    with _registry() as c:
-        restored, replaced = rollback(c, ref.name, parse_alias(alias, "(--alias)"))
+    with _registry() as client:
+        restored, replaced = rollback(client, ref.name, parse_alias(alias, "(--alias)"))
     click.echo(f"{ref.name}@{alias} -> version {restored} (was {replaced})")
 
 
@@ -93,8 +93,8 @@ def models_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON: a list of models.")
 def list_cmd(as_json: bool) -> None:
     """Every registered model with its newest version and its aliases."""
-    with _registry() as c:
-        rows = [_model_row(c, rm) for rm in _registered_models(c)]
+    with _registry() as client:
+        rows = [_model_row(client, rm) for rm in _registered_models(client)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -105,18 +105,18 @@ def list_cmd(as_json: bool) -> None:
         click.echo(f"{r['name']:28s} {r['versions']:4d} versions  newest {r['latest_version']}  aliases: {aliases}")
 
 
-def _registered_models(c) -> list:
+def _registered_models(client) -> list:
     found, token = [], None
     while True:
-        page = c.search_registered_models(max_results=200, page_token=token)
+        page = client.search_registered_models(max_results=200, page_token=token)
         found += list(page)
         token = page.token
         if not token:
             return sorted(found, key=lambda rm: rm.name)
 
 
-def _model_row(c, rm) -> dict[str, Any]:
-    versions = [int(v.version) for v in c.search_model_versions(f"name='{rm.name}'")]
+def _model_row(client, rm) -> dict[str, Any]:
+    versions = [int(v.version) for v in client.search_model_versions(f"name='{rm.name}'")]
     return {"name": rm.name, "versions": len(versions), "latest_version": max(versions) if versions else None,
             "aliases": _aliases(rm)}
 
@@ -131,33 +131,33 @@ def _aliases(rm) -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def show_cmd(model: str, version: str | None, as_json: bool) -> None:
     """A model (every version) or one version (MODEL@ALIAS, MODEL/V, ...): aliases, metrics, lineage."""
-    from orchestrator.model_ref import parse_ref
-    from orchestrator.promotion import HISTORY_TAG
-    from orchestrator.registry import get_version, model_versions, version_record
+    from orchestrator.registry.model_ref import parse_ref
+    from orchestrator.registry.promotion import HISTORY_TAG
+    from orchestrator.registry.versions import get_version, model_versions, version_record
 
     ref = parse_ref(model, version)
-    with _registry() as c:
+    with _registry() as client:
         if ref.names_a_version:
-            mv = get_version(c, ref)
-            mv.aliases = sorted(a for a, v in c.get_registered_model(mv.name).aliases.items()
+            mv = get_version(client, ref)
+            mv.aliases = sorted(a for a, v in client.get_registered_model(mv.name).aliases.items()
                                 if str(v) == str(mv.version))
             out: dict[str, Any] = version_record(mv)
         else:
-            rm = _model(c, ref.name)
+            rm = _model(client, ref.name)
             out = {"name": rm.name, "aliases": _aliases(rm),
                    "alias_history": {k[len(HISTORY_TAG):]: json.loads(v) for k, v in (rm.tags or {}).items()
                                      if k.startswith(HISTORY_TAG)},
-                   "versions": [version_record(mv) for mv in model_versions(c, rm.name)]}
+                   "versions": [version_record(mv) for mv in model_versions(client, rm.name)]}
     click.echo(json.dumps(out, indent=2) if as_json else _text(out))
 
 
-def _model(c, name: str):
-    from orchestrator.registry import RegistryError
+def _model(client, name: str):
+    from orchestrator.registry.versions import RegistryError
 
     try:
-        return c.get_registered_model(name)
+        return client.get_registered_model(name)
     except Exception:  # noqa: BLE001 - MLflow's own kinds for a missing model
-        raise RegistryError(f"no registered model {name!r} at {c.tracking_uri}") from None
+        raise RegistryError(f"no registered model {name!r} at {client.tracking_uri}") from None
 
 
 def _text(out: dict[str, Any]) -> str:

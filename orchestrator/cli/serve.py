@@ -20,9 +20,9 @@ def serve_cmd(model: str | None, port: int | None, replicas: int, poll_s: float,
     `ganray serve --stop NAME` or the cluster goes. Endpoints: GET / (a page), POST /generate,
     GET /model, GET /healthz, POST /reload.
     """
-    from orchestrator import serving
+    from orchestrator.cluster import serving
     from orchestrator.cli.common import stdout_to_stderr
-    from orchestrator.environment import resolve_endpoints
+    from orchestrator.cluster.endpoints import resolve_endpoints
     from trainers.errors import UsageError
 
     if bool(model) == bool(stop_name):

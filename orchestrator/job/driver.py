@@ -11,16 +11,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator import cluster_lock, jobs, runs
-from orchestrator.environment import Endpoints, applied, resolve_endpoints
-from orchestrator.lifecycle import Lifecycle, State, state_of
-from orchestrator.progress import Progress
-from orchestrator.registrar import Registrar, register_finished
-from orchestrator.retry import patiently
-from orchestrator.spec import JobSpec, read_stored_spec, same_spec
-from orchestrator.stop_channel import DriverStop, StopWatcher
-from orchestrator import stored_checkpoints
-from orchestrator.storage import Storage, checkpoint_uri, local_checkpoint, resolve_storage
+from orchestrator import tracking_server
+
+from orchestrator.job import cluster_lock
+
+from orchestrator.job import host_record
+
+from orchestrator.job import runs
+from orchestrator.cluster.endpoints import Endpoints, applied, resolve_endpoints
+from orchestrator.job.lifecycle import Lifecycle, State, state_of
+from orchestrator.job.progress import Progress
+from orchestrator.registry.registrar import Registrar, register_finished
+from orchestrator.tracking_server import patiently
+from orchestrator.job.spec_file import JobSpec, read_stored_spec, same_spec
+from orchestrator.job.stop_channel import DriverStop, StopWatcher
+from orchestrator.job import stored_checkpoints
+from orchestrator.job.storage import Storage, checkpoint_uri, local_checkpoint, resolve_storage
 from trainers.checkpoint import generator_from_checkpoint, load_state
 from trainers.data.stream import read_manifest
 from trainers.errors import GanrayError
@@ -36,29 +42,29 @@ def run_job(spec: JobSpec, fresh: bool = False, progress: bool = True) -> dict[s
     The caller's os.environ is left as it was.
     """
     endpoints = resolve_endpoints()
-    with applied(endpoints), jobs.JobLock(spec.name):
-        c = runs.client(endpoints.mlflow_uri)
-        answer = None if fresh else _answer_without_running(c, spec)
+    with applied(endpoints), host_record.JobLock(spec.name):
+        client = tracking_server.client(endpoints.mlflow_uri)
+        answer = None if fresh else _answer_without_running(client, spec)
         if answer is not None:
             return answer
         with cluster_lock.held(spec.name, endpoints.ray_address):
-            return _run_locked(spec, fresh, progress, endpoints, c)
+            return _run_locked(spec, fresh, progress, endpoints, client)
 
 
-def _answer_without_running(c, spec: JobSpec) -> dict[str, Any] | None:
+def _answer_without_running(client, spec: JobSpec) -> dict[str, Any] | None:
     """What needs no cluster: a finished job's stored summary, or the refusal of a changed spec
     (JobError). None when the job has to run."""
-    run = runs.find_run(c, spec.name)
+    run = runs.find_run(client, spec.name)
     if run is None:
         return None
-    _check_same_spec(c, run, spec)
+    _check_same_spec(client, run, spec)
     return runs.summary_of(run) if state_of(run) is State.FINISHED else None
 
 
-def _run_locked(spec: JobSpec, fresh: bool, progress: bool, endpoints: Endpoints, c) -> dict[str, Any]:
+def _run_locked(spec: JobSpec, fresh: bool, progress: bool, endpoints: Endpoints, client) -> dict[str, Any]:
     """The job's run, under the cluster-wide lock of its name: opened, trained, finished."""
     storage = resolve_storage(spec.checkpoint.storage, endpoints.storage_root, endpoints.s3_endpoint)
-    run, life = _open_job(c, spec, storage, fresh)
+    run, life = _open_job(client, spec, storage, fresh)
     if life is None:
         return runs.summary_of(run)
     try:
@@ -67,45 +73,45 @@ def _run_locked(spec: JobSpec, fresh: bool, progress: bool, endpoints: Endpoints
         if ckpt:  # trained to the end already: only the finishing is left
             life.move(State.RUNNING)
         else:
-            ckpt = _train(spec, endpoints, c, life, storage, progress)
-        return finish(spec, c, life, ckpt)
+            ckpt = _train(spec, endpoints, client, life, storage, progress)
+        return finish(spec, client, life, ckpt)
     except KeyboardInterrupt:  # Ctrl-C before training began, or a second one during it
         life.move(State.INTERRUPTED)
         raise JobError(f"job {spec.name!r} aborted; run it again to resume from its last checkpoint") from None
 
 
-def _open_job(c, spec: JobSpec, storage: Storage, fresh: bool):
+def _open_job(client, spec: JobSpec, storage: Storage, fresh: bool):
     """(run, lifecycle) of the job; lifecycle None when the run is finished (its summary is the answer).
 
     fresh: the old run is superseded, the checkpoints it recorded and the job's checkpoints where this
     spec writes are deleted, and a new run starts at step 0. Without fresh and without a run on record,
     checkpoints of the job in its storage folder must have been written under the same spec."""
-    run = runs.find_run(c, spec.name)
+    run = runs.find_run(client, spec.name)
     run_url = storage.run_url(spec.name)
     if fresh or run is None:
         read_manifest(spec.data.url)  # a missing dataset fails here, before anything changes
     if fresh:
         if run is not None:
-            _retire(c, run)
+            _retire(client, run)
         _delete_checkpoints(run_url)  # whatever the tracking server remembers, Ray Train restores nothing
         run = None
     elif run is None:
         _check_stored_checkpoints(run_url, spec)
     if run is None:
-        run_id = runs.create_run(c, spec.to_dict(), spec.digest(), run_url)
-        return c.get_run(run_id), Lifecycle(c, spec.name, run_id, State.CREATED)
-    _check_same_spec(c, run, spec)
+        run_id = runs.create_run(client, spec.to_dict(), spec.digest(), run_url)
+        return client.get_run(run_id), Lifecycle(client, spec.name, run_id, State.CREATED)
+    _check_same_spec(client, run, spec)
     state = state_of(run)
     if state is State.FINISHED and runs.summary_of(run):
         return run, None
-    return run, Lifecycle(c, spec.name, run.info.run_id, state)
+    return run, Lifecycle(client, spec.name, run.info.run_id, state)
 
 
-def _retire(c, run) -> None:
+def _retire(client, run) -> None:
     """--fresh: the old run is superseded and the checkpoints it wrote (under the storage folder it
     recorded, wherever the new spec points) are deleted; nothing else there."""
-    Lifecycle(c, run.data.tags[runs.JOB_TAG], run.info.run_id, state_of(run)).move(State.SUPERSEDED)
-    runs.retire(c, run)
+    Lifecycle(client, run.data.tags[runs.JOB_TAG], run.info.run_id, state_of(run)).move(State.SUPERSEDED)
+    runs.retire(client, run)
     recorded = run.data.tags.get(runs.STORAGE_TAG)
     if recorded:
         _delete_checkpoints(recorded)
@@ -132,12 +138,12 @@ def _check_stored_checkpoints(run_url: str, spec: JobSpec) -> None:
     raise JobError(f"{found[0]}: {_spec_diff_message(found[1], spec)}")
 
 
-def _check_same_spec(c, run, spec: JobSpec) -> None:
+def _check_same_spec(client, run, spec: JobSpec) -> None:
     if run.data.tags.get(runs.DIGEST_TAG) == spec.digest():
         return
     stored = runs.stored_spec(run)
     if stored is not None and same_spec(stored, spec):  # recorded under an older digest rule
-        c.set_tag(run.info.run_id, runs.DIGEST_TAG, spec.digest())
+        client.set_tag(run.info.run_id, runs.DIGEST_TAG, spec.digest())
         return
     raise JobError(_spec_diff_message(stored, spec))
 
@@ -165,8 +171,8 @@ def _trainer(spec: JobSpec, endpoints: Endpoints, run_id: str, storage: Storage,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.ray_runtime import NAMESPACE
-    from orchestrator.report_callback import MlflowReportCallback
+    from orchestrator.job.ray_runtime import NAMESPACE
+    from orchestrator.controller.report_callback import MlflowReportCallback
     from trainers.ray_worker import train_worker
 
     gpus = spec.scaling.gpus_per_worker
@@ -185,9 +191,9 @@ def _trainer(spec: JobSpec, endpoints: Endpoints, run_id: str, storage: Storage,
                                             keep_evaluated=spec.registry.evaluated)]))
 
 
-def _train(spec: JobSpec, endpoints: Endpoints, c, life: Lifecycle, storage: Storage, progress: bool) -> str:
+def _train(spec: JobSpec, endpoints: Endpoints, client, life: Lifecycle, storage: Storage, progress: bool) -> str:
     """Runs Ray Train to the end or a stop; returns the URI of its last checkpoint."""
-    from orchestrator.ray_runtime import control_actor, fit_in_thread, own_job_id, own_submission_id, ray_init
+    from orchestrator.job.ray_runtime import control_actor, fit_in_thread, own_job_id, own_submission_id, ray_init
 
     ray_init(endpoints.ray_address)
     control_name, control = control_actor(spec.name)
@@ -195,9 +201,9 @@ def _train(spec: JobSpec, endpoints: Endpoints, c, life: Lifecycle, storage: Sto
     with DriverStop(control) as stop:  # Ctrl-C, SIGTERM, and `ganray stop` through the tracking server
         life.move(State.RUNNING)
         try:
-            with Progress(c, life.run_id, spec.name, spec.train.steps, enabled=progress), \
-                    Registrar(runs.client(c.tracking_uri), spec, life.run_id), \
-                    StopWatcher(c, life.run_id, own_job_id(), own_submission_id(), stop.from_tracking_server):
+            with Progress(client, life.run_id, spec.name, spec.train.steps, enabled=progress), \
+                    Registrar(tracking_server.client(client.tracking_uri), spec, life.run_id), \
+                    StopWatcher(client, life.run_id, own_job_id(), own_submission_id(), stop.from_tracking_server):
                 result = fit_in_thread(trainer)
         except Exception as err:  # noqa: BLE001 - Ray wraps worker errors in its own types
             result = err
@@ -216,7 +222,7 @@ def outcome(name: str, life: Lifecycle, result: Any, storage_url: str) -> str:
     return checkpoint_uri(storage_url, result.checkpoint.path)
 
 
-def finish(spec: JobSpec, c, life: Lifecycle, ckpt_uri: str) -> dict[str, Any]:
+def finish(spec: JobSpec, client, life: Lifecycle, ckpt_uri: str) -> dict[str, Any]:
     """From the job's last checkpoint: ``stopped`` before the last step; else the generator registered
     (once: a version already registered from this run and checkpoint is reused) and ``finished``."""
     with local_checkpoint(ckpt_uri) as d:
@@ -229,12 +235,12 @@ def finish(spec: JobSpec, c, life: Lifecycle, ckpt_uri: str) -> dict[str, Any]:
         return {"run_id": life.run_id, "steps": steps, "checkpoint_uri": ckpt_uri, "images_per_sec": ips,
                 "state": State.STOPPED.value}
     # the tracking server may be away as training ends: wait for it (logged, bounded: retry.patiently)
-    version = patiently(lambda: register_finished(c, spec, life.run_id, ckpt_uri, generator, info),
+    version = patiently(lambda: register_finished(client, spec, life.run_id, ckpt_uri, generator, info),
                         "registering the generator")
     summary = {"run_id": life.run_id, "registered_model": spec.model_name if version else None, "version": version,
                "model_uri": f"models:/{spec.model_name}/{version}" if version else None,
                "checkpoint_uri": ckpt_uri, "steps": steps, "images_per_sec": round(ips, 3),
                "state": State.FINISHED.value}
-    patiently(lambda: runs.write_summary(c, life.run_id, summary), "storing the summary")
+    patiently(lambda: runs.write_summary(client, life.run_id, summary), "storing the summary")
     life.move(State.FINISHED, step=steps, checkpoint=ckpt_uri, summary=summary)
     return summary

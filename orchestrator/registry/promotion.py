@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.model_ref import ModelRef
-from orchestrator.registry import RegistryError, get_version, version_metrics
+from orchestrator.registry.model_ref import ModelRef
+from orchestrator.registry.versions import RegistryError, get_version, version_metrics
 from trainers.errors import GanrayError, UsageError
 from trainers.spec import metric_aliases
 
@@ -82,44 +82,44 @@ def check_gates(what: str, tags: dict[str, str], gates: list[Gate]) -> None:
         raise GateError(f"{what} fails its gates: {'; '.join(failures)}{names}")
 
 
-def alias_history(c: MlflowClient, name: str, alias: str) -> list[int]:
+def alias_history(client: MlflowClient, name: str, alias: str) -> list[int]:
     """The versions that held alias before its holder, oldest first."""
-    raw = (c.get_registered_model(name).tags or {}).get(HISTORY_TAG + alias)
+    raw = (client.get_registered_model(name).tags or {}).get(HISTORY_TAG + alias)
     try:
         return [int(v) for v in json.loads(raw)] if raw else []
     except (ValueError, TypeError):
         return []
 
 
-def alias_holder(c: MlflowClient, name: str, alias: str) -> int | None:
+def alias_holder(client: MlflowClient, name: str, alias: str) -> int | None:
     try:
-        return int(c.get_model_version_by_alias(name, alias).version)
+        return int(client.get_model_version_by_alias(name, alias).version)
     except Exception:  # noqa: BLE001 - no such alias
         return None
 
 
-def move_alias(c: MlflowClient, name: str, alias: str, version: int) -> int | None:
+def move_alias(client: MlflowClient, name: str, alias: str, version: int) -> int | None:
     """Points alias at version, recording the version that held it; returns that version (None: no holder).
 
     The history is written first: a failure between the two writes leaves the holder on top of its own
     history, which rollback skips."""
-    previous = alias_holder(c, name, alias)
+    previous = alias_holder(client, name, alias)
     if previous == version:
         return previous
     if previous is not None:
-        history = (alias_history(c, name, alias) + [previous])[-HISTORY_KEPT:]
-        c.set_registered_model_tag(name, HISTORY_TAG + alias, json.dumps(history))
-    c.set_registered_model_alias(name, alias, str(version))
+        history = (alias_history(client, name, alias) + [previous])[-HISTORY_KEPT:]
+        client.set_registered_model_tag(name, HISTORY_TAG + alias, json.dumps(history))
+    client.set_registered_model_alias(name, alias, str(version))
     return previous
 
 
-def rollback(c: MlflowClient, name: str, alias: str) -> tuple[int, int | None]:
+def rollback(client: MlflowClient, name: str, alias: str) -> tuple[int, int | None]:
     """Gives alias back to its previous holder; returns (that version, the version it replaced)."""
     try:
-        history = alias_history(c, name, alias)
+        history = alias_history(client, name, alias)
     except Exception as err:  # noqa: BLE001
         raise RegistryError(f"no registered model {name!r} ({type(err).__name__})") from None
-    current = alias_holder(c, name, alias)
+    current = alias_holder(client, name, alias)
     while history and history[-1] == current:
         history.pop()
     if not history:
@@ -127,36 +127,36 @@ def rollback(c: MlflowClient, name: str, alias: str) -> tuple[int, int | None]:
         raise PromotionError(f"{name}@{alias} has no earlier holder to roll back to ({now} holds it; "
                              "every earlier one was rolled back already, or it was never moved)")
     target = history.pop()
-    get_version(c, ModelRef(name, version=target))  # a deleted version is named, not silently skipped
-    c.set_registered_model_alias(name, alias, str(target))
-    c.set_registered_model_tag(name, HISTORY_TAG + alias, json.dumps(history))
+    get_version(client, ModelRef(name, version=target))  # a deleted version is named, not silently skipped
+    client.set_registered_model_alias(name, alias, str(target))
+    client.set_registered_model_tag(name, HISTORY_TAG + alias, json.dumps(history))
     return target, current
 
 
-def copy_version(c: MlflowClient, source, dst_name: str):
+def copy_version(client: MlflowClient, source, dst_name: str):
     """The version of dst_name copied from source (a ModelVersion): found again, or copied now with lineage tags."""
     if dst_name == source.name:
         raise UsageError(f"--copy-to {dst_name!r} is the model itself; name another registered model")
     lineage = dict(zip(LINEAGE, (source.name, str(source.version), source.run_id or "")))
     try:
-        for mv in c.search_model_versions(f"name='{dst_name}'"):
+        for mv in client.search_model_versions(f"name='{dst_name}'"):
             if all((mv.tags or {}).get(k) == v for k, v in lineage.items()):
                 return mv
     except Exception:  # noqa: BLE001 - no such model yet: the copy creates it
         pass
-    copied = c.copy_model_version(f"models:/{source.name}/{source.version}", dst_name)
+    copied = client.copy_model_version(f"models:/{source.name}/{source.version}", dst_name)
     for k, v in lineage.items():
-        c.set_model_version_tag(dst_name, copied.version, k, v)
-    return c.get_model_version(dst_name, copied.version)
+        client.set_model_version_tag(dst_name, copied.version, k, v)
+    return client.get_model_version(dst_name, copied.version)
 
 
-def promote(c: MlflowClient, ref: ModelRef, alias: str | None, gates: list[Gate],
+def promote(client: MlflowClient, ref: ModelRef, alias: str | None, gates: list[Gate],
             copy_to: str | None = None) -> dict[str, Any]:
     """Checks the gates on the version ref names, copies it into copy_to when given, and moves alias (on
     the copy's model when copying). Returns what happened: model, version, alias, previous, source."""
-    source = get_version(c, ref)
+    source = get_version(client, ref)
     check_gates(f"{ref.name} version {source.version}", source.tags or {}, gates)
-    target = copy_version(c, source, copy_to) if copy_to else source
-    previous = move_alias(c, target.name, alias, int(target.version)) if alias else None
+    target = copy_version(client, source, copy_to) if copy_to else source
+    previous = move_alias(client, target.name, alias, int(target.version)) if alias else None
     return {"model": target.name, "version": int(target.version), "alias": alias, "previous": previous,
             "source": {"model": source.name, "version": int(source.version)} if copy_to else None}

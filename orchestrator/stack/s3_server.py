@@ -2,7 +2,7 @@
 
 Presigned URLs carry their signature (``X-Amz-Signature``) and credential scope in the query
 string, and werkzeug, which serves moto, logs every request line. Run as
-``python -m orchestrator.s3_server -H 127.0.0.1 -p PORT`` (moto's own arguments): every log
+``python -m orchestrator.stack.s3_server -H 127.0.0.1 -p PORT`` (moto's own arguments): every log
 record of the process goes through one handler whose filter drops query strings and redacts
 anything that looks like a signature or a credential, before it is written.
 """

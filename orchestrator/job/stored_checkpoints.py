@@ -100,7 +100,7 @@ def delete_job_checkpoints(run_url: str) -> list[str]:
     """Deletes the job's checkpoint folders under run_url (and the kept copies of evaluated ones, under
     ``evaluated/``) and Ray Train's files about them; every other file stays (a folder too, unless it is
     left empty). Returns what was deleted."""
-    from orchestrator.registrar import KEPT_FOLDER
+    from orchestrator.registry.registrar import KEPT_FOLDER
 
     fs, root, entries = _listing(run_url)
     gone = []

@@ -26,11 +26,11 @@ STOP_TAG = "ganray.stop_requested"
 log = logging.getLogger("ganray.stop")
 
 
-def request_stop(c, run_id: str, job_id: str | None, submission_id: str | None) -> dict[str, Any]:
+def request_stop(client, run_id: str, job_id: str | None, submission_id: str | None) -> dict[str, Any]:
     """Asks the driver of run_id (Ray job job_id or submission submission_id) for a checkpointed stop."""
     request = {"job_id": job_id, "submission_id": submission_id, "by": socket.gethostname(),
                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    c.set_tag(run_id, STOP_TAG, json.dumps(request, sort_keys=True))
+    client.set_tag(run_id, STOP_TAG, json.dumps(request, sort_keys=True))
     return request
 
 
@@ -54,9 +54,9 @@ class StopWatcher:
     """Polls the run every few seconds; calls on_stop(request) once, for the first request meant for
     this driver. A tracking server that is away costs a warning, never the job."""
 
-    def __init__(self, c, run_id: str, job_id: str | None, submission_id: str | None,
+    def __init__(self, client, run_id: str, job_id: str | None, submission_id: str | None,
                  on_stop: Callable[[dict[str, Any]], None], every_s: float = 2.0):
-        self.c, self.run_id, self.job_id, self.submission_id = c, run_id, job_id, submission_id
+        self.client, self.run_id, self.job_id, self.submission_id = client, run_id, job_id, submission_id
         self.on_stop, self.every_s = on_stop, every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="ganray-stop-watcher", daemon=True)
@@ -75,7 +75,7 @@ class StopWatcher:
         failing = None
         while not self._stop.wait(self.every_s):
             try:
-                request = meant_for(self.c.get_run(self.run_id).data.tags.get(STOP_TAG), self.job_id,
+                request = meant_for(self.client.get_run(self.run_id).data.tags.get(STOP_TAG), self.job_id,
                                     self.submission_id)
                 failing = None
             except Exception as err:  # noqa: BLE001 - the tracking server may be away for a while

@@ -21,11 +21,11 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray.train.v2.api.callback import UserCallback
 
-from orchestrator.outbox import Outbox
-from orchestrator.retry import PATIENCE_S, quick_requests
-from orchestrator.runs import CHECKPOINT_STEP_TAG, CHECKPOINT_TAG
-from orchestrator.storage import checkpoint_uri
-from orchestrator.timeline import Timeline
+from orchestrator.controller.outbox import Outbox
+from orchestrator.tracking_server import PATIENCE_S, quick_requests
+from orchestrator.job.runs import CHECKPOINT_STEP_TAG, CHECKPOINT_TAG
+from orchestrator.job.storage import checkpoint_uri
+from orchestrator.controller.timeline import Timeline
 from trainers.checkpoint import GRID_FILE, checkpoint_step, grid_name
 
 log = logging.getLogger("ganray.report_callback")
@@ -96,19 +96,19 @@ class MlflowReportCallback(UserCallback):
         self._timeline_loaded = True
 
     def _recorded_timeline(self) -> tuple[int, list[dict[str, Any]]]:
-        c = MlflowClient(self.tracking_uri)
-        last_step = int(c.get_run(self.run_id).data.metrics.get("step", 0))
-        if TIMELINE_ARTIFACT not in {a.path for a in c.list_artifacts(self.run_id)}:
+        client = MlflowClient(self.tracking_uri)
+        last_step = int(client.get_run(self.run_id).data.metrics.get("step", 0))
+        if TIMELINE_ARTIFACT not in {a.path for a in client.list_artifacts(self.run_id)}:
             return last_step, []  # a new run
         with tempfile.TemporaryDirectory(prefix="ganray-timeline-") as d:
-            return last_step, json.loads(Path(c.download_artifacts(self.run_id, TIMELINE_ARTIFACT, d)).read_text())
+            return last_step, json.loads(Path(client.download_artifacts(self.run_id, TIMELINE_ARTIFACT, d)).read_text())
 
     def _evaluated_entry(self, checkpoint, m: dict[str, Any]) -> dict[str, str]:
         """With registry.register best|every, an evaluated checkpoint (its report carries ``eval_settings``) is
         copied outside Ray Train's rotation and recorded in the run (a tag) for the driver's registrar."""
         if not (self.keep_evaluated and "eval_settings" in m):
             return {}
-        from orchestrator.registrar import keep_evaluated
+        from orchestrator.registry.registrar import keep_evaluated
 
         tag, entry = keep_evaluated(checkpoint, m, self.storage_url)
         return {tag: entry}

@@ -1,7 +1,7 @@
 """JobSpec files: YAML loading, ``--set`` overrides and errors that name the field and the value.
 
 The model itself (fields, bounds, defaults) lives in :mod:`trainers.spec`, where the workers
-use it too; it is re-exported here so that ``from orchestrator.spec import JobSpec`` works.
+use it too; it is re-exported here so that ``from orchestrator.job.spec_file import JobSpec`` works.
 Every field but ``name``, ``data.url`` and ``model.arch`` has a default that runs on a CPU
 laptop. Endpoints and credentials never belong in a spec.
 """

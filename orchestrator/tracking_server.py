@@ -1,10 +1,11 @@
-"""Waiting out a tracking server that went away: which errors mean "away", the backoff, the patience.
+"""The tracking server: a client of it, and waiting it out when it went away (which errors mean "away",
+the backoff, the patience).
 
 MLflow's own client retries a refused connection for about four minutes, silently, inside
 one call. ganray asks it for short attempts (:data:`QUICK_REQUESTS`, set by
 ``environment.resolve_endpoints`` and on the Train controller) and retries here instead,
 with a backoff it logs: the controller callback keeps its reports meanwhile
-(``orchestrator/outbox.py``), and the driver's finishing (the state, the registration, the
+(``orchestrator/controller/outbox.py``), and the driver's finishing (the state, the registration, the
 summary) waits up to :data:`PATIENCE_S` for the server to come back before giving up.
 """
 from __future__ import annotations
@@ -13,7 +14,12 @@ import logging
 import os
 import re
 import time
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+from trainers.errors import GanrayError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("ganray.retry")
 T = TypeVar("T")
@@ -23,6 +29,19 @@ PATIENCE_S = 300.0  # how long the driver's finishing waits for the tracking ser
 QUICK_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 _AWAY = re.compile(r"failed with exception|Max retries exceeded|Connection (refused|reset|aborted)|"
                    r"RemoteDisconnected|timed out|error code (429|502|503|504)\b", re.IGNORECASE)
+
+
+class TrackingError(GanrayError, RuntimeError):
+    """MLflow cannot be reached or refuses what we ask."""
+
+
+def client(tracking_uri: str | None) -> "MlflowClient":
+    """A client of the tracking server (and its registry); TrackingError when there is none."""
+    if not tracking_uri:
+        raise TrackingError("no MLflow server: start the local stack (`ganray local up`) or set MLFLOW_TRACKING_URI")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def quick_requests() -> None:
@@ -72,8 +91,6 @@ def patiently(fn: Callable[[], T], what: str, patience_s: float = PATIENCE_S) ->
             if not unreachable(err):
                 raise
             if waited >= patience_s:
-                from orchestrator.runs import TrackingError
-
                 raise TrackingError(f"MLflow unreachable for {waited:.0f}s while {what} "
                                     f"({type(err).__name__}); run the job again once it answers") from None
             if time.monotonic() - last_log >= 30 or last_log == 0.0:

@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from orchestrator import jobs
+from orchestrator.job import host_record
 
 log = logging.getLogger("ganray.progress")
 
@@ -15,8 +15,8 @@ class Progress:
     """Every few seconds: the run's metrics into the local record (a cache: step and counts, never the
     state) and, when enabled, a progress line on stderr."""
 
-    def __init__(self, c, run_id: str, name: str, total: int, enabled: bool = True, every_s: float = 2.0):
-        self.c, self.run_id, self.name, self.total, self.enabled = c, run_id, name, total, enabled
+    def __init__(self, client, run_id: str, name: str, total: int, enabled: bool = True, every_s: float = 2.0):
+        self.client, self.run_id, self.name, self.total, self.enabled = client, run_id, name, total, enabled
         self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -47,10 +47,10 @@ class Progress:
                 self._failing = type(err).__name__
 
     def _tick(self) -> None:
-        m = self.c.get_run(self.run_id).data.metrics
+        m = self.client.get_run(self.run_id).data.metrics
         if "total_steps" in m:
             step = int(m.get("step", 0))
-            jobs.write_record(self.name, step=step, preemptions=int(m.get("preemptions", 0)),
+            host_record.write_record(self.name, step=step, preemptions=int(m.get("preemptions", 0)),
                               failures=int(m.get("failures", 0)), steps_lost=int(m.get("steps_lost_total", 0)))
             if self.enabled:
                 self._print(step, m)

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any
 
-from orchestrator import registry
+from orchestrator.registry import versions
 from trainers.errors import GanrayError
 from trainers.generator_metadata import GeneratorMetadata
 from trainers.spec import LOWER_IS_BETTER, REPORTED_AS, JobSpec
@@ -52,7 +52,7 @@ def keep_evaluated(checkpoint, metrics: dict[str, Any], storage_url: str) -> tup
 
     A copy that fails is logged, and the entry names Ray's checkpoint instead (registered while Ray keeps it).
     """
-    from orchestrator.storage import checkpoint_uri
+    from orchestrator.job.storage import checkpoint_uri
     from trainers.checkpoint import parse_checkpoint_name
 
     src = checkpoint.path.rstrip("/")
@@ -115,8 +115,8 @@ def _delete(uri: str) -> None:
 class Registrar:
     """Registers a run's qualifying evaluated checkpoints; as a context manager, every few seconds on a thread."""
 
-    def __init__(self, c, spec: JobSpec, run_id: str, every_s: float = 3.0):
-        self.c, self.spec, self.run_id, self.every_s = c, spec, run_id, every_s
+    def __init__(self, client, spec: JobSpec, run_id: str, every_s: float = 3.0):
+        self.client, self.spec, self.run_id, self.every_s = client, spec, run_id, every_s
         self.enabled = spec.registry.evaluated
         self._done: dict[str, int] = {}  # entry URI -> its version
         self._failed: set[str] = set()
@@ -155,7 +155,7 @@ class Registrar:
         """One pass: registers what qualifies and is not registered yet, deletes the copies no longer needed;
         returns the versions registered from the run's entries so far, oldest first."""
         with _LOCK:
-            entries = evaluated_entries(self.c.get_run(self.run_id).data.tags)
+            entries = evaluated_entries(self.client.get_run(self.run_id).data.tags)
             chosen = qualifying(entries, self.spec)
             for e in chosen:
                 self._register(e)
@@ -173,7 +173,7 @@ class Registrar:
         if uri in self._done:
             return
         try:
-            self._done[uri] = registry.register_checkpoint(self.c, self.run_id, self.spec.model_name, uri,
+            self._done[uri] = versions.register_checkpoint(self.client, self.run_id, self.spec.model_name, uri,
                                                            self.spec.digest())
         except (OSError, ValueError, KeyError, GanrayError) as err:  # a checkpoint that is gone or unreadable
             if uri not in self._failed:
@@ -181,18 +181,18 @@ class Registrar:
                 self._failed.add(uri)
 
 
-def register_finished(c, spec: JobSpec, run_id: str, ckpt_uri: str, generator, info: dict[str, Any]) -> int | None:
+def register_finished(client, spec: JobSpec, run_id: str, ckpt_uri: str, generator, info: dict[str, Any]) -> int | None:
     """The version a finished job reports: ``last`` registers (once) the final generator, ``best`` and ``every``
     finish what is pending and report the newest version registered from the run; ``none``: None."""
     mode = spec.registry.register
     if mode == "none":
         return None
     if mode == "last":
-        version = registry.find_version(c, spec.model_name, run_id, ckpt_uri) or registry.register_generator(
-            c, run_id, spec.model_name, generator, GeneratorMetadata.from_checkpoint_info(info), spec.digest(),
+        version = versions.find_version(client, spec.model_name, run_id, ckpt_uri) or versions.register_generator(
+            client, run_id, spec.model_name, generator, GeneratorMetadata.from_checkpoint_info(info), spec.digest(),
             ckpt_uri, kimg=info.get("images_seen", 0) / 1000)
-        registry.point_candidate(c, spec.model_name, version)
+        versions.point_candidate(client, spec.model_name, version)
         return version
-    Registrar(c, spec, run_id).process()
-    versions = registry.run_versions(c, spec.model_name, run_id)
-    return versions[-1] if versions else None
+    Registrar(client, spec, run_id).process()
+    found = versions.run_versions(client, spec.model_name, run_id)
+    return found[-1] if found else None

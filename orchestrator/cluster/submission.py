@@ -34,11 +34,13 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from orchestrator import runs, stop_channel
-from orchestrator.job_api import TERMINAL, JobApi, Submission, is_local_stack
-from orchestrator.jobs import JobBusyError
-from orchestrator.lifecycle import State, state_of
-from orchestrator.spec import JobSpec, load_spec, same_spec
+from orchestrator.job import runs
+
+from orchestrator.job import stop_channel
+from orchestrator.cluster.job_api import TERMINAL, JobApi, Submission, is_local_stack
+from orchestrator.job.host_record import JobBusyError
+from orchestrator.job.lifecycle import State, state_of
+from orchestrator.job.spec_file import JobSpec, load_spec, same_spec
 from trainers import settings
 from trainers.errors import GanrayError, UsageError
 
@@ -72,7 +74,7 @@ def _next_id(base: str, attempts: list[Submission]) -> str:
     return f"{base}-{n + 1}"
 
 
-def submit(api: JobApi, spec: JobSpec, c=None, replace: bool = False, working_dir: str | None = None,
+def submit(api: JobApi, spec: JobSpec, client=None, replace: bool = False, working_dir: str | None = None,
            timeout: float = 120.0, say: Callable[[str], None] = lambda _: None) -> Submitted:
     """Submits spec unless that job is already pending, running or done (see the module doc)."""
     base, subs = submission_id(spec), api.submissions(spec.name)
@@ -86,7 +88,7 @@ def submit(api: JobApi, spec: JobSpec, c=None, replace: bool = False, working_di
                                 f"(submission {running[-1].id}); --replace stops it with a checkpoint and "
                                 f"starts the name over with this spec")
         say(f"replacing submission {running[-1].id}: stopping it with a checkpoint")
-        stop(api, c, spec.name, running[-1], timeout, say=say)
+        stop(api, client, spec.name, running[-1], timeout, say=say)
         fresh = True
     else:
         holder = api.lock_holder(spec.name)
@@ -96,7 +98,7 @@ def submit(api: JobApi, spec: JobSpec, c=None, replace: bool = False, working_di
         attempts = _attempts(base, subs)
         if attempts and attempts[-1].status == "SUCCEEDED":
             return Submitted(attempts[-1].id, False, "already SUCCEEDED")
-        fresh = _changed_spec(c, spec, replace)
+        fresh = _changed_spec(client, spec, replace)
     new_id = _next_id(base, _attempts(base, subs))
     with staged(spec, working_dir) as folder:
         env_vars = settings.worker_env()
@@ -112,10 +114,10 @@ def entrypoint(address: str, fresh: bool) -> str:
     return f"{ganray} run {SPEC_FILE}" + (" --fresh" if fresh else "")
 
 
-def _changed_spec(c, spec: JobSpec, replace: bool) -> bool:
+def _changed_spec(client, spec: JobSpec, replace: bool) -> bool:
     """True when the tracking server records the name with another spec and replace allows a fresh start;
     SubmitRefused without replace. False without a tracking server (the cluster's driver checks)."""
-    run = runs.find_run(c, spec.name) if c is not None else None
+    run = runs.find_run(client, spec.name) if client is not None else None
     if run is None or run.data.tags.get(runs.DIGEST_TAG) == spec.digest():
         return False
     stored = runs.stored_spec(run)
@@ -152,20 +154,20 @@ def staged(spec: JobSpec, working_dir: str | None = None) -> Iterator[str]:
         yield folder
 
 
-def stop(api: JobApi, c, name: str, sub: Submission, timeout: float = 120.0, now: bool = False,
+def stop(api: JobApi, client, name: str, sub: Submission, timeout: float = 120.0, now: bool = False,
          say: Callable[[str], None] = lambda _: None) -> str:
     """Stops a submission (see the module doc); returns the Ray status it ended with."""
-    if now or sub.status == "PENDING" or c is None:
+    if now or sub.status == "PENDING" or client is None:
         api.stop(sub.id)
         return wait_for_end(api, sub.id)
-    run = _ask(c, name, sub, say)
+    run = _ask(client, name, sub, say)
     deadline, seen_active = time.monotonic() + timeout, False
     while time.monotonic() < deadline:
         status = api.status(sub.id)
         if status in TERMINAL:
             return status
-        run = run or _ask(c, name, sub, say)
-        state = _state(c, run)
+        run = run or _ask(client, name, sub, say)
+        state = _state(client, run)
         seen_active = seen_active or state in (State.STARTING, State.RUNNING)
         if state is State.STOPPED and seen_active:  # the checkpoint is committed: Ray may stop it now
             api.stop(sub.id)
@@ -176,12 +178,12 @@ def stop(api: JobApi, c, name: str, sub: Submission, timeout: float = 120.0, now
     return wait_for_end(api, sub.id)
 
 
-def _ask(c, name: str, sub: Submission, say: Callable[[str], None]):
+def _ask(client, name: str, sub: Submission, say: Callable[[str], None]):
     """Writes the stop request on the job's run; the run, or None while the driver has not opened it."""
     try:
-        run = runs.find_run(c, name)
+        run = runs.find_run(client, name)
         if run is not None:
-            stop_channel.request_stop(c, run.info.run_id, sub.job_id, sub.id)
+            stop_channel.request_stop(client, run.info.run_id, sub.job_id, sub.id)
             say(f"asked submission {sub.id} to stop with a checkpoint (through the tracking server)")
         return run
     except Exception as err:  # noqa: BLE001 - the tracking server may be away: ask again next round
@@ -189,11 +191,11 @@ def _ask(c, name: str, sub: Submission, say: Callable[[str], None]):
         return None
 
 
-def _state(c, run) -> State | None:
+def _state(client, run) -> State | None:
     if run is None:
         return None
     try:
-        return state_of(c.get_run(run.info.run_id))
+        return state_of(client.get_run(run.info.run_id))
     except Exception:  # noqa: BLE001 - away for a moment: ask again next round
         return None
 

@@ -15,7 +15,7 @@ from typing import Any
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from trainers.errors import GanrayError
+from orchestrator.tracking_server import TrackingError
 
 EXPERIMENT = "ganray"
 JOB_TAG = "ganray.job"
@@ -29,39 +29,28 @@ REVISION_TAG = "ganray.code_revision"
 SPEC_ARTIFACT = "spec.json"
 
 
-class TrackingError(GanrayError, RuntimeError):
-    """MLflow cannot be reached or refuses what we ask."""
+def experiment_id(client: MlflowClient) -> str:
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
 
 
-def client(tracking_uri: str | None) -> MlflowClient:
-    """A client of the tracking server (and its registry); TrackingError when there is none."""
-    if not tracking_uri:
-        raise TrackingError("no MLflow server: start the local stack (`ganray local up`) or set MLFLOW_TRACKING_URI")
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def experiment_id(c: MlflowClient) -> str:
-    exp = c.get_experiment_by_name(EXPERIMENT)
-    return exp.experiment_id if exp else c.create_experiment(EXPERIMENT)
-
-
-def find_run(c: MlflowClient, job: str):
+def find_run(client: MlflowClient, job: str):
     """The live MLflow run of a job name, or None; TrackingError when the server cannot be asked."""
     try:
-        runs = c.search_runs([experiment_id(c)], filter_string=f"tags.`{JOB_TAG}` = '{job}'",
+        runs = client.search_runs([experiment_id(client)], filter_string=f"tags.`{JOB_TAG}` = '{job}'",
                              order_by=["attributes.start_time DESC"], max_results=1)
     except Exception as err:  # noqa: BLE001 - connection errors come in several types
-        raise TrackingError(f"cannot reach MLflow at {c.tracking_uri}: {type(err).__name__}: {err}") from None
+        raise TrackingError(f"cannot reach MLflow at {client.tracking_uri}: {type(err).__name__}: {err}") from None
     return runs[0] if runs else None
 
 
-def list_runs(c: MlflowClient) -> list:
+def list_runs(client: MlflowClient) -> list:
     """The live runs of every job (superseded runs are left out), newest first."""
     try:
-        runs = c.search_runs([experiment_id(c)], filter_string=f"tags.`{JOB_TAG}` != ''", max_results=1000,
+        runs = client.search_runs([experiment_id(client)], filter_string=f"tags.`{JOB_TAG}` != ''", max_results=1000,
                              order_by=["attributes.start_time DESC"])
     except Exception as err:  # noqa: BLE001
-        raise TrackingError(f"cannot reach MLflow at {c.tracking_uri}: {type(err).__name__}: {err}") from None
+        raise TrackingError(f"cannot reach MLflow at {client.tracking_uri}: {type(err).__name__}: {err}") from None
     return [r for r in runs if "#" not in r.data.tags.get(JOB_TAG, "#")]
 
 
@@ -77,17 +66,17 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def create_run(c: MlflowClient, spec_dict: dict[str, Any], digest: str, storage_url: str) -> str:
+def create_run(client: MlflowClient, spec_dict: dict[str, Any], digest: str, storage_url: str) -> str:
     """Opens the job's run in state ``created``: tags identify it, params hold the spec (no endpoints,
     no secrets), ``spec.json`` the whole spec, and the storage tag where its checkpoints go."""
     name = spec_dict["name"]
-    run = c.create_run(experiment_id(c), run_name=name,
+    run = client.create_run(experiment_id(client), run_name=name,
                        tags={JOB_TAG: name, DIGEST_TAG: digest, STATE_TAG: "created",
                              REVISION_TAG: code_revision(), STORAGE_TAG: storage_url})
     params = [Param(k, v[:6000]) for k, v in flatten(spec_dict).items()]
     for i in range(0, len(params), 100):
-        c.log_batch(run.info.run_id, params=params[i:i + 100])
-    c.log_text(run.info.run_id, json.dumps(spec_dict, indent=2), SPEC_ARTIFACT)
+        client.log_batch(run.info.run_id, params=params[i:i + 100])
+    client.log_text(run.info.run_id, json.dumps(spec_dict, indent=2), SPEC_ARTIFACT)
     return run.info.run_id
 
 
@@ -101,9 +90,9 @@ def stored_spec(run) -> dict[str, Any] | None:
         return None
 
 
-def retire(c: MlflowClient, run) -> None:
+def retire(client: MlflowClient, run) -> None:
     """Renames a job's run (for --fresh): it keeps its history but is no longer found by the job's name."""
-    c.set_tag(run.info.run_id, JOB_TAG, f"{run.data.tags[JOB_TAG]}#superseded-{int(time.time())}")
+    client.set_tag(run.info.run_id, JOB_TAG, f"{run.data.tags[JOB_TAG]}#superseded-{int(time.time())}")
 
 
 def summary_of(run) -> dict[str, Any] | None:
@@ -112,10 +101,10 @@ def summary_of(run) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def write_summary(c: MlflowClient, run_id: str, summary: dict[str, Any]) -> None:
+def write_summary(client: MlflowClient, run_id: str, summary: dict[str, Any]) -> None:
     """Stores the summary as a tag (what a rerun prints) and as summary.json."""
-    c.set_tag(run_id, SUMMARY_TAG, json.dumps(summary))
-    c.log_text(run_id, json.dumps(summary, indent=2), "summary.json")
+    client.set_tag(run_id, SUMMARY_TAG, json.dumps(summary))
+    client.log_text(run_id, json.dumps(summary, indent=2), "summary.json")
 
 
 def code_revision() -> str:

@@ -4,7 +4,7 @@ waits out a tracking server that went away.
 ``MlflowReportCallback`` puts each report's metrics (stamped when the report arrived), tags,
 sample grids and the preemption timeline here and returns at once, so a report never waits
 on tracking and training goes on through an outage. The sender retries with a logged
-backoff (``orchestrator.retry``) and keeps everything, in order, until the server answers;
+backoff (``orchestrator.tracking_server``) and keeps everything, in order, until the server answers;
 :meth:`Outbox.drain` lets the last report wait (bounded) until all of it is sent.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from orchestrator.retry import Backoff, quick_requests, unreachable
+from orchestrator.tracking_server import Backoff, quick_requests, unreachable
 from trainers import tempdirs
 
 log = logging.getLogger("ganray.outbox")
@@ -136,7 +136,7 @@ class Outbox:
                 if failed is not None:
                     self._cond.wait(backoff.delay())  # close() wakes it
 
-    def _send(self, c: MlflowClient) -> None:
+    def _send(self, client: MlflowClient) -> None:
         """Sends what is queued, in order (metrics, tags, files, texts); each item leaves the queue only once
         MLflow took it (only this thread removes, the callback only adds), so an error loses nothing."""
         with self._cond:
@@ -144,13 +144,13 @@ class Outbox:
         while n > 0:
             with self._cond:
                 batch = self._metrics[:min(BATCH, n)]
-            c.log_batch(self.run_id, metrics=batch)
+            client.log_batch(self.run_id, metrics=batch)
             with self._cond:
                 del self._metrics[:len(batch)]
             n -= len(batch)
-        self._send_latest(self._tags, lambda k, v: c.set_tag(self.run_id, k, v))
-        self._send_files(c)
-        self._send_latest(self._texts, lambda k, v: c.log_text(self.run_id, v, k))
+        self._send_latest(self._tags, lambda k, v: client.set_tag(self.run_id, k, v))
+        self._send_files(client)
+        self._send_latest(self._texts, lambda k, v: client.log_text(self.run_id, v, k))
 
     def _send_latest(self, queue: dict[str, str], send) -> None:
         with self._cond:
@@ -161,12 +161,12 @@ class Outbox:
                 if queue.get(k) == v:  # unless a newer value came meanwhile
                     del queue[k]
 
-    def _send_files(self, c: MlflowClient) -> None:
+    def _send_files(self, client: MlflowClient) -> None:
         with self._cond:
             n = len(self._files)
         for _ in range(n):
             path, artifact_dir = self._files[0]
-            c.log_artifact(self.run_id, path, artifact_dir)
+            client.log_artifact(self.run_id, path, artifact_dir)
             with self._cond:
                 self._files.pop(0)
                 os.remove(path)

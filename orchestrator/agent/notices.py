@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from orchestrator.metadata_http import Answer, request
+from orchestrator.agent.metadata_http import Answer, request
 
 log = logging.getLogger("ganray.agent")
 

@@ -1,7 +1,7 @@
 """The embedded local stack: a Ray head, an MLflow server, and object storage.
 
 All state lives under ``$GANRAY_HOME`` (0700, as are its ``mlflow/``, ``storage/``, ``logs/``
-and ``ray/``; ``orchestrator/stack_secrets.py`` keeps them private):
+and ``ray/``; ``orchestrator/stack/private_files.py`` keeps them private):
 
 - ``stack.json``: the services we started (PID, port, log file); only ours are stopped.
 - ``profile.json``: endpoints the other commands use (no secrets).
@@ -13,7 +13,7 @@ and ``ray/``; ``orchestrator/stack_secrets.py`` keeps them private):
 
 With ``s3=True`` a moto S3 server on loopback is started as well and the defaults point at
 it; it keeps objects in memory only while it runs, and logs no query strings
-(``orchestrator/s3_server.py``). Ports are picked free and then used; a service that finds
+(``orchestrator/stack/s3_server.py``). Ports are picked free and then used; a service that finds
 its port taken in between is started again on fresh ports (up to :data:`PORT_ATTEMPTS`).
 """
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 import requests
 
-from orchestrator import stack_secrets as secrets_
-from orchestrator.retry import QUICK_REQUESTS
+from orchestrator.stack import private_files
+from orchestrator.tracking_server import QUICK_REQUESTS
 from trainers.errors import GanrayError
 from trainers.settings import ganray_home
 
@@ -178,7 +178,7 @@ class LocalStack:
 
     def credentials(self) -> dict[str, str]:
         """The stack's credentials: S3 keys, MLflow login ({} when it has none yet)."""
-        return secrets_.read_credentials(self.home)
+        return private_files.read_credentials(self.home)
 
     def auth(self) -> bool:
         """Whether this stack runs MLflow with authentication (once started so, always so)."""
@@ -190,15 +190,15 @@ class LocalStack:
 
     def prepare(self, s3: bool = False, auth: bool = False) -> None:
         """Private folders and secrets, before any service starts."""
-        secrets_.private_dir(self.home)
+        private_files.private_dir(self.home)
         for sub in ("logs", "mlflow"):
-            secrets_.private_dir(self.home / sub)
-        secrets_.ensure_ray_token(self.home)
+            private_files.private_dir(self.home / sub)
+        private_files.ensure_ray_token(self.home)
         if auth and (self.home / "mlflow" / "basic_auth.db").exists() and \
-                "mlflow_password" not in secrets_.read_credentials(self.home):
+                "mlflow_password" not in private_files.read_credentials(self.home):
             raise StackError(f"MLflow's user store {self.home / 'mlflow' / 'basic_auth.db'} exists but the stack's "
                              f"credentials.json has no login for it; remove the user store to start over")
-        secrets_.ensure_credentials(self.home, s3=s3, auth=auth)
+        private_files.ensure_credentials(self.home, s3=s3, auth=auth)
 
     # -- lifecycle -------------------------------------------------------
     def up(self, s3: bool = False, auth: bool = False, timeout: float = 120.0) -> dict[str, Any]:
@@ -223,7 +223,7 @@ class LocalStack:
         if want_s3:
             self._ensure_bucket(running["s3"].port)
         else:
-            secrets_.private_dir(self.home / "storage")
+            private_files.private_dir(self.home / "storage")
         return self._write_profile(running, self._state()["ray_ports"], auth)
 
     def _start_missing(self, running: dict[str, Service], s3: bool, auth: bool, timeout: float) -> None:
@@ -271,7 +271,7 @@ class LocalStack:
         return Service(name, p.pid, port, str(log_path), offset)
 
     def _start_s3(self, ports: dict[str, int]) -> Service:
-        return self._spawn("s3", [sys.executable, "-m", "orchestrator.s3_server", "-H", "127.0.0.1",
+        return self._spawn("s3", [sys.executable, "-m", "orchestrator.stack.s3_server", "-H", "127.0.0.1",
                                   "-p", str(ports["s3"])], ports["s3"])
 
     def _start_mlflow(self, ports: dict[str, int], auth: bool) -> Service:
@@ -282,14 +282,14 @@ class LocalStack:
                "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
         # MLflow's job runner (GenAI jobs ganray never submits) would add eight processes per server.
         env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
-               "TMPDIR": str(secrets_.private_dir(root / "tmp"))}  # its lock files stay in the stack, not /tmp
+               "TMPDIR": str(private_files.private_dir(root / "tmp"))}  # its lock files stay in the stack, not /tmp
         if auth:  # the auth app: its settings and the admin's first password in the environment only
             cmd[2:2] = ["--app-name", "basic-auth"]
-            env.update(secrets_.auth_env(self.home, secrets_.read_credentials(self.home)))
+            env.update(private_files.auth_env(self.home, private_files.read_credentials(self.home)))
         return self._spawn("mlflow", cmd, ports["mlflow"], env)
 
     def _start_ray(self, ports: dict[str, int], profile: dict[str, Any]) -> Service:
-        from orchestrator.environment import stack_env
+        from orchestrator.cluster.endpoints import stack_env
 
         env = {**stack_env(self.home, profile, self.credentials(), ray=False), **self.ray_env(), **QUICK_REQUESTS,
                "GANRAY_HOME": str(self.home), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -310,7 +310,7 @@ class LocalStack:
         return self._spawn("ray", cmd, ports["gcs"], env)
 
     def _private_ray_root(self) -> str:
-        secrets_.private_ray_temp_dir(ray_temp_dir(self.home))
+        private_files.private_ray_temp_dir(ray_temp_dir(self.home))
         return ray_session_root(self.home)
 
     def _wait_ready(self, running: dict[str, Service], services: dict[str, Service], timeout: float) -> None:
@@ -357,7 +357,7 @@ class LocalStack:
     def _ensure_bucket(self, port: int) -> None:
         import boto3
 
-        from orchestrator.environment import LOCAL_S3_REGION
+        from orchestrator.cluster.endpoints import LOCAL_S3_REGION
 
         creds = self.credentials()
         s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name=LOCAL_S3_REGION,

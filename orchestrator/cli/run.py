@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from orchestrator import tracking_server
+
 from orchestrator.cli.common import stdout_to_stderr
 from trainers.errors import GanrayError
 
@@ -25,8 +27,8 @@ def run_cmd(spec_path: str, overrides: tuple[str, ...], fresh: bool, summary_jso
 
     Ctrl-C writes a checkpoint and exits (status 130); run again to resume.
     """
-    from orchestrator.driver import run_job
-    from orchestrator.spec import load_spec
+    from orchestrator.job.driver import run_job
+    from orchestrator.job.spec_file import load_spec
 
     spec = load_spec(spec_path, list(overrides))
     with stdout_to_stderr():
@@ -39,7 +41,7 @@ def run_cmd(spec_path: str, overrides: tuple[str, ...], fresh: bool, summary_jso
     if summary.get("state") == "stopped":
         click.echo(f"ganray: stopped at step {summary['steps']}; run the same spec again to resume", err=True)
         sys.stdout.flush()
-        from orchestrator.job_api import stop_own_submission
+        from orchestrator.cluster.job_api import stop_own_submission
 
         stop_own_submission()  # a submitted driver: Ray records STOPPED (its stop ends this process, status 0)
         sys.exit(130)
@@ -48,18 +50,19 @@ def run_cmd(spec_path: str, overrides: tuple[str, ...], fresh: bool, summary_jso
 def job_statuses(name: str | None) -> list[dict[str, Any]]:
     """The status of one job (or of all) from the tracking server; this host's cached records, with a
     warning, when the server cannot be reached."""
-    from orchestrator import jobs, runs
-    from orchestrator.environment import resolve_endpoints
-    from orchestrator.lifecycle import job_status
+    from orchestrator.job import host_record
+    from orchestrator.job import runs
+    from orchestrator.cluster.endpoints import resolve_endpoints
+    from orchestrator.job.lifecycle import job_status
 
     try:
-        c = runs.client(resolve_endpoints().mlflow_uri)
-        found = [runs.find_run(c, name)] if name else runs.list_runs(c)
+        client = tracking_server.client(resolve_endpoints().mlflow_uri)
+        found = [runs.find_run(client, name)] if name else runs.list_runs(client)
         return [job_status(r) for r in found if r is not None]
-    except runs.TrackingError as err:
+    except tracking_server.TrackingError as err:
         click.echo(f"ganray: warning: {err}; showing this host's cached records", err=True)
     fields = ("name", "state", "step", "total_steps", "checkpoint", "run_id", "preemptions", "failures")
-    records = [r for r in jobs.list_records() if name is None or r["name"] == name]
+    records = [r for r in host_record.list_records() if name is None or r["name"] == name]
     return [{k: r.get(k, 0 if k in ("step", "total_steps", "preemptions", "failures") else None) for k in fields}
             for r in records]
 
@@ -67,12 +70,12 @@ def job_statuses(name: str | None) -> list[dict[str, Any]]:
 def with_cluster(statuses: list[dict[str, Any]], name: str | None, address: str | None) -> list[dict[str, Any]]:
     """Statuses with `ray_status` (and `submission_id`) of each name's latest submission, when --address or
     an http(s) RAY_ADDRESS names a cluster's dashboard; as they are otherwise."""
-    from orchestrator.job_api import JobApi, cluster_address
+    from orchestrator.cluster.job_api import JobApi, cluster_address
 
     url = cluster_address(address)
     if url is None:
         return statuses
-    from orchestrator.submission import with_ray_status
+    from orchestrator.cluster.submission import with_ray_status
 
     return with_ray_status(statuses, JobApi(url).submissions(name), name)
 

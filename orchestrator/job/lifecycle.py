@@ -24,9 +24,10 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator import jobs
-from orchestrator.retry import PATIENCE_S, patiently
-from orchestrator.runs import CHECKPOINT_TAG, STATE_TAG, TrackingError
+from orchestrator.job import host_record
+from orchestrator.tracking_server import PATIENCE_S, patiently
+from orchestrator.job.runs import CHECKPOINT_TAG, STATE_TAG
+from orchestrator.tracking_server import TrackingError
 from trainers.errors import GanrayError
 
 log = logging.getLogger("ganray.lifecycle")
@@ -83,8 +84,8 @@ def check(frm: State, to: State) -> None:
 class Lifecycle:
     """Moves one job's state in every store; holds the state it last wrote."""
 
-    def __init__(self, c: MlflowClient, name: str, run_id: str, state: State, patience_s: float = PATIENCE_S):
-        self.c, self.name, self.run_id, self.state, self.patience_s = c, name, run_id, state, patience_s
+    def __init__(self, client: MlflowClient, name: str, run_id: str, state: State, patience_s: float = PATIENCE_S):
+        self.client, self.name, self.run_id, self.state, self.patience_s = client, name, run_id, state, patience_s
 
     def move(self, to: State, **fields: Any) -> None:
         """Checks and makes the transition: MLflow (tag, run status, checkpoint tag) then the local record.
@@ -99,7 +100,7 @@ class Lifecycle:
         if fields.get("checkpoint"):
             tags[CHECKPOINT_TAG] = fields["checkpoint"]
         err = self._write_run(tags, RUN_STATUS[to])
-        jobs.write_record(self.name, state=to.value, run_id=self.run_id, state_in_mlflow=err is None, **fields)
+        host_record.write_record(self.name, state=to.value, run_id=self.run_id, state_in_mlflow=err is None, **fields)
         self.state = to
         if err is not None:
             raise TrackingError(f"job {self.name!r} is {to.value}, but MLflow could not record it "
@@ -108,11 +109,11 @@ class Lifecycle:
     def _write_run(self, tags: dict[str, str], status: str) -> Exception | None:
         def write() -> None:
             for k, v in tags.items():
-                self.c.set_tag(self.run_id, k, v)
+                self.client.set_tag(self.run_id, k, v)
             if status in ("FINISHED", "FAILED", "KILLED"):
-                self.c.set_terminated(self.run_id, status)
+                self.client.set_terminated(self.run_id, status)
             else:
-                self.c.update_run(self.run_id, status=status)
+                self.client.update_run(self.run_id, status=status)
 
         try:
             patiently(write, f"recording state {tags[STATE_TAG]}", self.patience_s)
@@ -124,7 +125,7 @@ class Lifecycle:
 
 def job_status(run) -> dict[str, Any]:
     """What ``ganray status --json`` prints for a job, read from its MLflow run alone."""
-    from orchestrator.runs import JOB_TAG
+    from orchestrator.job.runs import JOB_TAG
 
     m, tags, params = run.data.metrics, run.data.tags, run.data.params
     return {"name": tags.get(JOB_TAG, run.info.run_name).split("#", 1)[0], "state": state_of(run).value,

@@ -189,8 +189,8 @@ def ingest_chunk(args: dict[str, Any]) -> dict[str, Any]:
 # -- the driver ------------------------------------------------------------------------------
 
 def _run(plan: _Plan, report: IngestReport, progress, ray_address: str | None) -> None:
-    from orchestrator.environment import resolve_endpoints
-    from orchestrator.ray_runtime import ray_init
+    from orchestrator.cluster.endpoints import resolve_endpoints
+    from orchestrator.job.ray_runtime import ray_init
 
     ray_init(ray_address or resolve_endpoints().ray_address)
     dest = Destination(plan.dest)

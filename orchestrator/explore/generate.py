@@ -31,7 +31,7 @@ def generate(model_uri: str, n: int, seed: int, out: str | Path, tags: list[str]
     An unknown tag is an error listing the known ones. A text-conditioned model takes ``prompt`` instead
     (every sample gets it): a prompt with tags, an empty one, one over 300 characters, or one to a model
     without text conditioning is an error."""
-    from orchestrator.registry import load_generator, parse_model_uri
+    from orchestrator.registry.versions import load_generator, parse_model_uri
 
     if Path(out).suffix not in OUTPUT_SUFFIXES:
         raise UsageError(f"--out must end in .png (a grid) or .npz (an array), got {str(out)!r}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from orchestrator.ray_runtime import ClusterError
+from orchestrator.job.ray_runtime import ClusterError
 from trainers import settings
 
 JOB_KEY, DIGEST_KEY = "ganray.job", "ganray.digest"
@@ -197,7 +197,7 @@ class JobApi:
         from ray.util.state.api import StateApiClient
         from ray.util.state.common import ListApiOptions, StateResource
 
-        from orchestrator.cluster_lock import actor_name, describe
+        from orchestrator.job.cluster_lock import actor_name, describe
 
         with _own_address():
             state = self._call(StateApiClient, self.address, headers={**self._headers,
@@ -225,7 +225,7 @@ def stop_own_submission(wait_s: float = 60.0) -> bool:
     import sys
     import time
 
-    from orchestrator.ray_runtime import own_submission_id
+    from orchestrator.job.ray_runtime import own_submission_id
 
     sid = own_submission_id()
     if not sid:

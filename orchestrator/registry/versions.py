@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.runs import code_revision
+from orchestrator.job.runs import code_revision
 from trainers.errors import GanrayError
 from trainers.generator_metadata import METADATA_KEY, GeneratorMetadata, MetadataError, read_metadata
 
@@ -79,10 +79,10 @@ def _same_checkpoint(tagged: str | None, uri: str) -> bool:
     return mine is not None and parse_checkpoint_name(tagged) == mine
 
 
-def find_version(c: MlflowClient, model_name: str, run_id: str, checkpoint_uri: str) -> int | None:
+def find_version(client: MlflowClient, model_name: str, run_id: str, checkpoint_uri: str) -> int | None:
     """The version already registered from this run's checkpoint, or None (what makes registering idempotent)."""
     try:
-        versions = c.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+        versions = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
     except Exception:  # noqa: BLE001 - no such model yet
         return None
     found = [int(v.version) for v in versions if _same_checkpoint((v.tags or {}).get(CHECKPOINT_VERSION_TAG),
@@ -90,45 +90,45 @@ def find_version(c: MlflowClient, model_name: str, run_id: str, checkpoint_uri: 
     return max(found) if found else None
 
 
-def run_versions(c: MlflowClient, model_name: str, run_id: str) -> list[int]:
+def run_versions(client: MlflowClient, model_name: str, run_id: str) -> list[int]:
     """The versions of model_name registered from run_id, oldest first ([] when there is no such model)."""
     try:
-        versions = c.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+        versions = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
     except Exception:  # noqa: BLE001 - no such model yet
         return []
     return sorted(int(v.version) for v in versions)
 
 
-def point_candidate(c: MlflowClient, model_name: str, version: int) -> None:
+def point_candidate(client: MlflowClient, model_name: str, version: int) -> None:
     """Moves the alias ``candidate`` to version when it is the model's newest (never back to an older one)."""
-    newest = max(int(v.version) for v in c.search_model_versions(f"name='{model_name}'"))
+    newest = max(int(v.version) for v in client.search_model_versions(f"name='{model_name}'"))
     if version < newest:
         return
     try:
-        if int(c.get_model_version_by_alias(model_name, CANDIDATE).version) == version:
+        if int(client.get_model_version_by_alias(model_name, CANDIDATE).version) == version:
             return
     except Exception:  # noqa: BLE001 - no candidate yet
         pass
-    c.set_registered_model_alias(model_name, CANDIDATE, str(version))
+    client.set_registered_model_alias(model_name, CANDIDATE, str(version))
 
 
-def register_checkpoint(c: MlflowClient, run_id: str, model_name: str, checkpoint_uri: str, digest: str) -> int:
+def register_checkpoint(client: MlflowClient, run_id: str, model_name: str, checkpoint_uri: str, digest: str) -> int:
     """The version of model_name registered from a checkpoint of run_id: found again, or registered now (its
     EMA generator, with tags from the checkpoint); ``candidate`` moves to it when it is the newest."""
-    from orchestrator.storage import local_checkpoint
+    from orchestrator.job.storage import local_checkpoint
     from trainers.checkpoint import generator_from_checkpoint
 
-    version = find_version(c, model_name, run_id, checkpoint_uri)
+    version = find_version(client, model_name, run_id, checkpoint_uri)
     if version is None:
         with local_checkpoint(checkpoint_uri) as d:
             generator, info = generator_from_checkpoint(d)
-        version = register_generator(c, run_id, model_name, generator, GeneratorMetadata.from_checkpoint_info(info),
+        version = register_generator(client, run_id, model_name, generator, GeneratorMetadata.from_checkpoint_info(info),
                                      digest, checkpoint_uri, kimg=info.get("images_seen", 0) / 1000)
-    point_candidate(c, model_name, version)
+    point_candidate(client, model_name, version)
     return version
 
 
-def register_generator(c: MlflowClient, run_id: str, model_name: str, generator, meta: GeneratorMetadata,
+def register_generator(client: MlflowClient, run_id: str, model_name: str, generator, meta: GeneratorMetadata,
                        digest: str, checkpoint_uri: str, kimg: float | None = None) -> int:
     """Logs the generator to the run and registers it as a version of model_name; returns the version."""
     import mlflow
@@ -139,14 +139,14 @@ def register_generator(c: MlflowClient, run_id: str, model_name: str, generator,
 
     # pt2 (torch.export) format; a batch of 2 keeps the batch dimension dynamic (1 would be specialised).
     example = np.zeros((2, meta.input_width), dtype=np.float32)
-    status = c.get_run(run_id).info.status
-    with _mlflow_pointed_at(c.tracking_uri):
+    status = client.get_run(run_id).info.status
+    with _mlflow_pointed_at(client.tracking_uri):
         with mlflow.start_run(run_id=run_id):
             model_info = mlflow.pytorch.log_model(
                 PackedInputGenerator(generator).eval(), name="generator", input_example=example,
                 metadata={METADATA_KEY: meta.to_dict()}, serialization_format="pt2",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ganray"], step=int(meta.step or 0))
-        c.update_run(run_id, status=status)  # leaving start_run ended the run; its lifecycle decides that
+        client.update_run(run_id, status=status)  # leaving start_run ended the run; its lifecycle decides that
         mv = mlflow.register_model(model_info.model_uri, model_name,
                                    tags=version_tags(meta, run_id, digest, checkpoint_uri, kimg))
     return int(mv.version)
@@ -179,27 +179,27 @@ def _mlflow_pointed_at(uri: str) -> Iterator[None]:
 
 
 def parse_model_uri(uri: str) -> str:
-    """The ``models:/`` URI of a version named in any form of ``orchestrator.model_ref`` (MODEL@ALIAS,
+    """The ``models:/`` URI of a version named in any form of ``orchestrator.registry.model_ref`` (MODEL@ALIAS,
     MODEL/V, models:/MODEL/V, models:/MODEL@ALIAS); UsageError for anything else, or a bare MODEL."""
-    from orchestrator.model_ref import parse_ref
+    from orchestrator.registry.model_ref import parse_ref
 
     return parse_ref(uri, need_version=True).uri
 
 
-def get_version(c: MlflowClient, ref):
+def get_version(client: MlflowClient, ref):
     """The ModelVersion a ModelRef names (by version or alias); RegistryError naming what is there instead."""
     try:
         if ref.version is not None:
-            return c.get_model_version(ref.name, str(ref.version))
-        return c.get_model_version_by_alias(ref.name, ref.alias)
+            return client.get_model_version(ref.name, str(ref.version))
+        return client.get_model_version_by_alias(ref.name, ref.alias)
     except Exception as err:  # noqa: BLE001 - MLflow raises its own kinds for a missing model or version
         detail = type(err).__name__
     try:
-        model = c.get_registered_model(ref.name)
+        model = client.get_registered_model(ref.name)
     except Exception:  # noqa: BLE001
-        raise RegistryError(f"no registered model {ref.name!r} at {c.tracking_uri} ({detail})") from None
+        raise RegistryError(f"no registered model {ref.name!r} at {client.tracking_uri} ({detail})") from None
     aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(model.aliases.items())) or "none"
-    versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{ref.name}'"))
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{ref.name}'"))
     missing = f"version {ref.version}" if ref.version is not None else f"alias {ref.alias!r}"
     raise RegistryError(f"model {ref.name!r} has no {missing} "
                         f"(versions: {', '.join(map(str, versions)) or 'none'}; aliases: {aliases})")
@@ -264,11 +264,11 @@ def version_record(mv) -> dict[str, Any]:
             "lineage": lineage, "source": mv.source, "created_ms": int(mv.creation_timestamp or 0)}
 
 
-def model_versions(c: MlflowClient, name: str) -> list:
+def model_versions(client: MlflowClient, name: str) -> list:
     """Every version of a registered model, newest first, with its aliases."""
-    versions = c.search_model_versions(f"name='{name}'")
+    versions = client.search_model_versions(f"name='{name}'")
     aliases: dict[str, list[str]] = {}
-    for alias, version in c.get_registered_model(name).aliases.items():
+    for alias, version in client.get_registered_model(name).aliases.items():
         aliases.setdefault(str(version), []).append(alias)
     for mv in versions:
         mv.aliases = sorted(aliases.get(str(mv.version), []))

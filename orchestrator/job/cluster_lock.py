@@ -16,8 +16,8 @@ import socket
 import time
 from typing import Any, Iterator
 
-from orchestrator.jobs import JobBusyError
-from orchestrator.ray_runtime import NAMESPACE, own_job_id, own_submission_id, ray_init
+from orchestrator.job.host_record import JobBusyError
+from orchestrator.job.ray_runtime import NAMESPACE, own_job_id, own_submission_id, ray_init
 
 RELEASE_WAIT_S = 30.0  # how long a holder that is going away (its driver ended) is waited for
 

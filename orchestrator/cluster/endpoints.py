@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from trainers import settings
-from orchestrator.retry import QUICK_REQUESTS
+from orchestrator.tracking_server import QUICK_REQUESTS
 from trainers.data.storage import read_local_credentials
 from trainers.errors import GanrayError
 

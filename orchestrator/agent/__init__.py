@@ -1,0 +1,1 @@
+"""The node notice agent: a process of its own on every node (``ganray agent``), no torch."""

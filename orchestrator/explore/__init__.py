@@ -1,0 +1,1 @@
+"""Using a registered generator on this machine: samples written to files."""

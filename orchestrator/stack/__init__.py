@@ -1,0 +1,1 @@
+"""The embedded local stack (``ganray local``): Ray head, MLflow server, S3 server, their private files."""
