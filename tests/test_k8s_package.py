@@ -1,6 +1,6 @@
 """The manifests and the image agree with the package: every `ganray ...`, `mlflow server ...` and
 `ray start` command line parses with the real click command (an unknown flag, a bad choice or a
-missing required option fails), every ganray container runs the image deploy/Dockerfile builds."""
+missing required option fails), every ganray container runs the image the root Dockerfile builds."""
 from __future__ import annotations
 
 import importlib
@@ -14,7 +14,7 @@ import pytest
 from test_k8s import K8S, OVERLAYS, RAY_KINDS, ROOT, TARGETS, cluster_spec, containers, pod_templates, render
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-DOCKERFILE = (ROOT / "deploy" / "Dockerfile").read_text()
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
 AGENT_SCRIPT = K8S / "base" / "notice-agent.sh"
 
 

@@ -2,7 +2,7 @@
 # The ganray image: CUDA PyTorch and ganray, with the console script `ganray` on PATH. One image
 # for every ganray container on Kubernetes (k8s/): Ray heads and workers, the RayJob's driver, the
 # notice agent, the MLflow server and Ray Serve. Build from the repository root:
-#   docker build -f deploy/Dockerfile -t REGISTRY/ganray:0.1.0 .
+#   docker build -t REGISTRY/ganray:0.1.0 .
 # BASE_IMAGE: a PyTorch image with Python 3.11 and the torch that constraints.txt pins (any other
 # torch would be replaced by pip with the PyPI wheel). Check the tag on hub.docker.com/r/pytorch/pytorch.
 ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
