@@ -3,9 +3,10 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+import torch
 
-from orchestrator.job.spec_file import ARCHES, CONDITIONAL_ARCHES, ModelSpec, SpecError, load_spec, parse_spec
-from trainers.spec import check_resolution as spec_check_resolution
+from orchestrator.job.spec_file import SpecError, load_spec, parse_spec
+from trainers.spec import ARCHES, CONDITIONAL_ARCHES, ModelSpec
 
 BASE = {"name": "x", "data": {"url": "s3://d"}, "model": {"arch": "dcgan"}}
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,20 +57,25 @@ def test_eval_section():
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_example_spec_validates(path):
+def test_every_example_spec_validates_and_builds_its_networks(path):
+    from trainers.networks import build_models
+
     s = load_spec(path)
-    assert s.model.arch in ARCHES
+    c_dim = 8 if s.model.conditional else 0
+    g, d = build_models(s.model, s.data.resolution or 32, c_dim=c_dim)
+    assert sum(p.numel() for p in g.parameters()) > 0 and sum(p.numel() for p in d.parameters()) > 0
 
 
 @pytest.mark.parametrize("resolution", [8, 16, 24, 48, 64, 1024, 2048])
 def test_the_spec_and_the_networks_share_one_resolution_rule(resolution):
-    from trainers.networks import build_models, check_resolution
+    from trainers.networks import build_models
 
-    assert check_resolution is spec_check_resolution
     valid = resolution in (16, 64, 1024)
     if valid:
         assert spec(data={"url": "s3://d", "resolution": resolution}).data.resolution == resolution
-        check_resolution(resolution)
+        if resolution <= 64:  # what the spec accepts, the networks build, at that size
+            g, _ = build_models(spec(model={"arch": "dcgan", "z_dim": 8, "channels": 4}).model, resolution)
+            assert tuple(g.eval()(torch.zeros(1, 8)).shape) == (1, 3, resolution, resolution)
     else:
         with pytest.raises(SpecError, match="data.resolution.*power of two from 16 to 1024"):
             spec(data={"url": "s3://d", "resolution": resolution})
@@ -80,8 +86,16 @@ def test_the_spec_and_the_networks_share_one_resolution_rule(resolution):
 def test_architecture_names_are_defined_once():
     from trainers import networks
 
-    assert get_args(ModelSpec.model_fields["arch"].annotation) == ARCHES == networks.ARCHES
+    assert get_args(ModelSpec.model_fields["arch"].annotation) == ARCHES
     assert set(CONDITIONAL_ARCHES) < set(ARCHES)
+    for arch in ARCHES:  # every name the spec accepts, the networks build (they keep no list of their own)
+        conditional = arch in CONDITIONAL_ARCHES
+        model = spec(model={"arch": arch, "z_dim": 8, "channels": 4, "channels_max": 8,
+                            "conditioning": "tags" if conditional else "none"}).model
+        g, d = networks.build_models(model, 16, c_dim=4 if conditional else 0)
+        assert g.config["arch"] == arch
+    with pytest.raises(ValueError, match="unknown generator arch 'biggan'"):
+        networks.build_generator({"arch": "biggan", "resolution": 16, "z_dim": 8})
     for arch in CONDITIONAL_ARCHES:
         assert spec(model={"arch": arch, "conditioning": "tags"}).model.conditional
     for arch in set(ARCHES) - set(CONDITIONAL_ARCHES):
