@@ -116,7 +116,8 @@ def ratios(b: dict, one: dict) -> dict:
 def run(args, home: Path) -> dict:
     from orchestrator.cluster import serving
     from orchestrator.cluster.endpoints import use_cluster_environment
-    from orchestrator.stack.local_stack import LocalStack, free_port
+    from orchestrator.stack.local_stack import LocalStack
+    from orchestrator.stack.processes import free_port
 
     stack = LocalStack(home)
     try:

@@ -11,12 +11,13 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from orchestrator.stack.processes import free_port, kill_strays
 
 BIN = Path(sys.executable).parent
 
@@ -28,12 +29,6 @@ FAST_DETECTION = {
     "RAY_health_check_failure_threshold": "3",
     "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -72,7 +67,7 @@ class LocalCluster:
         log = self.root / f"{name}.log"
         ports = ["--node-manager-port", "--object-manager-port", "--metrics-export-port",
                  "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--runtime-env-agent-port"]
-        port_args = [a for p in ports for a in (p, str(_free_port()))]
+        port_args = [a for p in ports for a in (p, str(free_port()))]
         cmd = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *args, *port_args]
         proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=self.env, start_new_session=True, cwd=self.root)
@@ -81,9 +76,9 @@ class LocalCluster:
         return node
 
     def start_head(self, timeout: float = 90) -> str:
-        port = _free_port()
+        port = free_port()
         self._start("head", ["--head", "--port", str(port), "--temp-dir", self.temp_dir, "--num-cpus", "0",
-                             "--include-dashboard", "false", "--ray-client-server-port", str(_free_port())])
+                             "--include-dashboard", "false", "--ray-client-server-port", str(free_port())])
         self.address = f"127.0.0.1:{port}"
         self._wait_started("head", timeout)
         return self.address
@@ -128,7 +123,7 @@ class LocalCluster:
         except ProcessLookupError:
             pass
         node.proc.wait(timeout=30)
-        _kill_matching(f"gr_{name}")
+        kill_strays(f"gr_{name}")
 
     def stop(self) -> None:
         for name in list(self.nodes)[::-1]:
@@ -141,20 +136,6 @@ class LocalCluster:
                 node.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 pass
-        _kill_matching(self.temp_dir)
+        kill_strays(self.temp_dir)
         subprocess.run(["rm", "-rf", self.temp_dir], check=False)
 
-
-def _kill_matching(marker: str) -> None:
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass

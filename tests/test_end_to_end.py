@@ -276,7 +276,8 @@ def test_ctrl_c_stopped_aborted_and_fresh_states_agree_everywhere(demo, dataset,
 def test_down_leaves_nothing_and_registered_models_survive(demo, stack, ganray_home, tmp_path):
     pids = [v.pid for v in stack.services().values()]
     ganray(ganray_home, "local", "down")
-    from orchestrator.stack.local_stack import pid_alive, ray_temp_dir
+    from orchestrator.stack.local_stack import ray_temp_dir
+    from orchestrator.stack.processes import pid_alive
 
     assert not any(pid_alive(p) for p in pids)
     marker, home = ray_temp_dir(ganray_home), str(ganray_home)

@@ -21,7 +21,7 @@ from conftest import ROOT, cli_env, ganray
 from orchestrator.controller.outbox import Outbox
 from orchestrator.tracking_server import QUICK_REQUESTS, patiently, unreachable
 from orchestrator.tracking_server import TrackingError
-from orchestrator.stack.local_stack import free_port
+from orchestrator.stack.processes import free_port
 
 REPORT_EVERY_S = 2.5
 OUTAGE_S = 20.0  # eight report intervals

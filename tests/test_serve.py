@@ -192,7 +192,7 @@ def register_untrained(client: MlflowClient, name: str, arch: str, vocabulary: l
 
 
 def free_port() -> int:
-    from orchestrator.stack.local_stack import free_port as free
+    from orchestrator.stack.processes import free_port as free
 
     return free()
 

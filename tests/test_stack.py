@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from orchestrator.stack.local_stack import LocalStack, StackError, pid_alive
+from orchestrator.stack.local_stack import LocalStack, StackError
+from orchestrator.stack.processes import pid_alive
 from trainers import tempdirs
 
 @pytest.mark.ray

@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from orchestrator.stack import private_files
-from orchestrator.stack.local_stack import LocalStack, free_port, ray_session_root, ray_temp_dir
+from orchestrator.stack.local_stack import LocalStack, ray_session_root, ray_temp_dir
+from orchestrator.stack.processes import free_port
 from orchestrator.stack.private_files import PrivateFileError
 
 

@@ -24,8 +24,6 @@ import logging
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +34,7 @@ from typing import Any, Callable
 import requests
 
 from orchestrator.stack import private_files
+from orchestrator.stack.processes import free_port, group_alive, kill_strays, pid_alive, port_free, stop_group
 from orchestrator.tracking_server import QUICK_REQUESTS
 from trainers.errors import GanrayError
 from trainers.settings import ganray_home
@@ -71,41 +70,6 @@ class Service:
 
     def alive(self) -> bool:
         return pid_alive(self.pid)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in avoid:
-            return port
-
-
-def port_free(port: int) -> bool:
-    """Whether a server could bind port now (as servers do, past connections in TIME_WAIT)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def ray_temp_dir(home: Path) -> str:
@@ -333,7 +297,7 @@ class LocalStack:
                 time.sleep(0.5)
 
     def _failed(self, name: str, svc: Service) -> None:
-        _stop_group(svc.pid, 5.0)  # whatever it started before it died
+        stop_group(svc.pid, 5.0)  # whatever it started before it died
         ports = {svc.port} | (set(self._state().get("ray_ports", {}).values()) if name == "ray" else set())
         text = _since(svc.log, svc.log_offset)
         taken = {p for p in ports if not port_free(p)}
@@ -387,7 +351,7 @@ class LocalStack:
         services = self.services()
         if name not in services:
             raise StackError(f"the stack has no {name} service")
-        _stop_group(services[name].pid, timeout)
+        stop_group(services[name].pid, timeout)
         return services[name]
 
     def start_service(self, name: str, timeout: float = 120.0) -> Service:
@@ -417,12 +381,12 @@ class LocalStack:
         # Ray first: its workers may still talk to the others.
         for name in sorted(services, key=lambda n: n != "ray"):
             svc = services[name]
-            if svc.alive() or _group_alive(svc.pid):
+            if svc.alive() or group_alive(svc.pid):
                 # `ray start --block` spends ~30 s on a graceful SIGTERM; a local head
                 # has nothing to save, so it gets a short grace before SIGKILL.
-                _stop_group(svc.pid, min(timeout, 5.0) if name == "ray" else timeout)
+                stop_group(svc.pid, min(timeout, 5.0) if name == "ray" else timeout)
                 stopped.append(name)
-        _kill_strays(ray_temp_dir(self.home))
+        kill_strays(ray_temp_dir(self.home))
         if self.state_file.exists():
             self._save({})
         shutil.rmtree(ray_temp_dir(self.home), ignore_errors=True)
@@ -436,58 +400,3 @@ class LocalStack:
                          for k, v in self.services().items()},
             "profile": self.profile(),
         }
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def _stop_group(pgid: int, timeout: float) -> None:
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.time() + wait
-        while time.time() < deadline:
-            try:
-                os.waitpid(pgid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            if not _group_alive(pgid) or not _group_has_live_member(pgid):
-                return
-            time.sleep(0.2)
-
-
-def _group_has_live_member(pgid: int) -> bool:
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().split(")")[-1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
-
-
-def _kill_strays(marker: str) -> None:
-    """Kills any process whose command line names our Ray temp dir (workers that left the group)."""
-    me = os.getpid()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == me:
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
