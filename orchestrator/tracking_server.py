@@ -3,7 +3,7 @@ the backoff, the patience).
 
 MLflow's own client retries a refused connection for about four minutes, silently, inside
 one call. ganray asks it for short attempts (:data:`QUICK_REQUESTS`, set by
-``environment.resolve_endpoints`` and on the Train controller) and retries here instead,
+``cluster.endpoints.resolve_endpoints`` and on the Train controller) and retries here instead,
 with a backoff it logs: the controller callback keeps its reports meanwhile
 (``orchestrator/controller/outbox.py``), and the driver's finishing (the state, the registration, the
 summary) waits up to :data:`PATIENCE_S` for the server to come back before giving up.

@@ -1,8 +1,6 @@
 """``ganray agent``: the spot-notice agent of one node."""
 from __future__ import annotations
 
-import os
-
 import click
 
 from trainers.errors import UsageError
@@ -28,9 +26,11 @@ def agent_cmd(provider: str, metadata_url: str | None, node_id: str | None, marg
                                     NoticeAgent, SigtermWatcher, drain_ray_node, local_node_id)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ganray-agent %(levelname)s %(message)s")
-    address = gcs_address or os.environ.get("RAY_ADDRESS")
+    from orchestrator.cluster.endpoints import resolve_endpoints
+
+    address = gcs_address or resolve_endpoints().ray_address
     if not address:
-        raise UsageError("no Ray address: pass --address or set RAY_ADDRESS")
+        raise UsageError("no Ray address: pass --address HEAD:6379, set RAY_ADDRESS, or start the local stack")
     if provider == "aws":
         watcher = AwsSpotWatcher(metadata_url or AWS_DEFAULT_URL)
     elif provider == "gcp":

@@ -1,8 +1,8 @@
 """``ganray submit|logs|stop|list``: jobs on a Ray cluster through its dashboard (Ray's Job API).
 
-Each takes ``--address http://HEAD:8265`` (default: ``RAY_ADDRESS`` when it is an http(s) URL,
-else the embedded stack's dashboard) and the Ray token from ``RAY_AUTH_TOKEN`` /
-``RAY_AUTH_TOKEN_PATH``; ``submit`` and ``stop`` also use the tracking server
+Each takes ``--address http://HEAD:8265`` (default: ``RAY_DASHBOARD_ADDRESS``, else ``RAY_ADDRESS``
+when it is an http(s) URL, else the embedded stack's dashboard: ``cluster/endpoints.py``) and the Ray
+token from ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``; ``submit`` and ``stop`` also use the tracking server
 (``MLFLOW_TRACKING_URI``). ``ganray status --address`` shows Ray's state beside the training state.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import click
 
 from trainers.errors import GanrayError, UsageError
 
-ADDRESS_HELP = ("The cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS when it is a URL, "
-                "else the local stack's).")
+ADDRESS_HELP = ("The cluster's dashboard, http://HEAD:8265 (default: RAY_DASHBOARD_ADDRESS, else RAY_ADDRESS "
+                "when it is a URL, else the local stack's).")
 
 
 def address_option(f):

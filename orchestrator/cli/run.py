@@ -68,11 +68,12 @@ def job_statuses(name: str | None) -> list[dict[str, Any]]:
 
 
 def with_cluster(statuses: list[dict[str, Any]], name: str | None, address: str | None) -> list[dict[str, Any]]:
-    """Statuses with `ray_status` (and `submission_id`) of each name's latest submission, when --address or
-    an http(s) RAY_ADDRESS names a cluster's dashboard; as they are otherwise."""
-    from orchestrator.cluster.job_api import JobApi, cluster_address
+    """Statuses with `ray_status` (and `submission_id`) of each name's latest submission, when --address,
+    RAY_DASHBOARD_ADDRESS or an http(s) RAY_ADDRESS names a cluster's dashboard; as they are otherwise."""
+    from orchestrator.cluster.endpoints import resolve_endpoints
+    from orchestrator.cluster.job_api import JobApi
 
-    url = cluster_address(address)
+    url = resolve_endpoints(address=address).named_dashboard()
     if url is None:
         return statuses
     from orchestrator.cluster.submission import with_ray_status
@@ -83,7 +84,8 @@ def with_cluster(statuses: list[dict[str, Any]], name: str | None, address: str 
 @click.command("status")
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON: one object for NAME, else a list.")
-@click.option("--address", metavar="URL", help="A cluster's dashboard, http://HEAD:8265 (or RAY_ADDRESS set to it): "
+@click.option("--address", metavar="URL", help="A cluster's dashboard, http://HEAD:8265 (or RAY_DASHBOARD_ADDRESS "
+              "or RAY_ADDRESS set to it): "
               "show each job's Ray state (ray_status) beside its training state.")
 def status_cmd(name: str | None, as_json: bool, address: str | None) -> None:
     """Jobs and their state, step and last checkpoint, as the tracking server records them."""

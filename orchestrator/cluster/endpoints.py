@@ -1,18 +1,33 @@
-"""Where the cluster is: the environment first, then the local stack's profile.
+"""Where the cluster is: one rule for each endpoint, the environment first, then the local stack's profile.
 
-:func:`resolve_endpoints` reads, and changes nothing. :func:`applied` puts what a
-process needs to reach those endpoints (Ray address and token, MLflow URI, S3
-endpoint and the local stack's keys) into ``os.environ`` for a block and restores it
-afterwards, so a library call such as ``run_job`` leaves its caller's environment as
-it was; the CLI, which is its own process, applies it once (:func:`use_cluster_environment`).
-:func:`stack_env` is the one translation of a stack's profile into environment variables.
+:func:`resolve_endpoints` answers for every command (``run``, ``submit``/``logs``/``stop``/``list``,
+``status --address``, ``serve``, ``data ingest --ray``, ``agent``), reads, and changes nothing:
 
-Endpoints may be printed; credentials only ever go into the environment of this
-process and its children, never into a log, an error or the job's runtime env. A stack
-started with ``--auth`` adds its MLflow login (``MLFLOW_TRACKING_USERNAME`` /
-``MLFLOW_TRACKING_PASSWORD``, each unless the environment sets it), for its own MLflow
-server only; :func:`use_cluster_environment` checks it once and turns a refusal into a
-clear error.
+- Ray address (what a driver connects to): ``RAY_ADDRESS``, else the stack's.
+- dashboard (Job API, Serve REST API, state API): ``--address``, else ``RAY_DASHBOARD_ADDRESS``, else
+  ``RAY_ADDRESS`` when it is an http(s) URL, else the stack's dashboard when the Ray address is the
+  stack's. A ``RAY_ADDRESS`` of another cluster's GCS names no dashboard: a command that needs one
+  says to pass ``--address`` or set ``RAY_DASHBOARD_ADDRESS`` (:meth:`Endpoints.dashboard_url`).
+  ``status`` asks Ray only for a dashboard named by one of the first three (:meth:`Endpoints.named_dashboard`).
+- MLflow URI: ``MLFLOW_TRACKING_URI``, else the stack's; a Serve application's replicas get it only
+  without credentials in it (:meth:`Endpoints.replica_tracking_uri`).
+- S3 endpoint: the workers' rule, ``trainers.data.storage.s3_endpoint`` (``AWS_ENDPOINT_URL_S3``,
+  ``AWS_ENDPOINT_URL``, else the stack's).
+- storage root: ``GANRAY_STORAGE_ROOT``, else the stack's.
+- local stack: :func:`is_local_stack`, for a Ray address or a dashboard URL alike: it is the
+  profile's own. ``Endpoints.local`` says it of the Ray address.
+
+:func:`applied` puts what a process needs to reach those endpoints (Ray address and token, MLflow
+URI, S3 endpoint and the local stack's keys) into ``os.environ`` for a block and restores it
+afterwards, so a library call such as ``run_job`` leaves its caller's environment as it was; the
+CLI, which is its own process, applies it once (:func:`use_cluster_environment`). :func:`stack_env`
+is the one translation of a stack's profile into environment variables.
+
+Endpoints may be printed; credentials only ever go into the environment of this process and its
+children, never into a log, an error or the job's runtime env (the Ray token's rule is in
+``tokens.py``). A stack started with ``--auth`` adds its MLflow login (``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD``, each unless the environment sets it), for its own MLflow server only;
+:func:`use_cluster_environment` checks it once and turns a refusal into a clear error.
 """
 from __future__ import annotations
 
@@ -21,13 +36,20 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+from urllib.parse import urlsplit
 
-from trainers import settings
+from orchestrator.cluster.tokens import check_mlflow_login
 from orchestrator.tracking_server import QUICK_REQUESTS
-from trainers.data.storage import read_local_credentials
-from trainers.errors import GanrayError
+from trainers import settings
+from trainers.data.storage import read_local_credentials, s3_endpoint
+from trainers.errors import GanrayError, UsageError
 
 LOCAL_S3_REGION = "us-east-1"  # the embedded S3 server's region (moto takes any)
+DASHBOARD_EXAMPLE = "http://HEAD:8265"
+
+
+class ClusterError(GanrayError, RuntimeError):
+    """No Ray cluster (or dashboard), or one that refuses us; the message says which and what to set."""
 
 
 @dataclass(frozen=True)
@@ -36,8 +58,64 @@ class Endpoints:
     mlflow_uri: str | None
     s3_endpoint: str | None
     storage_root: str | None
-    local: bool  # True when Ray comes from the embedded stack
+    local: bool  # the Ray address is the embedded stack's (is_local_stack)
+    dashboard: str | None = None  # the Ray dashboard's URL; None: see dashboard_url()
+    dashboard_named: bool = False  # by --address, RAY_DASHBOARD_ADDRESS or an http(s) RAY_ADDRESS
+    no_dashboard: str = ""  # why there is none (the error dashboard_url() raises)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # what to set; may hold secrets
+
+    def dashboard_url(self) -> str:
+        """The dashboard (module doc); ClusterError naming what to pass when there is none."""
+        if self.dashboard is None:
+            raise ClusterError(self.no_dashboard)
+        return self.dashboard
+
+    def named_dashboard(self) -> str | None:
+        """The dashboard when --address, RAY_DASHBOARD_ADDRESS or an http(s) RAY_ADDRESS names one, else None."""
+        return self.dashboard_url() if self.dashboard_named else None
+
+    def replica_tracking_uri(self) -> str:
+        """The MLflow URI that processes on the cluster get (a Serve application's replicas); refused when
+        there is none or when it carries credentials (those stay in the nodes' environment)."""
+        if not self.mlflow_uri:
+            raise UsageError("no MLflow tracking server: set MLFLOW_TRACKING_URI or start the local stack")
+        parts = urlsplit(self.mlflow_uri)
+        if parts.username or parts.password:
+            raise UsageError("MLFLOW_TRACKING_URI holds credentials; give them to the cluster's nodes as "
+                             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD and use a URI without them")
+        return self.mlflow_uri
+
+
+def is_local_stack(address: str | None, profile: Mapping[str, Any] | None = None) -> bool:
+    """Whether address, a Ray (GCS) address or a dashboard URL, is the embedded stack's own."""
+    profile = settings.read_profile() if profile is None else profile
+    own = {(profile.get(key) or "").rstrip("/") for key in ("ray_address", "dashboard_url")} - {""}
+    return bool(address) and address.rstrip("/") in own
+
+
+def _http(value: str | None) -> bool:
+    return bool(value) and value.startswith(("http://", "https://"))
+
+
+def _find_dashboard(explicit: str | None, environ: Mapping[str, str],
+                   profile: Mapping[str, Any]) -> tuple[str | None, bool, str]:
+    """(dashboard URL or None, named or not, why there is none) by the module doc's rule; environ holds
+    the Ray address already resolved (RAY_ADDRESS, else the stack's)."""
+    for name, value in (("--address", explicit), ("RAY_DASHBOARD_ADDRESS", environ.get("RAY_DASHBOARD_ADDRESS"))):
+        if value:
+            if _http(value):
+                return value.rstrip("/"), True, ""
+            return None, True, f"{name} {value}: expected the dashboard's URL, e.g. {DASHBOARD_EXAMPLE}"
+    ray = environ.get("RAY_ADDRESS")
+    if _http(ray):
+        return ray.rstrip("/"), True, ""
+    if ray and not is_local_stack(ray, profile):
+        return None, False, (f"RAY_ADDRESS={ray} is a cluster's GCS address, not its dashboard: pass --address "
+                             f"{DASHBOARD_EXAMPLE} or set RAY_DASHBOARD_ADDRESS to that URL")
+    if profile.get("dashboard_url"):
+        return profile["dashboard_url"].rstrip("/"), False, ""
+    return None, False, (f"no Ray dashboard: pass --address {DASHBOARD_EXAMPLE}, set RAY_DASHBOARD_ADDRESS (or "
+                         "RAY_ADDRESS) to that URL, or start the local stack (`ganray local up`)")
 
 
 def stack_env(home: Path, profile: Mapping[str, Any], credentials: Mapping[str, str] | None = None,
@@ -62,13 +140,9 @@ def stack_env(home: Path, profile: Mapping[str, Any], credentials: Mapping[str, 
     return env
 
 
-def resolve_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:
-    """Where Ray, MLflow and object storage are: each from the environment when set there, else the stack.
-    The stack's keys and login go only to the stack's own services; MLflow requests are kept short
-    (``retry.QUICK_REQUESTS``: ganray waits out an unreachable server itself)."""
-    environ = dict(os.environ if environ is None else environ)
-    profile = settings.read_profile()
-    local = not environ.get("RAY_ADDRESS") and bool(profile.get("ray_address"))
+def _stack_variables(environ: Mapping[str, str], profile: Mapping[str, Any], local: bool) -> dict[str, str]:
+    """What to add to environ from the stack: each only for the stack's own services, none environ sets.
+    MLflow requests are kept short (``QUICK_REQUESTS``: ganray waits out an unreachable server itself)."""
     own_s3 = not (environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL"))
     own_mlflow = (environ.get("MLFLOW_TRACKING_URI") or profile.get("mlflow_uri")) == profile.get("mlflow_uri")
     wanted = stack_env(settings.ganray_home(), profile, read_local_credentials(), ray=local)
@@ -78,15 +152,25 @@ def resolve_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:
         wanted = {k: v for k, v in wanted.items() if not k.startswith("MLFLOW_TRACKING_")}
     if local and environ.get("RAY_AUTH_TOKEN"):
         wanted = {k: v for k, v in wanted.items() if not k.startswith("RAY_AUTH")}
-    env = {k: v for k, v in {**QUICK_REQUESTS, **wanted}.items() if not environ.get(k)}
+    return {k: v for k, v in {**QUICK_REQUESTS, **wanted}.items() if not environ.get(k)}
+
+
+def resolve_endpoints(environ: Mapping[str, str] | None = None, address: str | None = None) -> Endpoints:
+    """Where Ray, its dashboard (address: --address), MLflow and object storage are, by the module doc's
+    rules; env holds the stack's variables that environ (default: os.environ) lacks."""
+    environ = dict(os.environ if environ is None else environ)
+    profile = settings.read_profile()
+    ray_address = environ.get("RAY_ADDRESS") or profile.get("ray_address") or None
+    local = is_local_stack(ray_address, profile)
+    env = _stack_variables(environ, profile, local)
     merged = {**environ, **env}
+    dashboard, named, why = _find_dashboard(address, {**environ, "RAY_ADDRESS": ray_address or ""}, profile)
     return Endpoints(
-        ray_address=merged.get("RAY_ADDRESS"),
+        ray_address=ray_address,
         mlflow_uri=merged.get("MLFLOW_TRACKING_URI"),
-        s3_endpoint=settings.env_or_profile(("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), "s3_endpoint", merged,
-                                            profile={}),
+        s3_endpoint=s3_endpoint(environ, profile),
         storage_root=settings.get("GANRAY_STORAGE_ROOT", merged) or profile.get("storage_root"),
-        local=local, env=env)
+        local=local, dashboard=dashboard, dashboard_named=named, no_dashboard=why, env=env)
 
 
 @contextlib.contextmanager
@@ -111,22 +195,3 @@ def use_cluster_environment() -> Endpoints:
     os.environ.update(endpoints.env)
     check_mlflow_login(endpoints.mlflow_uri, os.environ)
     return endpoints
-
-
-def check_mlflow_login(uri: str | None, environ: Mapping[str, str]) -> None:
-    """GanrayError when the tracking server refuses the login in environ (MLFLOW_TRACKING_USERNAME /
-    MLFLOW_TRACKING_PASSWORD); nothing without a login, or when the server cannot be reached (the
-    command says so itself where it needs MLflow). The password is never named."""
-    user, password = environ.get("MLFLOW_TRACKING_USERNAME"), environ.get("MLFLOW_TRACKING_PASSWORD")
-    if not (user and password and uri and uri.startswith(("http://", "https://"))):
-        return
-    import requests
-
-    try:
-        answer = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/users/current", auth=(user, password), timeout=10)
-    except requests.RequestException:
-        return
-    if answer.status_code in (401, 403):
-        raise GanrayError(f"MLflow at {uri} refused the credentials of user {user!r} (HTTP {answer.status_code}): "
-                          f"check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or unset them to use "
-                          f"the local stack's login")

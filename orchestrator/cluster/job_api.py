@@ -1,12 +1,11 @@
-"""Ray's Job API, as ganray uses it: the dashboard's address and token, and a job name's submissions.
+"""Ray's Job API, as ganray uses it: a job name's submissions on a cluster's dashboard.
 
 Everything here talks HTTP to the cluster's dashboard (``JobSubmissionClient`` and the state
-API), which is all a laptop reaches. The address is ``--address``, else ``RAY_ADDRESS`` when it
-is an http(s) URL, else the embedded stack's dashboard. The Ray token goes into one
-``Authorization`` header (``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH``, else the
-embedded stack's token file for its own dashboard, else Ray's ``~/.ray/auth_token``) and
-nowhere else: not in an error, a log line or a job's runtime env. A ganray submission carries
-the metadata ``ganray.job`` (the job name) and ``ganray.digest`` (the spec digest).
+API), which is all a laptop reaches. Which dashboard is ``endpoints.resolve_endpoints``'s rule
+(``--address``, ``RAY_DASHBOARD_ADDRESS``, an http(s) ``RAY_ADDRESS``, the embedded stack's);
+its Ray token is ``tokens.ray_token``'s, sent in one ``Authorization`` header and nowhere else.
+A ganray submission carries the metadata ``ganray.job`` (the job name) and ``ganray.digest``
+(the spec digest).
 """
 from __future__ import annotations
 
@@ -14,11 +13,10 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
-from orchestrator.job.ray_runtime import ClusterError
-from trainers import settings
+from orchestrator.cluster.endpoints import ClusterError, is_local_stack, resolve_endpoints
+from orchestrator.cluster.tokens import ray_headers, ray_token
 
 JOB_KEY, DIGEST_KEY = "ganray.job", "ganray.digest"
 ACTIVE = frozenset({"PENDING", "RUNNING"})
@@ -26,56 +24,6 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 _ADDRESS_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")  # Ray lets these override a client's address
 _CHATTY_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
                    "ray._private.runtime_env.packaging")
-
-
-def _http(value: str | None) -> bool:
-    return bool(value) and value.startswith(("http://", "https://"))
-
-
-def cluster_address(explicit: str | None = None) -> str | None:
-    """The dashboard URL that --address or RAY_ADDRESS names, or None when neither is an http(s) URL."""
-    if explicit:
-        if not _http(explicit):
-            raise ClusterError(f"--address {explicit}: expected the dashboard's URL, e.g. http://HEAD:8265")
-        return explicit.rstrip("/")
-    env = os.environ.get("RAY_ADDRESS")
-    return env.rstrip("/") if _http(env) else None
-
-
-def dashboard_address(explicit: str | None = None) -> str:
-    """--address, else an http(s) RAY_ADDRESS, else the embedded stack's dashboard; ClusterError if none,
-    or when RAY_ADDRESS names another cluster by its GCS address (its dashboard URL is not known here)."""
-    profile = settings.read_profile()
-    address = cluster_address(explicit)
-    env = os.environ.get("RAY_ADDRESS")
-    if address is None and env and env != profile.get("ray_address"):
-        raise ClusterError(f"RAY_ADDRESS={env} is a cluster's GCS address; pass its dashboard instead: "
-                           "--address http://HEAD:8265 (or set RAY_ADDRESS to that URL)")
-    address = address or profile.get("dashboard_url")
-    if not address:
-        raise ClusterError("no Ray dashboard: pass --address http://HEAD:8265, set RAY_ADDRESS to that URL, "
-                           "or start the local stack (`ganray local up`)")
-    return address.rstrip("/")
-
-
-def is_local_stack(address: str) -> bool:
-    """Whether address is the embedded stack's own dashboard (its Ray runs from this installation)."""
-    return address.rstrip("/") == (settings.read_profile().get("dashboard_url") or "").rstrip("/")
-
-
-def auth_token(address: str) -> str | None:
-    """The Ray token for address (see the module doc), or None. Never print it."""
-    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    files = [os.environ.get("RAY_AUTH_TOKEN_PATH")]
-    if is_local_stack(address):
-        files.append(str(settings.ganray_home() / "ray" / "auth_token"))
-    files.append(str(Path.home() / ".ray" / "auth_token"))
-    for f in files:
-        with contextlib.suppress(OSError):
-            if f and Path(f).is_file() and Path(f).read_text().strip():
-                return Path(f).read_text().strip()
-    return None
 
 
 @contextlib.contextmanager
@@ -120,9 +68,8 @@ class JobApi:
 
     def __init__(self, address: str):
         self.address = address
-        token = auth_token(address)
-        self._token = token
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._token = ray_token(is_local_stack(address))
+        self._headers = ray_headers(self._token)
         from ray.job_submission import JobSubmissionClient
 
         for noisy in _CHATTY_LOGGERS:  # package uploads and websocket closes, at INFO on stderr
@@ -132,8 +79,8 @@ class JobApi:
 
     @classmethod
     def connect(cls, explicit: str | None = None) -> "JobApi":
-        """The Job API at --address, an http(s) RAY_ADDRESS or the embedded stack's dashboard."""
-        return cls(dashboard_address(explicit))
+        """The Job API of the dashboard that --address (explicit) or the environment names (``endpoints``)."""
+        return cls(resolve_endpoints(address=explicit).dashboard_url())
 
     def _call(self, fn, *args, **kwargs):
         try:

@@ -1,11 +1,12 @@
 """``ganray serve``: the generator's Ray Serve application put on, or taken off, the current cluster.
 
-orchestrator/ never imports deploy/: the application is deployed by its import path,
-``deploy.app:build_app``, through the Ray dashboard's Serve REST API (what ``serve deploy``
-uses; the dashboard takes the cluster's token as ``Authorization: Bearer``, which Ray's own
-client adds from ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH``). That API replaces every
-application at once, so the applications already deployed are sent back unchanged next to
-this one. One application per registered model, named after it, under ``/NAME/``.
+The application (its args: a ``deploy.serve_config.ServeConfig``, the one owner of the serve
+configuration) is deployed by its import path, ``deploy.app:build_app``, through the Ray dashboard's
+Serve REST API (what ``serve deploy`` uses; the dashboard takes the cluster's token as
+``Authorization: Bearer``, by ``tokens.ray_token``'s rule). Which dashboard, and the MLflow URI the
+replicas get, are ``endpoints.resolve_endpoints``'s rules. That API replaces every application at
+once, so the applications already deployed are sent back unchanged next to this one. One application
+per registered model, named after it, under ``/NAME/``.
 
 The replicas reach MLflow through ``MLFLOW_TRACKING_URI`` in the application's runtime_env
 (an endpoint, no secret; a URI with credentials in it is refused) and whatever credentials
@@ -14,13 +15,16 @@ the cluster's nodes hold in their environment.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from trainers import settings
+from deploy.loader import named_version, registry_client
+from deploy.serve_config import ServeConfig
+from orchestrator.cluster.endpoints import is_local_stack
+from orchestrator.cluster.tokens import ray_headers, ray_token
 from trainers.errors import GanrayError, UsageError
 
 IMPORT_PATH = "deploy.app:build_app"
@@ -34,71 +38,24 @@ class ServeError(GanrayError, RuntimeError):
 
 @dataclass(frozen=True)
 class ServeRequest:
-    name: str
-    model: str  # NAME@ALIAS or NAME/VERSION
-    port: int | None = None
-    replicas: int = 1
-    poll_s: float = 10.0
-    app_args: dict[str, Any] = field(default_factory=dict)  # more of deploy.app's args (the benchmark's batching)
+    config: ServeConfig  # what the application serves and how: its args
+    port: int | None = None  # Serve's HTTP port, when this starts Serve
 
-
-def on_local_stack(endpoints) -> bool:
-    """Whether the cluster is the embedded stack's Ray (also once the CLI has put its address in the environment)."""
-    profile = settings.read_profile()
-    return endpoints.local or bool(profile.get("ray_address")) and profile.get("ray_address") == endpoints.ray_address
-
-
-def dashboard_address(endpoints) -> str:
-    """The Ray dashboard of the cluster: RAY_DASHBOARD_ADDRESS, the local stack's, or an http RAY_ADDRESS."""
-    import os
-
-    explicit = os.environ.get("RAY_DASHBOARD_ADDRESS")
-    if explicit:
-        return explicit.rstrip("/")
-    if on_local_stack(endpoints) and settings.read_profile().get("dashboard_url"):
-        return settings.read_profile()["dashboard_url"].rstrip("/")
-    if (endpoints.ray_address or "").startswith(("http://", "https://")):
-        return endpoints.ray_address.rstrip("/")
-    raise UsageError("cannot find the Ray dashboard: set RAY_DASHBOARD_ADDRESS (http://HEAD:8265) "
-                     "or start the local stack (`ganray local up`)")
-
-
-def tracking_uri(endpoints) -> str:
-    """The MLflow URI the replicas get; refused when it carries credentials (they stay on the nodes)."""
-    uri = endpoints.mlflow_uri
-    if not uri:
-        raise UsageError("no MLflow tracking server: set MLFLOW_TRACKING_URI or start the local stack")
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        raise UsageError("MLFLOW_TRACKING_URI holds credentials; give them to the cluster's nodes as "
-                         "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD and use a URI without them")
-    return uri
-
-
-def check_model(ref: str, mlflow_uri: str) -> int:
-    """The version NAME@ALIAS or NAME/VERSION names now, from the registry; an error names what is missing."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
-    name, sep, tail = ref.partition("@") if "@" in ref else ref.partition("/")
-    try:
-        if sep == "@":
-            return int(client.get_model_version_by_alias(name, tail).version)
-        return int(client.get_model_version(name, tail).version)
-    except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a missing model
-        text = " ".join(str(err).split())[:300]
-        raise ServeError(f"cannot serve {ref}: the registry does not have it ({type(err).__name__}: {text})") from None
+    @property
+    def name(self) -> str:
+        """The application's name and URL path: the model's name."""
+        return self.config.model.name
 
 
 class ServeApi:
-    """The dashboard's Serve REST API, through Ray's own client (it adds the cluster token)."""
+    """The dashboard's Serve REST API, through Ray's own client, with the cluster's token (``tokens``)."""
 
     def __init__(self, address: str):
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
         self.address = address
         try:
-            self.client = ServeSubmissionClient(address)
+            self.client = ServeSubmissionClient(address, headers=ray_headers(ray_token(is_local_stack(address))))
         except Exception as err:  # noqa: BLE001 - connection refused, wrong address, auth
             raise ServeError(f"cannot reach the Ray dashboard at {address}: {type(err).__name__}: "
                              f"{_first_line(err)}") from None
@@ -135,7 +92,7 @@ def http_options(details: dict[str, Any], port: int | None, local: bool) -> dict
         return {"host": current.get("host", LOCAL_HOST), "port": have}
     want = port or DEFAULT_PORT
     if local:
-        from orchestrator.stack.processes import port_free
+        from orchestrator.stack.local_stack import port_free
 
         if not port_free(want):
             raise UsageError(f"port {want} is taken on this machine: choose another with --port")
@@ -157,9 +114,9 @@ def other_apps(details: dict[str, Any], name: str) -> list[dict[str, Any]]:
 
 
 def app_config(req: ServeRequest, mlflow_uri: str) -> dict[str, Any]:
+    """The application's serve config: its args are req.config.to_args(), read back by the replicas."""
     return {"name": req.name, "route_prefix": f"/{req.name}", "import_path": IMPORT_PATH,
-            "args": {**req.app_args, "model": req.model, "poll_s": req.poll_s, "replicas": req.replicas},
-            "runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri}}}
+            "args": req.config.to_args(), "runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri}}}
 
 
 def app_url(options: dict[str, Any], dashboard: str, name: str) -> str:
@@ -211,26 +168,15 @@ def _last_lines(text: str, n: int = 6) -> str:
     return "\n".join(text.strip().splitlines()[-n:])[-1500:]
 
 
-def parse_serve_ref(text: str) -> ServeRequest:
-    """MODEL as `ganray serve` takes it: NAME@ALIAS or NAME/VERSION (a models:/ prefix is accepted)."""
-    import re
-
-    rest = text.strip().removeprefix("models:/")
-    m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@([A-Za-z0-9][A-Za-z0-9._-]*)|/([1-9][0-9]*))", rest)
-    if not m:
-        raise UsageError(f"MODEL must look like NAME@ALIAS or NAME/VERSION (NAME of letters, digits, '.', '_', "
-                         f"'-': it names the application and its URL), got {text!r}")
-    return ServeRequest(name=m.group(1), model=rest)
-
-
 def serve(req: ServeRequest, endpoints, timeout: float = 300.0) -> tuple[str, int]:
-    """Deploys req's application, waits until its replicas have loaded the model; (URL, version)."""
-    uri = tracking_uri(endpoints)
-    version = check_model(req.model, uri)
-    dashboard = dashboard_address(endpoints)
+    """Deploys req's application, waits until its replicas have loaded the model; (URL, version). A model
+    the registry does not have is a RegistryError (``deploy.loader``'s) before anything is deployed."""
+    uri = endpoints.replica_tracking_uri()
+    version = int(named_version(registry_client(uri), req.config.model).version)
+    dashboard = endpoints.dashboard_url()
     api = ServeApi(dashboard)
     details = api.details()
-    options = http_options(details, req.port, on_local_stack(endpoints))
+    options = http_options(details, req.port, is_local_stack(dashboard))
     before = ((details.get("applications") or {}).get(req.name) or {}).get("last_deployed_time_s")
     api.deploy({"http_options": options, "applications": other_apps(details, req.name) + [app_config(req, uri)]})
     url = app_url(options, dashboard, req.name)
@@ -245,7 +191,7 @@ def serve(req: ServeRequest, endpoints, timeout: float = 300.0) -> tuple[str, in
 
 def stop(name: str, endpoints, timeout: float = 120.0) -> None:
     """Removes application name (Serve itself too when it was the last one); ServeError when it is not there."""
-    api = ServeApi(dashboard_address(endpoints))
+    api = ServeApi(endpoints.dashboard_url())
     details = api.details()
     if name not in (details.get("applications") or {}):
         served = ", ".join(sorted(details.get("applications") or {})) or "none"

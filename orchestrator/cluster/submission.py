@@ -37,7 +37,8 @@ import yaml
 from orchestrator.job import runs
 
 from orchestrator.job import stop_channel
-from orchestrator.cluster.job_api import TERMINAL, JobApi, Submission, is_local_stack
+from orchestrator.cluster.endpoints import is_local_stack
+from orchestrator.cluster.job_api import TERMINAL, JobApi, Submission
 from orchestrator.job.host_record import JobBusyError
 from orchestrator.job.lifecycle import State, state_of
 from orchestrator.job.spec_file import JobSpec, load_spec, same_spec

@@ -6,15 +6,11 @@ import os
 import threading
 from typing import Any
 
+from orchestrator.cluster.endpoints import ClusterError
 from trainers import settings
-from trainers.errors import GanrayError
 
 NAMESPACE = "ganray"
 JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a submitted driver
-
-
-class ClusterError(GanrayError, RuntimeError):
-    """No Ray cluster, or one that refuses us; the message says which."""
 
 
 def ray_init(ray_address: str | None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import fsspec
 
@@ -26,9 +26,10 @@ def read_local_credentials() -> dict[str, str]:
         return {}
 
 
-def s3_endpoint() -> str | None:
-    """The S3 endpoint URL to use: ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, then the profile's."""
-    return env_or_profile(("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), "s3_endpoint")
+def s3_endpoint(environ: Mapping[str, str] | None = None, profile: Mapping[str, Any] | None = None) -> str | None:
+    """The S3 endpoint URL to use: ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, then the profile's (of this
+    process and the local stack unless environ and profile are given). The one rule: the CLI's resolver uses it."""
+    return env_or_profile(("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), "s3_endpoint", environ, profile)
 
 
 def storage_options_for(url: str) -> dict[str, Any]:
