@@ -92,7 +92,7 @@ def http_options(details: dict[str, Any], port: int | None, local: bool) -> dict
         return {"host": current.get("host", LOCAL_HOST), "port": have}
     want = port or DEFAULT_PORT
     if local:
-        from orchestrator.stack.local_stack import port_free
+        from orchestrator.stack.processes import port_free
 
         if not port_free(want):
             raise UsageError(f"port {want} is taken on this machine: choose another with --port")
