@@ -28,8 +28,8 @@ class GanrayGroup(click.Group):
 def main(ctx: click.Context) -> None:
     """Train GANs on Ray with data streamed from object storage and runs kept in MLflow.
 
-    Endpoints come from the environment (RAY_ADDRESS, MLFLOW_TRACKING_URI, AWS_*)
-    or from the embedded stack that `ganray local up` starts under $GANRAY_HOME.
+    Endpoints come from the environment (RAY_ADDRESS, RAY_DASHBOARD_ADDRESS, MLFLOW_TRACKING_URI,
+    AWS_*) or from the embedded stack that `ganray local up` starts under $GANRAY_HOME.
     """
     if ctx.invoked_subcommand != "local":
         # Before anything imports Ray: its token loader reads the environment once.
