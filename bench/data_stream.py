@@ -169,8 +169,8 @@ def make_sources(folder: Path, n: int, seed: int = 0) -> None:
 def shard_jpegs(url: str) -> list[bytes]:
     """The JPEG bytes of a ganray dataset, in manifest order."""
     from trainers.data.storage import open_filesystem
-    from trainers.data.stream import read_manifest
-    from trainers.data.tarindex import index_tar
+    from trainers.data.stream.shard_stream import read_manifest
+    from trainers.data.stream.tarindex import index_tar
 
     m = read_manifest(url)
     fs, root = open_filesystem(url)
@@ -183,7 +183,7 @@ def shard_jpegs(url: str) -> list[bytes]:
 
 
 def prepare(work: Path, n: int, files: int) -> dict:
-    from trainers.data.ingest import ingest
+    from trainers.data.ingest.local import ingest
     from trainers.data.storage import open_filesystem
 
     t0 = time.perf_counter()
@@ -264,7 +264,7 @@ def _proc_cpu(pid: int) -> float:
 
 
 def read_ganray(cfg: dict) -> dict:
-    from trainers.data.stream import ShardStream
+    from trainers.data.stream.shard_stream import ShardStream
 
     cache = tempfile.mkdtemp(prefix="ganray-cache-") if cfg.get("cache") else None
     if cfg.get("signed_get") is False:  # shards through s3fs's cat_file, as before presigned GETs
@@ -297,7 +297,7 @@ def shard_urls(cfg: dict, fmt: str = "jpg") -> list[str]:
     """Presigned HTTP URLs of the shards (WebDataset reads http(s) through curl)."""
     import boto3
 
-    from trainers.data.stream import read_manifest
+    from trainers.data.stream.shard_stream import read_manifest
 
     m = read_manifest(f"s3://{BUCKET}/{fmt}")
     s3 = boto3.client("s3", endpoint_url=cfg["endpoint"])
@@ -370,7 +370,7 @@ def read_ray(cfg: dict) -> dict:
 
 def _decode_all(args) -> tuple[int, float]:
     path, part, parts, how, barrier_path = args
-    from trainers.data.decode import decode_image
+    from trainers.data.stream.decode import decode_image
 
     jpegs = load_jpegs(Path(path))[part::parts]
     fn = (lambda b: decode_image(b, 64)) if how == "ganray" else pil_decode
@@ -407,7 +407,7 @@ def download(cfg: dict) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     from trainers.data.storage import open_filesystem
-    from trainers.data.stream import read_manifest
+    from trainers.data.stream.shard_stream import read_manifest
 
     url = f"s3://{BUCKET}/jpg"
     m = read_manifest(url)

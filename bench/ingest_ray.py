@@ -5,7 +5,7 @@ One run, interleaved rounds. The dataset: N synthetic tagged faces (``ganray dat
 --resolution and re-encodes as PNG into a folder (``file://``, a path every node of the local
 cluster sees). Rows:
 
-- ``local``: ``trainers.data.ingest.ingest`` with ``--workers`` = the cores (a process pool).
+- ``local``: ``trainers.data.ingest.local.ingest`` with ``--workers`` = the cores (a process pool).
 - ``ray``: ``orchestrator.cluster.ingest.ingest_on_ray`` on a Ray cluster of a head with 0 CPUs and one
   1-CPU worker node per core (tests/cluster.py: each node its own ``ray start``, token auth on,
   explicit ports), connected before the clock starts.
@@ -37,7 +37,7 @@ from cluster import LocalCluster  # noqa: E402
 
 
 def local_round(src: Path, dest: Path, args) -> tuple[float, str]:
-    from trainers.data.ingest import ingest
+    from trainers.data.ingest.local import ingest
 
     t0 = time.perf_counter()
     report = ingest(src, f"file://{dest}", src / "labels.csv", args.resolution, "png", 64, workers=args.cores)
@@ -75,7 +75,7 @@ def main() -> None:
 
 
 def run(args, work: Path, cluster: LocalCluster) -> dict:
-    from trainers.data.synth import write_synthetic_dataset
+    from trainers.data.ingest.synth import write_synthetic_dataset
 
     src = work / "src"
     write_synthetic_dataset(src, args.n, args.source_resolution, seed=0)

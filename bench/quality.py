@@ -59,8 +59,8 @@ class NullReporter:
 
 
 def build_dataset(work: Path, n: int, resolution: int, seed: int) -> str:
-    from trainers.data.ingest import ingest
-    from trainers.data.synth import write_synthetic_dataset
+    from trainers.data.ingest.local import ingest
+    from trainers.data.ingest.synth import write_synthetic_dataset
 
     src, dest = work / "src", work / "ds"
     write_synthetic_dataset(src, n, resolution, seed)

@@ -148,7 +148,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from orchestrator.stack.local_stack import LocalStack
-    from trainers.data.synth import write_synthetic_dataset
+    from trainers.data.ingest.synth import write_synthetic_dataset
 
     home = Path(tempfile.mkdtemp(prefix="grb-", dir="/tmp"))
     os.environ["GANRAY_HOME"] = str(home)

@@ -97,8 +97,8 @@ def train(spec: dict, out: Path, budget_s: float, storage: Path) -> dict:
 
 
 def build_dataset(work: Path, n: int, resolution: int) -> str:
-    from trainers.data.ingest import ingest
-    from trainers.data.synth import write_synthetic_dataset
+    from trainers.data.ingest.local import ingest
+    from trainers.data.ingest.synth import write_synthetic_dataset
 
     src, dest = work / "src", work / "ds"
     write_synthetic_dataset(src, n, resolution, seed=0)
@@ -108,7 +108,7 @@ def build_dataset(work: Path, n: int, resolution: int) -> str:
 
 def load_prompts(path: Path, vocabulary: list[str], seen: set[str]) -> list[dict]:
     """The paraphrased prompts; an error for one a template makes, one seen in training, or an unknown tag."""
-    from trainers.conditioning.captions import template_wordings
+    from trainers.data.captions import template_wordings
 
     prompts = json.loads(path.read_text())["prompts"]
     for p in prompts:
@@ -144,7 +144,7 @@ def judge_prompts(g, judge, conditions: torch.Tensor, tag_sets: list[list[str]],
 def evaluate(url: str, ckpt: Path, prompts: list[dict], judge, vocabulary: list[str], samples: int) -> dict:
     from trainers.checkpoint import generator_from_checkpoint
     from trainers.conditioning import TagEncoder
-    from trainers.conditioning.captions import compose_line
+    from trainers.data.captions import compose_line
     from trainers.conditioning.text import encode_prompts
 
     g, info = generator_from_checkpoint(ckpt)
@@ -178,9 +178,9 @@ def main() -> None:
     import ray
 
     from orchestrator.job.spec_file import parse_spec
-    from trainers.conditioning.captions import caption_lines
+    from trainers.data.captions import caption_lines
     from trainers.conditioning.text_cache import iter_captions, load_or_compute
-    from trainers.data.stream import read_manifest
+    from trainers.data.stream.shard_stream import read_manifest
     from trainers.evaluation import Evaluator
 
     torch.set_num_threads(2)

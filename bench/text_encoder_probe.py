@@ -35,8 +35,8 @@ STRENGTHS = (0.3, 1.0, 3.0, 10.0, 100.0)  # scikit-learn's C: inverse L2 strengt
 
 
 def training_lines(n: int, seed: int) -> tuple[list[str], list[list[str]]]:
-    from trainers.conditioning.captions import compose_line_tags
-    from trainers.data.synth import sample_face
+    from trainers.data.captions import compose_line_tags
+    from trainers.data.ingest.synth import sample_face
 
     rng = random.Random(seed)
     lines, mentioned = [], []
@@ -48,7 +48,7 @@ def training_lines(n: int, seed: int) -> tuple[list[str], list[list[str]]]:
 
 
 def tag_groups() -> list[list[str]]:
-    from trainers.data.synth import ACCESSORIES, BACKGROUNDS, EYE_COLOURS, HAIR_COLOURS
+    from trainers.data.ingest.synth import ACCESSORIES, BACKGROUNDS, EYE_COLOURS, HAIR_COLOURS
 
     return [sorted(HAIR_COLOURS), sorted(EYE_COLOURS), sorted(BACKGROUNDS)] + [[a] for a in ACCESSORIES]
 

@@ -47,8 +47,8 @@ ARCH_TRAIN = {
 
 
 def make_dataset(root: Path, n: int, resolution: int) -> str:
-    from trainers.data.ingest import ingest
-    from trainers.data.synth import write_synthetic_dataset
+    from trainers.data.ingest.local import ingest
+    from trainers.data.ingest.synth import write_synthetic_dataset
 
     dest = root / f"faces{resolution}"
     if not (dest / "ds" / "manifest.json").exists():
@@ -73,7 +73,7 @@ def spec_for(url: str, arch: str, channels: int, batch: int, precision: str, ste
 def time_steps(spec: dict, device: str, warmup: int, steps: int) -> dict:
     import torch
 
-    from trainers.data.stream import batches
+    from trainers.data.stream.shard_stream import batches
     from trainers.grid import from_uint8
     from trainers.loop import GanLoop
 

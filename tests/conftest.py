@@ -89,7 +89,7 @@ def ganray(home: Path, *args: str, check: bool = True, timeout: float = 600) -> 
 @pytest.fixture(scope="session")
 def faces(tmp_path_factory):
     """A small synthetic tagged dataset (folder of PNGs + labels.csv)."""
-    from trainers.data.synth import write_synthetic_dataset
+    from trainers.data.ingest.synth import write_synthetic_dataset
 
     d = tmp_path_factory.mktemp("faces")
     write_synthetic_dataset(d, 240, 16, seed=3)

@@ -17,7 +17,7 @@ from orchestrator.job.spec_file import parse_spec
 from tests.reporters import DirectoryReporter
 from trainers.checkpoint import (STATE_FILE, CheckpointError, generator_from_checkpoint, index_file, load_state,
                                  rank_file, verify)
-from trainers.data.ingest import ingest
+from trainers.data.ingest.local import ingest
 from trainers.loop import GanLoop
 from trainers.resume import resume
 

@@ -4,9 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from trainers.data.ingest import IngestError, ingest
-from trainers.data.stream import DataError, ShardStream, read_manifest
-from trainers.data.synth import write_synthetic_dataset
+from trainers.data.errors import DataError
+from trainers.data.ingest.inputs import IngestError
+from trainers.data.ingest.local import ingest
+from trainers.data.ingest.synth import write_synthetic_dataset
+from trainers.data.stream.shard_stream import ShardStream, read_manifest
 
 
 def test_synth_is_deterministic(tmp_path):
@@ -123,7 +125,7 @@ def test_staging_left_by_a_killed_reader_is_removed(tmp_path):
     import subprocess
     import sys
 
-    from trainers.data.pipeline import staging_dir
+    from trainers.data.stream.pipeline import staging_dir
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     base = staging_dir(1)

@@ -15,8 +15,10 @@ from PIL import Image
 import matplotlib
 import sklearn
 
-from trainers.data.ingest import IngestError, ingest, process_image
-from trainers.data.stream import ShardStream
+from trainers.data.ingest.images import process_image
+from trainers.data.ingest.inputs import IngestError
+from trainers.data.ingest.local import ingest
+from trainers.data.stream.shard_stream import ShardStream
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

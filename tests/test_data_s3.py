@@ -21,10 +21,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import ganray
-from trainers.data.ingest import IngestError, ingest
-from trainers.data.shards import LocalCache
+from trainers.data.errors import DataError
+from trainers.data.ingest.inputs import IngestError
+from trainers.data.ingest.local import ingest
 from trainers.data.storage import open_filesystem, storage_options_for
-from trainers.data.stream import DataError, ShardStream, batches
+from trainers.data.stream.shard_stream import ShardStream, batches
+from trainers.data.stream.shards import LocalCache
 
 FAULTS = ["reset", "slowdown", "internal", "truncate", "stall", "delay"]
 
@@ -249,8 +251,8 @@ def test_a_server_that_refuses_signed_gets_is_read_through_s3fs(s3_faces):
 
 
 def test_transport_errors_name_the_shard_and_never_a_signed_url(stack, s3_faces):
-    from trainers.data.shards import ShardFetcher
-    from trainers.data.stream import read_manifest
+    from trainers.data.stream.shards import ShardFetcher
+    from trainers.data.stream.shard_stream import read_manifest
 
     manifest = read_manifest(s3_faces)
     with socket.socket() as sock:  # a port nothing listens on
@@ -355,7 +357,7 @@ def test_ingest_from_an_s3_folder_and_an_s3_zip(stack, faces, tmp_path):
 def test_torch_batches_roll_over_epochs_with_an_exact_state(s3_faces):
     import torch
 
-    from trainers.data.stream import torch_batches
+    from trainers.data.stream.shard_stream import torch_batches
 
     s = ShardStream(s3_faces, 0, 2, seed=1, decode_workers=1)
     it = torch_batches(s, 50)

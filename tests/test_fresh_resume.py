@@ -16,7 +16,7 @@ from orchestrator.job.spec_file import parse_spec
 from orchestrator.job.storage import resolve_storage
 from tests.reporters import DirectoryReporter
 from trainers.checkpoint import index_file
-from trainers.data.ingest import ingest
+from trainers.data.ingest.local import ingest
 from trainers.loop import GanLoop
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from trainers.data import versions
-from trainers.data.ingest import IngestError, ingest
-from trainers.data.sources import FolderSource, MemberTooLarge
-from trainers.data.stream import DataError, ShardStream, read_manifest
+from trainers.data.ingest import versions
+from trainers.data.errors import DataError
+from trainers.data.ingest.inputs import IngestError
+from trainers.data.ingest.local import ingest
+from trainers.data.ingest.sources import FolderSource, MemberTooLarge
+from trainers.data.stream.shard_stream import ShardStream, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +66,7 @@ def test_a_reader_of_the_old_manifest_reads_it_to_the_end_across_reingests(faces
 
 KILLED_INGEST = """
 import os, signal, sys
-from trainers.data.ingest import ingest
+from trainers.data.ingest.local import ingest
 def progress(done, total):
     if done == int(sys.argv[3]):
         os.kill(os.getpid(), signal.SIGKILL)

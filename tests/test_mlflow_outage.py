@@ -148,7 +148,7 @@ def _steps_for(seconds: float, faces: Path, tmp_path: Path) -> int:
     import torch
 
     from orchestrator.job.spec_file import parse_spec
-    from trainers.data.ingest import ingest
+    from trainers.data.ingest.local import ingest
     from trainers.loop import GanLoop
 
     ingest(faces, str(tmp_path / "calib"), faces / "labels.csv", shard_mb=0.02)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainers.data.ingest import ingest
+from trainers.data.ingest.local import ingest
 from trainers.loop import GanLoop
 from trainers.loss import GanLoss
 from trainers.spec import ARCHES, JobSpec, PreemptionSpec, TrainSpec

@@ -145,7 +145,7 @@ def test_a_trickling_server_is_cut_off_by_the_deadline_of_a_poll(metadata, caplo
 # -- the loop's side, in-process -------------------------------------------------
 def test_loop_writes_one_jit_checkpoint_and_loses_no_step(tmp_path, faces):
     from orchestrator.job.spec_file import parse_spec
-    from trainers.data.ingest import ingest
+    from trainers.data.ingest.local import ingest
     from tests.reporters import DirectoryReporter
     from trainers.loop import GanLoop
 

@@ -35,7 +35,7 @@ EVALUATIONS = {  # version -> its evaluation (as a checkpoint carries it)
 def promo(stack, tracking_uri, faces, tmp_path_factory):
     """Model ``promo`` with versions 1-4 (EVALUATIONS) from one run; ``candidate`` on 4. Returns the run id."""
     from trainers.checkpoint import generator_from_checkpoint
-    from trainers.data.ingest import ingest
+    from trainers.data.ingest.local import ingest
     from trainers.generator_metadata import GeneratorMetadata
     from trainers.loop import GanLoop
 

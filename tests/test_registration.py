@@ -33,7 +33,7 @@ EVAL = {"metrics": ["tag_accuracy"], "every_steps": 2, "tag_samples": 32, "judge
 
 @pytest.fixture(scope="module")
 def dataset(faces, tmp_path_factory):
-    from trainers.data.ingest import ingest
+    from trainers.data.ingest.local import ingest
 
     d = tmp_path_factory.mktemp("reg-data")
     ingest(faces, str(d), faces / "labels.csv", shard_mb=0.05)

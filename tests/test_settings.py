@@ -87,7 +87,7 @@ def test_registering_leaves_the_callers_environment_as_it_was(stack, tracking_ur
     from orchestrator.job.spec_file import parse_spec
     from tests.reporters import DirectoryReporter
     from trainers.checkpoint import generator_from_checkpoint
-    from trainers.data.ingest import ingest
+    from trainers.data.ingest.local import ingest
     from trainers.generator_metadata import GeneratorMetadata
     from trainers.loop import GanLoop
 

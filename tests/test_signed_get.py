@@ -4,7 +4,7 @@
 """
 import pytest
 
-from trainers.data.signed_get import NotForSignedGet, SignedGetter, redact, usable
+from trainers.data.stream.signed_get import NotForSignedGet, SignedGetter, redact, usable
 
 KEYS = {"key": "AKIDEXAMPLE", "secret": "wJalrXUtnFEMI/K7MDENG", "client_kwargs": {
     "endpoint_url": "http://minio.internal:9000", "region_name": "us-east-1"}}

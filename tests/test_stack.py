@@ -103,7 +103,7 @@ def test_the_first_folder_of_a_process_sweeps_and_carries_its_pid(tmp_path, monk
 def test_the_loop_writes_checkpoints_in_folders_named_after_its_pid_and_sweeps_stale_ones(faces, tmp_path,
                                                                                          monkeypatch):
     from orchestrator.job.spec_file import parse_spec
-    from trainers.data.ingest import ingest
+    from trainers.data.ingest.local import ingest
     from trainers.loop import GanLoop
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the system temp dir, for this test

@@ -7,8 +7,8 @@ from collections import Counter
 
 import torch
 
-from trainers.data.ingest import ingest
-from trainers.data.synth import write_synthetic_dataset
+from trainers.data.ingest.local import ingest
+from trainers.data.ingest.synth import write_synthetic_dataset
 from trainers.generator_metadata import GeneratorMetadata, read_metadata
 from trainers.sampling import condition_rows, condition_vector, fill_tags, packed_rows
 

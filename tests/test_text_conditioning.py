@@ -16,10 +16,10 @@ import torch
 from orchestrator.job.spec_file import parse_spec
 from tests.reporters import DirectoryReporter
 from trainers.conditioning import encoder
-from trainers.conditioning.captions import TEMPLATES, caption_lines, compose_caption, template_wordings
+from trainers.data.captions import TEMPLATES, caption_lines, compose_caption, template_wordings
 from trainers.conditioning.text_cache import CACHE_FOLDER, CaptionError, cache_name
-from trainers.data.ingest import ingest
-from trainers.data.stream import read_manifest
+from trainers.data.ingest.local import ingest
+from trainers.data.stream.shard_stream import read_manifest
 from trainers.loop import GanLoop
 from trainers.stored_order import iter_samples
 
@@ -68,7 +68,7 @@ def test_ingest_composes_captions_from_tags_deterministically(faces, captioned, 
 
 
 def test_synthetic_faces_write_the_same_composed_captions(tmp_path):
-    from trainers.data.synth import write_synthetic_dataset
+    from trainers.data.ingest.synth import write_synthetic_dataset
 
     labels = write_synthetic_dataset(tmp_path, 12, 16, seed=5, captions=True)
     rows = list(csv.DictReader(labels.open()))

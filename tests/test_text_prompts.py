@@ -17,7 +17,7 @@ from conftest import ROOT, ganray
 from orchestrator.job.spec_file import parse_spec
 from tests.reporters import DirectoryReporter
 from trainers.conditioning.text import MAX_PROMPT_CHARS, PromptError, check_prompt
-from trainers.data.ingest import ingest
+from trainers.data.ingest.local import ingest
 from trainers.generator_metadata import GeneratorMetadata, MetadataError, read_metadata
 from trainers.loop import GanLoop
 from trainers.sampling import SamplingError, condition_vector, prompt_vector

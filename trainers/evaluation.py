@@ -165,7 +165,7 @@ class Evaluator:
     def _held_out_prompts(self) -> tuple[list[str], list[list[str]], torch.Tensor]:
         """The evaluation's prompts (composed from the dataset's tag sets, none a training caption line),
         their tags and their embeddings: made once per run."""
-        from trainers.conditioning.captions import caption_lines
+        from trainers.data.captions import caption_lines
         from trainers.conditioning.text import encode_prompts
         from trainers.conditioning.text_cache import iter_captions
         from trainers.metrics.text_agreement import compose_prompts

@@ -27,7 +27,7 @@ from trainers.augment import AugmentPipe
 from trainers.checkpoint import (GRID_FILE, STATE_FILE, CheckpointError, checkpoint_name, load_rank_state,
                                  load_state, plain, rank_file, save_atomic, verify, write_index)
 from trainers.conditioning import TagConditioning, build_conditioning
-from trainers.data.stream import ShardStream, batches
+from trainers.data.stream.shard_stream import ShardStream, batches
 from trainers.distributed import average_gradients, broadcast_module, distributed_ready
 from trainers.grid import from_uint8, make_grid, to_uint8
 from trainers.loss import GanLoss

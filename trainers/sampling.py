@@ -13,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-from trainers.conditioning import TagEncoder, UnknownTagError, normalise_tags
+from trainers.conditioning import TagEncoder, UnknownTagError
+from trainers.data.tags import normalise_tags
 from trainers.errors import GanrayError
 from trainers.generator_metadata import GeneratorMetadata
 from trainers.grid import to_uint8

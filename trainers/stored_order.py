@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from trainers.data.stream import ShardStream
+from trainers.data.stream.shard_stream import ShardStream
 
 
 def iter_samples(url: str, limit: int | None = None) -> Iterator[dict]:

@@ -21,7 +21,7 @@ def data() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def data_synth(dest: str, n: int, resolution: int, seed: int) -> None:
     """Draw a deterministic dataset of tagged anime-style faces into DEST (PNGs + labels.csv)."""
-    from trainers.data.synth import write_synthetic_dataset
+    from trainers.data.ingest.synth import write_synthetic_dataset
 
     try:
         labels = write_synthetic_dataset(dest, n, resolution, seed)
@@ -59,7 +59,7 @@ def data_ingest(src: str, dest: str, labels: str | None, resolution: int | None,
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from trainers.data.ingest import ingest
+    from trainers.data.ingest.local import ingest
 
     if labels is None and "://" not in src and (Path(src) / "labels.csv").is_file():
         labels = str(Path(src) / "labels.csv")

@@ -1,15 +1,16 @@
 """``ganray data ingest SRC DEST --ray``: the decode and resize as Ray tasks over the cluster's CPUs.
 
-The dataset is the local ingest's (``trainers/data/ingest.py``): the same candidates, the same
-per-image processing (``_process``), the same sample keys, labels, resolution rule, manifest
-and dataset hash; only the shard layout differs. The driver lists SRC, reads the labels, picks
-the resolution (``--resolution``, else the first image that decodes, as the local ingest does)
-and opens a version folder at DEST. Each task takes a contiguous chunk of candidates, reads
-them from SRC itself, processes them and writes its shards into ``<version>/part-NNNNNN/``
-with the ``ShardWriter``, then returns what the manifest needs (keys, digests, shard infos).
-The driver checks the keys against the local ingest's rule over the whole dataset (a key made
-unique within a chunk may collide with one of another chunk; such a shard is rewritten with
-the right names), writes the manifest last and collects old versions (``versions.py``).
+The dataset is the local ingest's (``trainers/data/ingest/local.py``), made by the same public
+steps of ``trainers/data/ingest``: the same candidates (``inputs.list_candidates``), the same
+per-image processing (``chunk.ChunkIngest``), the same sample keys, labels, resolution rule,
+manifest and dataset hash, and the same ending (``report.publish``, ``finish``); only the shard
+layout differs. The driver lists SRC, reads the labels, picks the resolution (``--resolution``,
+else the first image that decodes, as the local ingest does) and opens a version folder at DEST.
+Each task takes a contiguous chunk of candidates, reads them from SRC itself, processes them and
+writes its shards into ``<version>/part-NNNNNN/`` with the ``ShardWriter``, then returns what the
+manifest needs (``writer.Written``). The driver joins the parts (``writer.join_parts``): every
+sample gets the key one writer gives over the whole dataset (a key made unique within a chunk may
+collide with one of another chunk; such a shard is rewritten with the right names), then publishes.
 
 SRC and DEST must be reachable from every node: a URL (``s3://...``), or ``file:///path`` for a
 filesystem mounted on every node; a plain local path is refused. Each task builds its own
@@ -17,23 +18,17 @@ filesystem client from its node's environment: no credential travels with a task
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import math
-import tarfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from trainers.data.ingest import (IngestError, IngestReport, _candidates, _Job, _process, _write_report, member_limit,
-                                  open_inputs)
-from trainers.data.labels import Label
-from trainers.data.manifest import Manifest, ShardInfo, content_hash, top_tag_sets
-from trainers.data.sources import (ARCHIVE_SUFFIXES, DEFAULT_MAX_MEMBER_MB, FolderSource, FsspecFolderSource,
-                                   MemberRefused, open_source)
-from trainers.data.storage import join, open_filesystem
-from trainers.data.versions import Destination
-from trainers.data.writer import ShardWriter, key_for
+from trainers.data.ingest.chunk import ChunkIngest, first_resolution
+from trainers.data.ingest.inputs import IngestError, IngestJob, list_candidates, open_inputs
+from trainers.data.ingest.labels import Label
+from trainers.data.ingest.report import IngestReport, finish, publish
+from trainers.data.ingest.sources import ARCHIVE_SUFFIXES, DEFAULT_MAX_MEMBER_MB, member_reader
+from trainers.data.ingest.versions import Destination
+from trainers.data.ingest.writer import ShardWriter, join_parts
 from trainers.errors import UsageError
 
 CHUNK_MIN, CHUNK_MAX = 32, 4000  # candidates per task
@@ -64,56 +59,35 @@ def ingest_on_ray(src: str, dest: str, labels_file: str | Path | None = None, re
     """ingest() of src into dest with the processing in Ray tasks; the report is ingest()'s."""
     require_shared(src, "SRC")
     require_shared(dest, "DEST")
-    labels, source = open_inputs(src, dest, labels_file, resolution, fmt, shard_mb, labels_encoding, max_member_mb)
-    limit = member_limit(max_member_mb)
+    job = IngestJob(resolution, fmt, shard_mb, 1, max_member_mb, labels_file, compose_captions)
+    labels, source = open_inputs(src, dest, job, labels_encoding)
     report = IngestReport()
     try:
-        names = _candidates(source, labels, labels_file, report)
-        expected = resolution or _first_resolution(source, names, fmt)
+        names = list_candidates(source, labels, job, report.skip)
+        expected = resolution or first_resolution(source, names, fmt)
     finally:
         source.close()
-    job = _Job(resolution, fmt, shard_mb, 1, max_member_mb, labels_file, compose_captions)
-    plan = _Plan(src, dest, names, [job.label(labels, n) for n in names], expected, job, limit)
+    plan = _Plan(src, dest, names, [job.label(labels, n) for n in names], expected, job)
     _run(plan, report, progress, ray_address)
-    _write_report(dest, report)
-    if not report.ingested:
-        raise IngestError(f"nothing ingested from {src}: {len(report.skipped)} files skipped "
-                          f"(see {join(dest, 'ingest_report.json')})")
-    return report
-
-
-def _first_resolution(source, names: list[str], fmt: str) -> int | None:
-    """The resolution of the first candidate that decodes (the local ingest's rule without --resolution)."""
-    for name in names:
-        try:
-            data = source.read(name)
-        except Exception:  # noqa: BLE001 - skipped later, by its task, with the reason
-            continue
-        _, result, err = _process((name, data, None, fmt))
-        if not err:
-            return result[1]
-    return None
+    return finish(src, dest, report)
 
 
 class _Plan:
     """Everything the tasks and the driver's assembly share."""
 
     def __init__(self, src: str, dest: str, names: list[str], labels: list[Label | None], expected: int | None,
-                 job: _Job, limit: int):
-        self.src, self.dest, self.names, self.labels, self.expected = src, dest, names, labels, expected
-        self.resolution, self.fmt, self.shard_mb, self.limit = job.resolution, job.fmt, job.shard_mb, limit
+                 job: IngestJob):
+        self.src, self.dest, self.names, self.labels, self.expected, self.job = src, dest, names, labels, expected, job
 
-    def chunks(self, cpus: float) -> list[list[tuple[int, str, dict | None]]]:
+    def chunks(self, cpus: float) -> list[list[tuple[int, str, Label | None]]]:
         n = len(self.names)
         size = min(CHUNK_MAX, max(CHUNK_MIN, math.ceil(n / max(1.0, cpus * TASKS_PER_CPU))))
-        items = [(i, name, asdict(label) if label is not None else None)
-                 for i, (name, label) in enumerate(zip(self.names, self.labels))]
+        items = list(zip(range(n), self.names, self.labels))
         return [items[i:i + size] for i in range(0, n, size)]
 
     def task_args(self, version: str, part: int, chunk: list) -> dict[str, Any]:
         return {"src": self.src, "dest": self.dest, "folder": f"{version}/part-{part:06d}", "items": chunk,
-                "resolution": self.resolution, "expected": self.expected, "fmt": self.fmt,
-                "shard_mb": self.shard_mb, "limit": self.limit}
+                "job": self.job, "expected": self.expected}
 
 
 # -- inside a task ---------------------------------------------------------------------------
@@ -126,64 +100,21 @@ class _PartDestination(Destination):
             self.fs.makedirs(self.path(version), exist_ok=True)
 
 
-def _unlisted(cls, **attrs):
-    """A source that reads members by name without listing SRC again (its constructor lists all of it)."""
-    obj = cls.__new__(cls)
-    obj.__dict__.update(attrs, names=[], refused=[])
-    return obj
-
-
-def _member_reader(src: str, limit: int):
-    text = str(src)
-    if text.lower().endswith(".zip"):
-        return open_source(text, limit)  # reads the zip's directory, then members by range
-    if text.startswith("file://"):
-        root = Path(text[len("file://"):])
-        return _unlisted(FolderSource, root=root, real_root=root.resolve(), limit=limit)
-    fs, root = open_filesystem(text)
-    return _unlisted(FsspecFolderSource, fs=fs, root=root.rstrip("/"), limit=limit)
-
-
-def _one(reader, name: str, args: dict[str, Any]) -> tuple[str | None, bytes | None]:
-    """(None, processed image) or (the reason it is skipped, None), as the local ingest decides."""
-    try:
-        data = reader.read(name)
-    except MemberRefused as err:
-        return str(err), None
-    except Exception as err:  # noqa: BLE001 - an unreadable member is skipped, not fatal
-        return f"cannot read ({type(err).__name__}: {err})", None
-    _, result, err = _process((name, data, args["resolution"], args["fmt"]))
-    if err:
-        return err, None
-    image, res = result
-    if args["expected"] is not None and res != args["expected"]:
-        return f"resolution {res} differs from the dataset's {args['expected']}; pass --resolution", None
-    return None, image
-
-
 def ingest_chunk(args: dict[str, Any]) -> dict[str, Any]:
     """One task: a chunk of candidates read, processed and written into shards in its part folder.
 
-    Returns, per sample written, (index, key, image sha256, label text, shard number in the part),
-    the skipped (index, name, reason), the part's shard infos and its tag counts."""
-    reader = _member_reader(args["src"], args["limit"])
-    writer = ShardWriter(_PartDestination(args["dest"]), args["folder"], args["fmt"], args["shard_mb"])
-    accepted, skipped = [], []
+    Returns the candidate indices written (in order), the skipped (index, name, reason) and what
+    the manifest needs of the part (``Written``)."""
+    job: IngestJob = args["job"]
+    reader = member_reader(args["src"], job.member_bytes)
+    writer = ShardWriter(_PartDestination(args["dest"]), args["folder"], job.fmt, job.shard_mb)
+    chunk, skipped = ChunkIngest(reader, writer, job, args["expected"]), []
     try:
-        for index, name, label in args["items"]:
-            reason, image = _one(reader, name, args)
-            if reason is not None:
-                skipped.append((index, name, reason))
-                continue
-            shard = len(writer.shards)
-            writer.add(name, image, Label(**label) if label is not None else None)
-            key, digest, text = writer.hash_items[-1]
-            accepted.append((index, key, digest, text, shard))
+        chunk.run(args["items"], lambda index, name, reason: skipped.append((index, name, reason)))
         writer.flush()
     finally:
         reader.close()
-    return {"accepted": accepted, "skipped": skipped, "shards": [asdict(s) for s in writer.shards],
-            "tags": writer.tag_counts, "tag_sets": writer.tag_set_counts}
+    return {"accepted": chunk.accepted, "skipped": skipped, "written": writer.written}
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -231,49 +162,9 @@ def _execute(plan: _Plan, dest: Destination, version: str, progress) -> list[dic
 def _assemble(plan: _Plan, dest: Destination, version: str, results: list[dict[str, Any]],
               report: IngestReport) -> None:
     """The local ingest's keys, hash and manifest from the tasks' results; publishes the version."""
-    skipped = sorted(s for r in results for s in r["skipped"])
-    for _, name, reason in skipped:
+    for _, name, reason in sorted(s for r in results for s in r["skipped"]):
         report.skip(name, reason)
-    shards = [[ShardInfo(**s) for s in r["shards"]] for r in results]
-    used: set[str] = set()
-    items, renames, tags, tag_sets = [], {}, {}, {}
-    for part, r in enumerate(results):
-        for index, key, digest, text, shard in r["accepted"]:  # chunks are contiguous: this is candidate order
-            exact = key_for(plan.names[index], used)
-            if exact != key:
-                renames.setdefault((part, shard), {})[key] = exact
-            items.append((exact, digest, text))
-        for tag, n in r["tags"].items():
-            tags[tag] = tags.get(tag, 0) + n
-        for combo, n in r["tag_sets"].items():
-            tag_sets[combo] = tag_sets.get(combo, 0) + n
-    for (part, shard), mapping in renames.items():
-        shards[part][shard] = _rekey(dest, shards[part][shard], mapping)
-    report.ingested = len(items)
-    if not items:
-        dest.abandon(version)
-        return
-    flat = [s for part in shards for s in part]
-    report.manifest = Manifest(num_samples=sum(s.samples for s in flat), resolution=plan.expected,
-                               image_format=plan.fmt, shards=flat, tags=dict(sorted(tags.items())),
-                               dataset_hash=content_hash(items, plan.expected), tag_sets=top_tag_sets(tag_sets))
-    report.removed, note = dest.publish(report.manifest, version)
-    report.version, report.notes = version, [note] if note else []
-
-
-def _rekey(dest: Destination, info: ShardInfo, mapping: dict[str, str]) -> ShardInfo:
-    """Rewrites a shard with some sample keys renamed (members `<key>.<ext>`); same bytes otherwise."""
-    raw = dest.fs.cat_file(dest.path(info.path))
-    out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(raw)) as src, \
-            tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for member in src.getmembers():
-            key, ext = member.name.split(".", 1)
-            data = src.extractfile(member).read()
-            new = tarfile.TarInfo(f"{mapping.get(key, key)}.{ext}")
-            new.size, new.mtime, new.mode = len(data), 0, 0o644
-            tar.addfile(new, io.BytesIO(data))
-    data = out.getvalue()
-    with dest.fs.open(dest.path(info.path), "wb") as fh:
-        fh.write(data)
-    return ShardInfo(info.path, info.samples, len(data), hashlib.sha256(data).hexdigest())
+    # chunks are contiguous: their results in chunk order are in candidate order
+    written = join_parts(((r["accepted"], r["written"]) for r in results), plan.names, dest)
+    report.ingested = len(written.hash_items)
+    publish(dest, version, written.manifest(plan.expected, plan.job.fmt) if report.ingested else None, report)

@@ -28,7 +28,7 @@ from orchestrator.job.stop_channel import DriverStop, StopWatcher
 from orchestrator.job import stored_checkpoints
 from orchestrator.job.storage import Storage, checkpoint_uri, local_checkpoint, resolve_storage
 from trainers.checkpoint import generator_from_checkpoint, load_state
-from trainers.data.stream import read_manifest
+from trainers.data.stream.shard_stream import read_manifest
 from trainers.errors import GanrayError
 
 

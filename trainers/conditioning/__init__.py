@@ -11,20 +11,19 @@ vocabulary, :mod:`.tags`) and ``text`` (a sentence embedding of a caption or a p
 - ``matching_aware``: whether D also learns that real images with mismatched c are fake.
 
 The auxiliary head of D is the network's (``model.arch``), and its loss follows the
-conditioning (``loss.py``). This package imports no torch at module level:
-``normalise_tags`` runs in ingest's worker processes.
+conditioning (``loss.py``). This package imports no torch at module level. It reads datasets
+through ``trainers/data`` (tag spelling, caption lines, shards), which never imports it.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from trainers.conditioning.tags import TagConditioning, TagEncoder, UnknownTagError, normalise_tags
+from trainers.conditioning.tags import TagConditioning, TagEncoder, UnknownTagError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Conditioning", "TagConditioning", "TagEncoder", "UnknownTagError", "build_conditioning",
-           "normalise_tags"]
+__all__ = ["Conditioning", "TagConditioning", "TagEncoder", "UnknownTagError", "build_conditioning"]
 
 
 class Conditioning(Protocol):

@@ -1,27 +1,18 @@
 """Tag conditioning: a multi-hot vector over the dataset's tag vocabulary (``manifest.vocabulary``, sorted).
 
-``normalise_tags`` and ``TagEncoder`` import no torch at module level (ingest reads tags in
-worker processes without it); torch is imported where a vector is made.
+A request's tags are spelled as ingest spells a labels file's (``trainers/data/tags.py``).
+``TagEncoder`` imports no torch at module level (the spec and the sampler read vocabularies
+without it); torch is imported where a vector is made.
 """
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from trainers.data.tags import normalise_tags
 from trainers.errors import GanrayError
 
 if TYPE_CHECKING:
     import torch
-
-
-def normalise_tags(raw: Iterable[str]) -> list[str]:
-    """Strips and lower-cases tags, keeping inner spaces ("Blonde  Hair" -> "blonde hair"), without repeats."""
-    out = []
-    for t in raw:
-        t = re.sub(r"\s+", " ", str(t)).strip().lower()
-        if t and t not in out:
-            out.append(t)
-    return out
 
 
 class UnknownTagError(GanrayError, ValueError):

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from trainers.conditioning import phrases
-from trainers.conditioning.captions import caption_lines
+from trainers.data.captions import caption_lines
 from trainers.errors import GanrayError
 
 CACHE_FOLDER = "text-embeddings"
@@ -74,8 +74,8 @@ def _places(url: str, name: str) -> list[str]:
 
 def iter_captions(url: str, manifest) -> Iterator[tuple[str, str | None]]:
     """(key, caption) of every sample in stored order, from the shards' JSON members (no decoding)."""
-    from trainers.data.pipeline import index_shard
-    from trainers.data.shards import ShardFetcher
+    from trainers.data.stream.pipeline import index_shard
+    from trainers.data.stream.shards import ShardFetcher
 
     fetcher = ShardFetcher(url, manifest)
     for i, info in enumerate(manifest.shards):

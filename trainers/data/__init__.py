@@ -1,28 +1,16 @@
-"""Datasets: ingest into WebDataset shards + manifest, and ``ShardStream`` to read them back.
+"""Datasets: WebDataset tar shards + a manifest, written by ingest and read back by a stream.
 
-Exports are resolved lazily, so a decode process that imports
-``trainers.data.decode`` does not pay for fsspec and s3fs.
+- ``ingest/`` the write side: a folder, zip, tar or URL of images (+ labels) into shards in a
+  new version folder, the manifest switched last (``ingest/local.py``; ``orchestrator/cluster/
+  ingest.py`` runs the same steps as Ray tasks). Also the built-in synthetic faces (``synth.py``).
+- ``stream/`` the read side: ``ShardStream``, each rank's part of a dataset in a seeded,
+  resumable order, with fetch threads and decode processes. It imports no networks, losses
+  or conditioning.
+- here, what both sides and the conditioning share: the manifest (``manifest.py``), object
+  storage (``storage.py``), the error of an unreadable dataset (``errors.py``), tag spelling
+  (``tags.py``) and captions composed from tags (``captions.py``). ``trainers/conditioning``
+  imports this package; this package never imports it.
+
+Nothing is imported here, so a decode process that imports ``trainers.data.stream.decode``
+does not pay for fsspec and s3fs.
 """
-from __future__ import annotations
-
-from typing import Any
-
-_EXPORTS = {
-    "ShardStream": "trainers.data.stream",
-    "batches": "trainers.data.stream",
-    "torch_batches": "trainers.data.stream",
-    "read_manifest": "trainers.data.stream",
-    "DataError": "trainers.data.errors",
-    "Manifest": "trainers.data.manifest",
-    "ingest": "trainers.data.ingest",
-    "IngestError": "trainers.data.ingest",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'trainers.data' has no attribute {name!r}")

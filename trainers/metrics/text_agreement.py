@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from trainers.conditioning.captions import compose_line_tags
+from trainers.data.captions import compose_line_tags
 
 DISTRACTORS = 99
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from trainers import settings
 
-from trainers.data.decode import ShardViews, decode_task, worker_main
+from trainers.data.stream.decode import ShardViews, decode_task, worker_main
 
 
 def default_decode_workers() -> int:

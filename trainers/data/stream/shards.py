@@ -18,7 +18,7 @@ from typing import Any
 
 from trainers.data.errors import DataError
 from trainers.data.manifest import Manifest, ShardInfo
-from trainers.data.signed_get import NotForSignedGet, SignedGetter, redact, usable
+from trainers.data.stream.signed_get import NotForSignedGet, SignedGetter, redact, usable
 from trainers.data.storage import open_filesystem, storage_options_for
 
 

@@ -80,12 +80,15 @@ def unsafe_reason(name: str) -> str | None:
 
 
 class FolderSource:
-    """A local folder, walked without following links; a file symlink is read only when it stays inside."""
+    """A local folder, walked without following links; a file symlink is read only when it stays inside.
 
-    def __init__(self, root: Path, max_member_bytes: int):
+    listed=False: members are read by name and nothing is listed (``member_reader``).
+    """
+
+    def __init__(self, root: Path, max_member_bytes: int, listed: bool = True):
         self.root, self.real_root, self.limit = root, root.resolve(), max_member_bytes
         self.names, self.refused = [], []
-        for folder, dirs, files in os.walk(root, followlinks=False):
+        for folder, dirs, files in os.walk(root, followlinks=False) if listed else ():
             for entry in sorted(dirs + files):
                 path = Path(folder) / entry
                 reason = self._refusal(path, entry in dirs)
@@ -186,10 +189,12 @@ class TarSource:
 
 
 class FsspecFolderSource:
-    def __init__(self, fs, root: str, max_member_bytes: int):
+    """A folder (prefix) of an fsspec URL; listed=False: members are read by name, nothing is listed."""
+
+    def __init__(self, fs, root: str, max_member_bytes: int, listed: bool = True):
         self.fs, self.root, self.limit = fs, root.rstrip("/"), max_member_bytes
         self.names, self.refused = [], []
-        for path, info in sorted(fs.find(self.root, detail=True).items()):
+        for path, info in sorted(fs.find(self.root, detail=True).items()) if listed else ():
             if not path.startswith(self.root + "/"):
                 continue
             name, size = path[len(self.root) + 1:], info.get("size")
@@ -234,3 +239,18 @@ def open_source(src: str | Path, max_member_bytes: int = DEFAULT_MAX_MEMBER_MB *
         raise
     except Exception as err:  # noqa: BLE001 - storage errors come in many types
         raise SourceError(f"source {text} cannot be read: {type(err).__name__}: {err}") from None
+
+
+def member_reader(src: str, max_member_bytes: int) -> Source:
+    """A source of the URL src that reads members by name without listing it (``names`` stays empty).
+
+    For a ``--ray`` task, whose driver listed src already: a folder is not walked again; a .zip's
+    directory is read, then the members by range.
+    """
+    text = str(src)
+    if text.lower().endswith(".zip"):
+        return open_source(text, max_member_bytes)
+    if text.startswith("file://"):
+        return FolderSource(Path(text[len("file://"):]), max_member_bytes, listed=False)
+    fs, root = open_filesystem(text)
+    return FsspecFolderSource(fs, root, max_member_bytes, listed=False)

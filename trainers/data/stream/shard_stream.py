@@ -30,15 +30,15 @@ from typing import Any, Iterator
 import numpy as np
 
 from trainers.data.manifest import MANIFEST_NAME, Manifest
-from trainers.data.order import EpochOrder
-from trainers.data.decode_pool import DecodePool, default_decode_workers
-from trainers.data.pipeline import IndexCache, Pipeline
+from trainers.data.stream.order import EpochOrder
+from trainers.data.stream.decode_pool import DecodePool, default_decode_workers
+from trainers.data.stream.pipeline import IndexCache, Pipeline
 from trainers.data.errors import DataError
-from trainers.data.shards import LocalCache, ShardFetcher
+from trainers.data.stream.shards import LocalCache, ShardFetcher
 from trainers.data.storage import open_filesystem
 from trainers import settings
 
-__all__ = ["DataError", "ShardStream", "batches", "read_manifest", "torch_batches"]
+__all__ = ["ShardStream", "batches", "read_manifest", "torch_batches"]
 
 
 def read_manifest(url: str, storage_options: dict | None = None, attempts: int = 5) -> Manifest:

@@ -1,4 +1,4 @@
-"""Captions composed from tags, for datasets that have tags but no captions (ingest ``--compose-captions``).
+"""Captions composed from tags (ingest ``--compose-captions``, ``data synth``), and the lines a caption holds.
 
 A composed caption holds several lines, each one description of the image: a template
 filled with a subset of its tags (at least one, every tag kept with probability 0.7) in a
@@ -6,7 +6,8 @@ shuffled order, as StackGAN's datasets hold several captions per image; training
 line per sample and step. The draw is seeded by the sample's name, so the same tags and
 name always give the same caption (and the same dataset hash). The templates use the tag
 names verbatim; ``bench/prompts_paraphrased.json`` holds prompts in wording they never use.
-No torch here: ingest composes in its worker processes.
+No torch here: ingest composes in its worker processes. Below both ingest and the text
+conditioning (which reads a caption's lines, ``caption_lines``), so neither imports the other.
 """
 from __future__ import annotations
 

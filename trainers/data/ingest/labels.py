@@ -15,7 +15,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainers.conditioning import normalise_tags
+from trainers.data.tags import normalise_tags
 
 ENCODING_HINT = "pass the file's encoding with --labels-encoding (labels_encoding=), e.g. latin-1, cp1252, shift_jis"
 

@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from trainers.data.decode import parse_meta
-from trainers.data.decode_pool import DecodePool
-from trainers.data.order import EpochOrder, EpochPlan, rank_rounds
+from trainers.data.stream.decode import parse_meta
+from trainers.data.stream.decode_pool import DecodePool
+from trainers.data.stream.order import EpochOrder, EpochPlan, rank_rounds
 from trainers.data.errors import DataError
-from trainers.data.shards import ShardFetcher
-from trainers.data.tarindex import index_tar
+from trainers.data.stream.shards import ShardFetcher
+from trainers.data.stream.tarindex import index_tar
 
 _POLL_S = 0.1
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from trainers.data.captions import compose_caption
+
 HAIR_COLOURS = {
     "blonde hair": (246, 218, 99),
     "black hair": (30, 28, 36),
@@ -111,8 +113,6 @@ def write_synthetic_dataset(dest: str | Path, n: int, resolution: int, seed: int
     The same (n, resolution, seed, captions) always writes the same files. Returns the
     path of labels.csv.
     """
-    from trainers.conditioning.captions import compose_caption
-
     if n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     if resolution < 8 or resolution & (resolution - 1):
