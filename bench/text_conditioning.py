@@ -142,7 +142,7 @@ def judge_prompts(g, judge, conditions: torch.Tensor, tag_sets: list[list[str]],
 
 
 def evaluate(url: str, ckpt: Path, prompts: list[dict], judge, vocabulary: list[str], samples: int) -> dict:
-    from trainers.checkpoint import generator_from_checkpoint
+    from trainers.checkpoints.format import generator_from_checkpoint
     from trainers.conditioning import TagEncoder
     from trainers.data.captions import compose_line
     from trainers.conditioning.text import encode_prompts

@@ -15,11 +15,11 @@ import torch
 
 from orchestrator.job.spec_file import parse_spec
 from tests.reporters import DirectoryReporter
-from trainers.checkpoint import (STATE_FILE, CheckpointError, generator_from_checkpoint, index_file, load_state,
-                                 rank_file, verify)
+from trainers.checkpoints.format import (STATE_FILE, CheckpointError, generator_from_checkpoint, index_file,
+                                        load_state, rank_file, verify)
 from trainers.data.ingest.local import ingest
 from trainers.loop import GanLoop
-from trainers.resume import resume
+from trainers.checkpoints.resume import resume
 
 MODEL = {"arch": "dcgan", "z_dim": 8, "channels": 4}
 
@@ -145,7 +145,7 @@ def _plant(directory: Path, marker: Path, with_index: bool) -> Path:
     torch.save({"noise": _Planted(marker)}, directory / rank_file(0))
     (directory / "grid.png").write_bytes(b"png")
     if with_index:  # an attacker can write a matching index too: hashes prove integrity, not safety
-        from trainers.checkpoint import write_index
+        from trainers.checkpoints.format import write_index
         write_index(directory, 0, 1, 1)
     return directory
 
@@ -175,7 +175,7 @@ def test_a_checkpoint_of_another_spec_is_refused_naming_the_fields(dataset, tmp_
 def test_on_s3_the_fallback_reads_through_ray_trains_filesystem(stack, dataset, tmp_path, caplog):
     """What a worker does with the pyarrow S3 filesystem Ray Train hands it: list, download, verify, restore."""
     from orchestrator.cluster.endpoints import applied, resolve_endpoints
-    from orchestrator.job.storage import resolve_storage
+    from trainers.checkpoints.storage import resolve_storage
     from trainers.data.storage import open_filesystem
 
     spec = spec_of(dataset, steps=8, every=4)
@@ -203,7 +203,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from orchestrator.job.ray_runtime import NAMESPACE, control_actor, ray_init
-from trainers.checkpoint import STATE_FILE
+from trainers.checkpoints.format import STATE_FILE
 from trainers.loop import GanLoop
 from trainers.ray_worker import train_worker
 from trainers.spec import JobSpec
@@ -248,7 +248,7 @@ def test_under_ray_train_both_ranks_fall_back_together_and_write_beside_the_skip
     import sys
 
     from conftest import ROOT, cli_env
-    from trainers.checkpoint import checkpoint_step
+    from trainers.checkpoints.layout import checkpoint_step
 
     name, storage = "safety-ray", tmp_path / "storage"
     spec = parse_spec({**spec_of(dataset, steps=12, every=4).to_dict(), "name": name, "scaling": {"workers": 2}})

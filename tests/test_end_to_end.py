@@ -143,7 +143,7 @@ def test_conditional_job_through_ray_resumes_exactly_and_generates_by_tags(datas
     import torch
 
     from orchestrator.job.spec_file import load_spec
-    from trainers.checkpoint import load_state
+    from trainers.checkpoints.format import load_state
     from trainers.data.storage import open_filesystem
 
     spec_path = tmp_path / "cond.yaml"

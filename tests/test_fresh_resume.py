@@ -13,9 +13,9 @@ from orchestrator.job import runs
 from orchestrator.job.driver import JobError, _final_checkpoint, _open_job
 from orchestrator.job.lifecycle import State
 from orchestrator.job.spec_file import parse_spec
-from orchestrator.job.storage import resolve_storage
 from tests.reporters import DirectoryReporter
-from trainers.checkpoint import index_file
+from trainers.checkpoints.format import index_file
+from trainers.checkpoints.storage import resolve_storage
 from trainers.data.ingest.local import ingest
 from trainers.loop import GanLoop
 

@@ -98,7 +98,7 @@ def test_a_driver_that_died_after_registering_finishes_on_the_rerun_without_a_se
     from orchestrator.registry import versions
     from orchestrator.job.driver import run_job
     from tests.reporters import DirectoryReporter
-    from trainers.checkpoint import generator_from_checkpoint
+    from trainers.checkpoints.format import generator_from_checkpoint
     from trainers.data.ingest.local import ingest
     from trainers.generator_metadata import GeneratorMetadata
     from trainers.loop import GanLoop

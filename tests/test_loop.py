@@ -7,7 +7,7 @@ import torch
 
 from orchestrator.job.spec_file import parse_spec
 from tests.reporters import DirectoryReporter
-from trainers.checkpoint import generator_from_checkpoint, load_rank_state, load_state
+from trainers.checkpoints.format import generator_from_checkpoint, load_rank_state, load_state
 from trainers.data.ingest.local import ingest
 from trainers.loop import GanLoop, accumulation_rounds
 from trainers.loss import GanLoss

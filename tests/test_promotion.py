@@ -34,7 +34,7 @@ EVALUATIONS = {  # version -> its evaluation (as a checkpoint carries it)
 @pytest.fixture(scope="module")
 def promo(stack, tracking_uri, faces, tmp_path_factory):
     """Model ``promo`` with versions 1-4 (EVALUATIONS) from one run; ``candidate`` on 4. Returns the run id."""
-    from trainers.checkpoint import generator_from_checkpoint
+    from trainers.checkpoints.format import generator_from_checkpoint
     from trainers.data.ingest.local import ingest
     from trainers.generator_metadata import GeneratorMetadata
     from trainers.loop import GanLoop

@@ -22,10 +22,10 @@ from conftest import ganray
 from orchestrator import tracking_server
 from orchestrator.registry import versions
 from orchestrator.job import runs
-from orchestrator.registry.registrar import (ENTRY_TAG, KEPT_FOLDER, Registrar, evaluated_entries, qualifying,
-                                    register_finished)
+from orchestrator.registry.registrar import ENTRY_TAG, Registrar, evaluated_entries, qualifying, register_finished
 from orchestrator.job.spec_file import SpecError, parse_spec
 from tests.reporters import DirectoryReporter
+from trainers.checkpoints.layout import KEPT_FOLDER
 
 COND = {"arch": "cond-dcgan", "z_dim": 8, "channels": 4, "embed_dim": 4}
 EVAL = {"metrics": ["tag_accuracy"], "every_steps": 2, "tag_samples": 32, "judge_epochs": 1}
@@ -236,7 +236,7 @@ def test_every_registers_each_evaluated_checkpoint_and_keeps_the_newest_copy(
 
 def test_last_registers_the_final_generator_once_and_none_registers_nothing(
         stack, tracking_uri, dataset, tmp_path, monkeypatch):
-    from trainers.checkpoint import generator_from_checkpoint
+    from trainers.checkpoints.format import generator_from_checkpoint
     from trainers.loop import GanLoop
 
     monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))

@@ -68,7 +68,7 @@ def test_applied_restores_the_callers_environment(tmp_path, monkeypatch):
 
 
 def test_s3_checkpoint_storage_takes_the_region_from_the_environment(monkeypatch):
-    from orchestrator.job.storage import resolve_storage
+    from trainers.checkpoints.storage import resolve_storage
 
     monkeypatch.setenv("AWS_REGION", "eu-central-1")
     storage = resolve_storage("s3://bucket/ckpt", None, "http://127.0.0.1:9")
@@ -86,7 +86,7 @@ def test_registering_leaves_the_callers_environment_as_it_was(stack, tracking_ur
     from orchestrator.registry import versions
     from orchestrator.job.spec_file import parse_spec
     from tests.reporters import DirectoryReporter
-    from trainers.checkpoint import generator_from_checkpoint
+    from trainers.checkpoints.format import generator_from_checkpoint
     from trainers.data.ingest.local import ingest
     from trainers.generator_metadata import GeneratorMetadata
     from trainers.loop import GanLoop

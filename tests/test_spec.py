@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from orchestrator.job.spec_file import JobSpec, SpecError, TrainSpec, load_spec, parse_spec, same_spec
+from orchestrator.job.spec_file import SpecError, load_spec, parse_spec
+from trainers.spec import JobSpec, TrainSpec, same_spec
 
 BASE = {"name": "anime-64", "data": {"url": "s3://data/anime64"}, "model": {"arch": "dcgan"}}
 

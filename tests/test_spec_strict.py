@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from orchestrator.job.spec_file import JobSpec, SpecError, load_spec, parse_spec
+from orchestrator.job.spec_file import SpecError, load_spec, parse_spec
+from trainers.spec import JobSpec
 
 BASE = {"name": "strict", "data": {"url": "s3://ganray/data/x"}, "model": {"arch": "dcgan"}}
 

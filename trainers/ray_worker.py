@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from trainers.checkpoint import checkpoint_name, checkpoint_step
+from trainers.checkpoints.layout import checkpoint_name, checkpoint_step
+from trainers.checkpoints.resume import resume
 from trainers.loop import GanLoop, NeverStop
-from trainers.resume import resume
 from trainers.spec import JobSpec
 
 
@@ -16,7 +16,7 @@ class RayReporter:
     """ray.train.report with each rank's checkpoint folder (Ray Train merges them into one checkpoint).
 
     generation: after a resume fell back past newer checkpoints, the folder names carry it
-    (``trainers.resume``); skipped: how many checkpoints that resume skipped, in the first report.
+    (``trainers.checkpoints.resume``); skipped: how many checkpoints that resume skipped, in the first report.
     """
 
     def __init__(self, generation: int = 0, skipped: int = 0):

@@ -378,3 +378,46 @@ def read_stored_spec(stored: dict[str, Any]) -> dict[str, Any]:
     if isinstance(as_stored, dict) and as_stored.get("conditioning") == "text" and "text_pooling" not in as_stored:
         return {**stored, "model": {**as_stored, "text_pooling": "sentence"}}
     return stored
+
+
+def same_spec(stored: dict[str, Any], spec: JobSpec) -> bool:
+    """True when a stored spec dict (an earlier run's spec.json, a checkpoint's) parses under today's model
+    to spec's digest: one recorded under an older digest scheme, or before a field with a default was added,
+    is the same spec (read as it ran: :func:`read_stored_spec`). A stored spec that no longer validates is a
+    changed one."""
+    try:
+        return JobSpec.model_validate(read_stored_spec(stored)).digest() == spec.digest()
+    except ValueError:  # pydantic's ValidationError
+        return False
+
+
+def _flat_json(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested dict as dotted keys, each value written as JSON (strings quoted, lists as lists)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_json(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v)
+    return out
+
+
+def spec_changes(stored: dict[str, Any] | None, spec: JobSpec) -> list[str]:
+    """Every field where a stored spec differs from spec, sorted: ``field: old -> new``, values as JSON and
+    ``(unset)`` for a field one side lacks; [] when it is the same spec (:func:`same_spec`) or there is none."""
+    if not isinstance(stored, dict) or same_spec(stored, spec):
+        return []
+    old, new = _flat_json(read_stored_spec(stored)), _flat_json(spec.to_dict())
+    return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+SHOWN_CHANGES = 8  # the most fields a refusal names
+
+
+def spec_difference(stored: dict[str, Any] | None, spec: JobSpec) -> str:
+    """How a stored spec differs from spec, as every refusal of a changed spec says it: the first
+    SHOWN_CHANGES of :func:`spec_changes` joined by ", ", or "stored spec unavailable" without one."""
+    if not isinstance(stored, dict):
+        return "stored spec unavailable"
+    return ", ".join(spec_changes(stored, spec)[:SHOWN_CHANGES])

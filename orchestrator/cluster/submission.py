@@ -41,9 +41,10 @@ from orchestrator.cluster.endpoints import is_local_stack
 from orchestrator.cluster.job_api import TERMINAL, JobApi, Submission
 from orchestrator.job.host_record import JobBusyError
 from orchestrator.job.lifecycle import State, state_of
-from orchestrator.job.spec_file import JobSpec, load_spec, same_spec
+from orchestrator.job.spec_file import load_spec
 from trainers import settings
 from trainers.errors import GanrayError, UsageError
+from trainers.spec import JobSpec, same_spec, spec_difference
 
 SPEC_FILE = "ganray-submitted-job.yaml"
 
@@ -126,11 +127,7 @@ def _changed_spec(client, spec: JobSpec, replace: bool) -> bool:
         return False
     if replace:
         return True
-    old, new = runs.flatten(stored or {}), runs.flatten(spec.to_dict())
-    diff = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
-                     if old.get(k) != new.get(k))
-    detail = diff[:600] or "stored spec unavailable"
-    raise SubmitRefused(f"job {spec.name!r} already exists with a different spec ({detail}); "
+    raise SubmitRefused(f"job {spec.name!r} already exists with a different spec ({spec_difference(stored, spec)}); "
                         f"--replace starts the name over with this spec")
 
 

@@ -24,9 +24,10 @@ from ray.train.v2.api.callback import UserCallback
 from orchestrator.controller.outbox import Outbox
 from orchestrator.tracking_server import PATIENCE_S, quick_requests
 from orchestrator.job.runs import CHECKPOINT_STEP_TAG, CHECKPOINT_TAG
-from orchestrator.job.storage import checkpoint_uri
 from orchestrator.controller.timeline import Timeline
-from trainers.checkpoint import GRID_FILE, checkpoint_step, grid_name
+from trainers.checkpoints.format import GRID_FILE, grid_name
+from trainers.checkpoints.layout import checkpoint_step
+from trainers.checkpoints.storage import checkpoint_uri
 
 log = logging.getLogger("ganray.report_callback")
 TIMELINE_ARTIFACT = "preemptions.json"

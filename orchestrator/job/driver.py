@@ -23,13 +23,15 @@ from orchestrator.job.lifecycle import Lifecycle, State, state_of
 from orchestrator.job.progress import Progress
 from orchestrator.registry.registrar import Registrar, register_finished
 from orchestrator.tracking_server import patiently
-from orchestrator.job.spec_file import JobSpec, read_stored_spec, same_spec
 from orchestrator.job.stop_channel import DriverStop, StopWatcher
-from orchestrator.job import stored_checkpoints
-from orchestrator.job.storage import Storage, checkpoint_uri, local_checkpoint, resolve_storage
-from trainers.checkpoint import generator_from_checkpoint, load_state
+from trainers.checkpoints.copies import local_copy
+from trainers.checkpoints.deletion import delete_job_checkpoints
+from trainers.checkpoints.format import generator_from_checkpoint, load_state
+from trainers.checkpoints.storage import Storage, checkpoint_uri, open_storage, resolve_storage
+from trainers.checkpoints.stored_spec import newest_spec
 from trainers.data.stream.shard_stream import read_manifest
 from trainers.errors import GanrayError
+from trainers.spec import JobSpec, same_spec, spec_difference
 
 
 class JobError(GanrayError, RuntimeError):
@@ -120,7 +122,7 @@ def _retire(client, run) -> None:
 def _delete_checkpoints(run_url: str) -> None:
     """The job's checkpoint folders under run_url and Ray Train's record of them, gone (JobError if not)."""
     try:
-        stored_checkpoints.delete_job_checkpoints(run_url)
+        delete_job_checkpoints(*open_storage(run_url))
     except OSError as err:
         raise JobError(f"cannot delete the checkpoints in {run_url} (--fresh): {type(err).__name__}: {err}") from None
 
@@ -130,7 +132,7 @@ def _check_stored_checkpoints(run_url: str, spec: JobSpec) -> None:
     under the same spec (JobError naming the fields otherwise). One whose spec cannot be read is left to the
     workers, which verify every checkpoint and compare its spec again."""
     try:
-        found = stored_checkpoints.newest_spec(run_url)
+        found = newest_spec(*open_storage(run_url))
     except OSError as err:
         raise JobError(f"cannot read the checkpoints in {run_url}: {type(err).__name__}: {err}") from None
     if found is None or found[1] is None or same_spec(found[1], spec):
@@ -149,13 +151,7 @@ def _check_same_spec(client, run, spec: JobSpec) -> None:
 
 
 def _spec_diff_message(stored: dict[str, Any] | None, spec: JobSpec) -> str:
-    if stored is None:
-        detail = "stored spec unavailable"
-    else:
-        old, new = runs.flatten(read_stored_spec(stored)), runs.flatten(spec.to_dict())
-        fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        detail = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in fields[:8])
-    return (f"job {spec.name!r} already exists with a different spec ({detail}); "
+    return (f"job {spec.name!r} already exists with a different spec ({spec_difference(stored, spec)}); "
             f"run it with --fresh to start the name over")
 
 
@@ -225,7 +221,7 @@ def outcome(name: str, life: Lifecycle, result: Any, storage_url: str) -> str:
 def finish(spec: JobSpec, client, life: Lifecycle, ckpt_uri: str) -> dict[str, Any]:
     """From the job's last checkpoint: ``stopped`` before the last step; else the generator registered
     (once: a version already registered from this run and checkpoint is reused) and ``finished``."""
-    with local_checkpoint(ckpt_uri) as d:
+    with local_copy(*open_storage(ckpt_uri)) as d:
         generator, info = generator_from_checkpoint(d)
         state = load_state(d)
     steps = int(state["step"])

@@ -1,7 +1,7 @@
 """JobSpec files: YAML loading, ``--set`` overrides and errors that name the field and the value.
 
-The model itself (fields, bounds, defaults) lives in :mod:`trainers.spec`, where the workers
-use it too; it is re-exported here so that ``from orchestrator.job.spec_file import JobSpec`` works.
+The model itself (fields, bounds, defaults, ``same_spec``, how a stored spec differs) lives in
+:mod:`trainers.spec`, where the workers use it too; import it from there.
 Every field but ``name``, ``data.url`` and ``model.arch`` has a default that runs on a CPU
 laptop. Endpoints and credentials never belong in a spec.
 """
@@ -16,13 +16,10 @@ import yaml
 from pydantic import ValidationError
 
 from trainers.errors import UsageError
-from trainers.spec import (ARCHES, CONDITIONAL_ARCHES, CheckpointSpec, DataSpec, EvalSpec, JobSpec, ModelSpec,
-                           PreemptionSpec, RegistrySpec, ScalingSpec, TrainSpec, read_stored_spec)
+from trainers.spec import JobSpec
 from trainers.urls import redact_text, redact_url
 
-__all__ = ["ARCHES", "CONDITIONAL_ARCHES", "CheckpointSpec", "DataSpec", "EvalSpec", "JobSpec", "ModelSpec",
-           "PreemptionSpec", "RegistrySpec", "ScalingSpec", "SpecError", "TrainSpec", "apply_overrides",
-           "load_spec", "parse_spec", "read_stored_spec", "same_spec"]
+__all__ = ["SpecError", "apply_overrides", "load_spec", "parse_spec", "read_yaml"]
 
 
 class SpecError(UsageError, ValueError):
@@ -119,13 +116,3 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
         raise SpecError(f"spec file {path} is not valid YAML: {_yaml_problem(err)}") from None
     return parse_spec(raw, overrides)
 
-
-def same_spec(stored: dict[str, Any], spec: JobSpec) -> bool:
-    """True when a stored spec dict (an earlier run's spec.json, every field written out) parses under
-    today's model to spec's digest: a run recorded under an older digest scheme, or before a field with
-    a default was added, is the same spec (read as it ran: ``read_stored_spec``). A stored spec that no
-    longer validates is a changed one."""
-    try:
-        return JobSpec.model_validate(read_stored_spec(stored)).digest() == spec.digest()
-    except ValidationError:
-        return False

@@ -3,8 +3,9 @@
 Two halves, one per process:
 
 - On the Ray Train controller, ``keep_evaluated`` (called by the report callback for each checkpoint
-  that carries an evaluation) copies the checkpoint into the job's ``evaluated/`` folder, beside Ray
-  Train's own rotation, so ``checkpoint.keep`` can never delete it, and returns the entry the callback
+  that carries an evaluation) copies the checkpoint into the job's ``evaluated/`` folder
+  (``trainers.checkpoints.copies.keep_copy``), beside Ray Train's own rotation, so ``checkpoint.keep``
+  can never delete it, and returns the entry the callback
   records in the run (tag ``ganray.evaluated.<checkpoint>``: the copy's URI, the step, the headline metrics).
   Ray Train keeps its ``keep`` newest checkpoints as before (the latest always, which resume needs).
 - In the driver, a ``Registrar`` thread (beside ``progress.Progress``) reads those entries from the run
@@ -26,25 +27,17 @@ import time
 from typing import Any
 
 from orchestrator.registry import versions
+from trainers.checkpoints.copies import keep_copy
+from trainers.checkpoints.deletion import delete_checkpoint
+from trainers.checkpoints.layout import is_kept_copy, parse_checkpoint_name
+from trainers.checkpoints.storage import checkpoint_uri, open_storage
 from trainers.errors import GanrayError
 from trainers.generator_metadata import GeneratorMetadata
 from trainers.spec import LOWER_IS_BETTER, REPORTED_AS, JobSpec
 
 log = logging.getLogger("ganray.registrar")
 ENTRY_TAG = "ganray.evaluated."
-KEPT_FOLDER = "evaluated"
 _LOCK = threading.Lock()  # one registration pass at a time in this process (thread and finish alike)
-
-
-def _copy_tree(fs, src: str, dst: str) -> None:
-    """Copies a folder inside one pyarrow filesystem (server-side on S3), file by file."""
-    import pyarrow.fs as pafs
-
-    for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
-        if info.type == pafs.FileType.File:
-            target = f"{dst}/{info.path[len(src):].lstrip('/')}"
-            fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            fs.copy_file(info.path, target)
 
 
 def keep_evaluated(checkpoint, metrics: dict[str, Any], storage_url: str) -> tuple[str, str]:
@@ -52,15 +45,10 @@ def keep_evaluated(checkpoint, metrics: dict[str, Any], storage_url: str) -> tup
 
     A copy that fails is logged, and the entry names Ray's checkpoint instead (registered while Ray keeps it).
     """
-    from orchestrator.job.storage import checkpoint_uri
-    from trainers.checkpoint import parse_checkpoint_name
-
     src = checkpoint.path.rstrip("/")
-    parent, name = src.rsplit("/", 1)
-    dst = f"{parent}/{KEPT_FOLDER}/{name}"
+    name = src.rsplit("/", 1)[-1]
     try:
-        _copy_tree(checkpoint.filesystem, src, dst)
-        kept = dst
+        kept = keep_copy(checkpoint.filesystem, src)
     except Exception as err:  # noqa: BLE001 - registration can still read Ray's copy while it lasts
         log.warning("could not keep a copy of evaluated checkpoint %s: %s", name, type(err).__name__)
         kept = src
@@ -98,18 +86,6 @@ def qualifying(entries: list[dict[str, Any]], spec: JobSpec) -> list[dict[str, A
             chosen.append(e)
             best = value
     return chosen
-
-
-def _is_kept_copy(uri: str) -> bool:
-    return f"/{KEPT_FOLDER}/checkpoint_" in uri
-
-
-def _delete(uri: str) -> None:
-    from trainers.data.storage import open_filesystem
-
-    fs, path = open_filesystem(uri)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
 
 
 class Registrar:
@@ -163,8 +139,8 @@ class Registrar:
             keep = registered[-1] if registered else None
             pending = {e["uri"] for e in chosen} - set(registered)
             for uri in (e["uri"] for e in entries):
-                if _is_kept_copy(uri) and uri != keep and uri not in pending and uri not in self._deleted:
-                    _delete(uri)
+                if is_kept_copy(uri) and uri != keep and uri not in pending and uri not in self._deleted:
+                    delete_checkpoint(*open_storage(uri))
                     self._deleted.add(uri)
             return [self._done[uri] for uri in registered]
 

@@ -73,7 +73,7 @@ def _same_checkpoint(tagged: str | None, uri: str) -> bool:
         return False
     if tagged == uri:
         return True
-    from trainers.checkpoint import parse_checkpoint_name
+    from trainers.checkpoints.layout import parse_checkpoint_name
 
     mine = parse_checkpoint_name(uri)
     return mine is not None and parse_checkpoint_name(tagged) == mine
@@ -115,12 +115,13 @@ def point_candidate(client: MlflowClient, model_name: str, version: int) -> None
 def register_checkpoint(client: MlflowClient, run_id: str, model_name: str, checkpoint_uri: str, digest: str) -> int:
     """The version of model_name registered from a checkpoint of run_id: found again, or registered now (its
     EMA generator, with tags from the checkpoint); ``candidate`` moves to it when it is the newest."""
-    from orchestrator.job.storage import local_checkpoint
-    from trainers.checkpoint import generator_from_checkpoint
+    from trainers.checkpoints.copies import local_copy
+    from trainers.checkpoints.format import generator_from_checkpoint
+    from trainers.checkpoints.storage import open_storage
 
     version = find_version(client, model_name, run_id, checkpoint_uri)
     if version is None:
-        with local_checkpoint(checkpoint_uri) as d:
+        with local_copy(*open_storage(checkpoint_uri)) as d:
             generator, info = generator_from_checkpoint(d)
         version = register_generator(client, run_id, model_name, generator, GeneratorMetadata.from_checkpoint_info(info),
                                      digest, checkpoint_uri, kimg=info.get("images_seen", 0) / 1000)

@@ -1,9 +1,9 @@
-"""Checkpoint state: everything needed to continue as if nothing happened, verified and loaded safely.
+"""The checkpoint format: everything needed to continue as if nothing happened, verified and loaded safely.
 
-A checkpoint directory holds ``state.pt`` (written by rank 0: G, D, G_ema, both
-optimisers, both scalers, augment state, loss state (path-length mean), step, images
-seen / kimg, train time, data-stream state, spec, generator config, tag vocabulary and
-the evaluations so far), one ``rank_R.pt`` per rank (its RNG states) and ``grid.png``
+A checkpoint folder (its name: :mod:`trainers.checkpoints.layout`) holds ``state.pt`` (written by
+rank 0: G, D, G_ema, both optimisers, both scalers, augment state, loss state (path-length mean),
+step, images seen / kimg, train time, data-stream state, spec, generator config, tag vocabulary
+and the evaluations so far), one ``rank_R.pt`` per rank (its RNG states) and ``grid.png``
 (fixed-seed samples).
 
 Each rank writes its own files into its own folder and Ray Train uploads them all into one
@@ -36,7 +36,6 @@ from trainers.networks import build_generator
 STATE_FILE = "state.pt"
 GRID_FILE = "grid.png"
 INDEX_VERSION = 1
-_NAME = re.compile(r"checkpoint_(\d{9,})(?:-(\d+))?$")
 _INDEX = re.compile(r"index_rank_(\d+)\.json$")
 _UNSAFE = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)", re.IGNORECASE)
 
@@ -53,26 +52,6 @@ def rank_file(rank: int) -> str:
 def index_file(rank: int) -> str:
     """The file name of one rank's index (what it wrote: names, sizes, sha256)."""
     return f"index_rank_{rank}.json"
-
-
-def checkpoint_name(step: int, generation: int = 0) -> str:
-    """The folder name of the checkpoint written at step (sorts by step). generation > 0 marks the
-    checkpoints written after a resume fell back past newer ones, so that none lands in their folders."""
-    return f"checkpoint_{step:09d}" + (f"-{generation}" if generation else "")
-
-
-def parse_checkpoint_name(path: str) -> tuple[int, int] | None:
-    """(step, generation) of a checkpoint folder name or any path or URL ending in one; None otherwise."""
-    match = _NAME.search(str(path).rstrip("/"))
-    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
-
-
-def checkpoint_step(path: str) -> int:
-    """The step of a checkpoint from its folder name or any path or URL ending in it."""
-    parsed = parse_checkpoint_name(path)
-    if parsed is None:
-        raise ValueError(f"{path!r} is not a checkpoint folder (checkpoint_NNNNNNNNN)")
-    return parsed[0]
 
 
 def grid_name(step: int) -> str:

@@ -1,13 +1,14 @@
 """Which checkpoint a (re)started worker group continues from: the newest one that verifies.
 
 Ray Train hands every worker the job's latest checkpoint. Rank 0 lists the run's storage
-folder (that checkpoint's parent) and tries the checkpoints at or before it, newest first:
-one that does not verify (``trainers.checkpoint.verify``: a truncated ``state.pt``, a missing
+folder (that checkpoint's parent; ``trainers.checkpoints.listing``) and tries the checkpoints at or
+before it, newest first: one that does not verify (``format.verify``: a truncated ``state.pt``, a missing
 ``rank_R.pt``, an index that does not match) or does not load safely is skipped with a warning
 naming it. Rank 0 broadcasts its choice, so every rank restores the same checkpoint; without a
 process group (one worker, or ranks of a test in one process) each rank chooses alike from the
 same storage. A chosen checkpoint written under another spec is refused (the fields that differ
-are named): the driver refuses that before any worker starts; this is the workers' own check.
+are named, as ``trainers.spec.spec_difference`` says them): the driver refuses that before any
+worker starts; this is the workers' own check.
 
 When the group falls back past newer checkpoints, the checkpoints it writes from then on carry
 a generation suffix (``checkpoint_000000012-1``), so that none is written into the folder of a
@@ -16,89 +17,22 @@ skipped one that Ray Train still tracks (and may delete).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import shutil
 from dataclasses import dataclass
-from typing import Any, Iterator
 
+import pyarrow.fs as pafs
 import torch
 
-from trainers import tempdirs
-from trainers.checkpoint import CheckpointError, checkpoint_name, load_state, parse_checkpoint_name, verify
-from trainers.spec import JobSpec, read_stored_spec
+from trainers.checkpoints.copies import local_copy
+from trainers.checkpoints.format import CheckpointError, verify
+from trainers.checkpoints.layout import checkpoint_name, parse_checkpoint_name
+from trainers.checkpoints.listing import Stored, list_checkpoints
+from trainers.checkpoints.stored_spec import read_spec
+from trainers.spec import JobSpec, same_spec, spec_difference
 
 log = logging.getLogger("ganray.resume")
 
 _CHOSEN, _REFUSED = 1, 2
-
-
-@dataclass(frozen=True, order=True)
-class Stored:
-    """A checkpoint folder in the run's storage: (step, generation) orders them, oldest first."""
-
-    step: int
-    generation: int
-    path: str
-
-
-def list_checkpoints(fs, run_path: str) -> list[Stored]:
-    """The checkpoint folders directly under run_path of a pyarrow filesystem, newest first."""
-    import pyarrow.fs as pafs
-
-    out = []
-    for info in fs.get_file_info(pafs.FileSelector(run_path.rstrip("/"), allow_not_found=True)):
-        parsed = parse_checkpoint_name(info.base_name)
-        if info.type == pafs.FileType.Directory and parsed:
-            out.append(Stored(parsed[0], parsed[1], info.path))
-    return sorted(out, reverse=True)
-
-
-@contextlib.contextmanager
-def local_copy(fs, path: str) -> Iterator[str]:
-    """A checkpoint folder on this machine: the path itself on a local filesystem, else a download
-    removed afterwards."""
-    import pyarrow.fs as pafs
-
-    if isinstance(fs, pafs.LocalFileSystem):
-        yield path
-        return
-    tmp = tempdirs.make("ganray-ckpt-")
-    try:
-        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v)
-    return out
-
-
-def spec_changes(stored: dict[str, Any] | None, spec: JobSpec) -> list[str]:
-    """How a checkpoint's spec differs from spec ("field: old -> new"); [] when it has the same digest
-    (read under today's model: a field added since, with its default, changes nothing)."""
-    if not isinstance(stored, dict):
-        return []  # a checkpoint without a spec: nothing to compare
-    stored = read_stored_spec(stored)
-    try:
-        if JobSpec.model_validate(stored).digest() == spec.digest():
-            return []
-    except ValueError:
-        pass  # a stored spec that no longer validates is a changed one
-    old, new = _flatten(stored), _flatten(spec.to_dict())
-    return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
-            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-
-
-def _stored_spec(directory: str, index: dict[str, Any] | None) -> dict[str, Any] | None:
-    return index.get("spec") if index is not None else load_state(directory).get("spec")
 
 
 @dataclass
@@ -136,17 +70,18 @@ def choose(fs, latest_path: str, spec: JobSpec, stack: contextlib.ExitStack) -> 
         inner = contextlib.ExitStack()
         local = inner.enter_context(local_copy(fs, s.path))
         try:
-            index = verify(local)
+            verify(local)
         except CheckpointError as err:
             inner.close()
             log.warning("ganray: checkpoint %s is skipped: %s", s.path, err)
             skipped.append(f"{s.path}: {err}")
             continue
         stack.enter_context(inner)
-        changes = spec_changes(_stored_spec(local, index), spec)
-        if changes:
+        written_under = read_spec(pafs.LocalFileSystem(), local)
+        if isinstance(written_under, dict) and not same_spec(written_under, spec):
             raise CheckpointError(f"checkpoint {s.path} was written under a different spec "
-                                  f"({', '.join(changes[:8])}); run the job with --fresh to start it over")
+                                  f"({spec_difference(written_under, spec)}); run the job with --fresh to start "
+                                  "it over")
         newer = [o for o in stored if (o.step, o.generation) > (s.step, s.generation)]
         return Choice(s, local, skipped, max(o.generation for o in stored) + 1 if newer else s.generation)
     raise CheckpointError(f"no checkpoint of {_parent(latest_path)} verifies; skipped: {'; '.join(skipped)}")

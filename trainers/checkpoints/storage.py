@@ -1,13 +1,19 @@
-"""Where a job's checkpoints live: the spec's ``checkpoint.storage`` or the stack's, as Ray Train wants it."""
+"""Where a job's checkpoints live and how a process reaches them, as a pyarrow filesystem.
+
+The storage is the spec's ``checkpoint.storage`` or ``<stack storage root>/checkpoints``; a job's
+checkpoints are in ``<storage>/<job name>`` (Ray Train's ``RunConfig(name=job)``). Every reader of
+stored checkpoints works on a pyarrow filesystem and a path in it: the workers and the Train
+controller get theirs from Ray Train (``checkpoint.filesystem``, the one :func:`resolve_storage`
+built for it); the driver and the registry open theirs from a URL with :func:`open_storage`.
+"""
 from __future__ import annotations
 
-import contextlib
-import shutil
+import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
-from trainers import settings, tempdirs
+from trainers import settings
 from trainers.data.storage import open_filesystem
 from trainers.errors import GanrayError
 
@@ -18,6 +24,8 @@ class StorageError(GanrayError, RuntimeError):
 
 @dataclass
 class Storage:
+    """A checkpoint storage as users name it and as Ray Train takes it (storage_path, storage_filesystem)."""
+
     url: str  # what users see: s3://bucket/prefix or a local path
     path: str  # what Ray Train gets as storage_path
     filesystem: Any  # pyarrow filesystem or None for local paths
@@ -63,23 +71,25 @@ def resolve_storage(spec_storage: str | None, storage_root: str | None, s3_endpo
 
 
 def checkpoint_uri(storage_url: str, checkpoint_path: str) -> str:
-    """A URL for a checkpoint path inside the storage filesystem."""
+    """A URL for a checkpoint path inside the storage filesystem (what runs and versions record)."""
     if "://" in storage_url:
         scheme = storage_url.split("://", 1)[0]
         return f"{scheme}://{checkpoint_path.lstrip('/')}"
     return checkpoint_path
 
 
-@contextlib.contextmanager
-def local_checkpoint(uri: str) -> Iterator[str]:
-    """A checkpoint folder on this machine: the path itself, or a temporary download removed afterwards."""
-    if "://" not in uri or uri.startswith("file://"):
-        yield uri.removeprefix("file://")
-        return
-    tmp = tempdirs.make("ganray-ckpt-")
-    try:
-        fs, path = open_filesystem(uri)
-        fs.get(path.rstrip("/") + "/", tmp + "/", recursive=True)
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def open_storage(url: str):
+    """(pyarrow filesystem, path) of a checkpoint URL or local path, for a process that has a URL (the
+    driver, the registry). Local paths get pyarrow's local filesystem (the path made absolute); any other
+    URL the fsspec filesystem of ``trainers.data.storage.open_filesystem`` (its endpoint and the local
+    stack's keys, as every other reader of storage finds them), seen through pyarrow's API."""
+    import pyarrow.fs as pafs
+
+    if _is_local(url):
+        return pafs.LocalFileSystem(), os.path.abspath(url.removeprefix("file://"))
+    fs, path = open_filesystem(url)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/")
