@@ -114,10 +114,12 @@ def ratios(b: dict, one: dict) -> dict:
 
 
 def run(args, home: Path) -> dict:
+    from deploy.serve_config import ServeConfig
     from orchestrator.cluster import serving
     from orchestrator.cluster.endpoints import use_cluster_environment
     from orchestrator.stack.local_stack import LocalStack
     from orchestrator.stack.processes import free_port
+    from trainers.model_ref import parse_ref
 
     stack = LocalStack(home)
     try:
@@ -126,7 +128,8 @@ def run(args, home: Path) -> dict:
         version = register(endpoints.mlflow_uri)
         port, results = free_port(), {}
         for mode, app_args in MODES.items():
-            req = serving.ServeRequest("bench-serve", "bench-serve@champion", port=port, app_args=app_args)
+            config = ServeConfig(parse_ref("bench-serve@champion", need_version=True), **app_args)
+            req = serving.ServeRequest(config, port=port)
             url, _ = serving.serve(req, endpoints)
             try:
                 for n in (1, 4):

@@ -9,30 +9,32 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from deploy.loader import LoadedModel, LoadError, load_version, resolve_version
-from deploy.model_ref import ModelRef
+from deploy.loader import LoadedModel, RegistryError, load_version, named_version, registry_client
+from trainers.model_ref import ModelRef
 
 log = logging.getLogger("ray.serve")
 
 
 class ModelFollower:
-    def __init__(self, ref: ModelRef, device: str = "cpu"):
+    def __init__(self, ref: ModelRef, device: str = "cpu", client=None):
         self.ref, self.device = ref, device
+        self.client = client if client is not None else registry_client()  # MLflow of the replica's environment
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> LoadedModel:
-        """The version ref names now, loaded and current; LoadError leaves the current one serving."""
+        """The version ref names now, loaded and current; a RegistryError (or LoadError) leaves the current
+        one serving."""
         async with self._lock:
             try:
-                version = await asyncio.to_thread(resolve_version, self.ref)
+                version = int((await asyncio.to_thread(named_version, self.client, self.ref)).version)
                 if self.current is None or self.current.version != version:
-                    model = await asyncio.to_thread(load_version, self.ref, version, self.device)
+                    model = await asyncio.to_thread(load_version, self.client, self.ref, version, self.device)
                     previous, self.current = self.current, model
                     log.info("serving %s version %d (was %s)", self.ref, version,
                              previous.version if previous else "none")
-            except LoadError as err:
+            except RegistryError as err:
                 self.last_error = str(err)
                 raise
             self.last_error = None
@@ -43,7 +45,7 @@ class ModelFollower:
         while True:
             try:
                 await self.refresh()
-            except LoadError as err:
+            except RegistryError as err:
                 log.warning("%s", err)
             except Exception as err:  # noqa: BLE001 - the poller must outlive anything
                 self.last_error = f"{type(err).__name__}: {err}"[:500]

@@ -1,8 +1,12 @@
-"""Loading a registered generator from MLflow: which version an alias names, and that version.
+"""The read path of a registered generator: the version a reference names, and that version loaded.
 
-The tracking server and its credentials come from the replica's environment
-(``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``); nothing here takes them
-as arguments, so they never pass through a config, a log or an error.
+The one resolver and loader of ``ganray generate``, the promotion and models commands, ``ganray
+serve``'s check and the server's replicas, with one family of errors: :class:`RegistryError`
+(a model, version or alias the registry does not have, or a registry that cannot be read) and
+:class:`LoadError` (a version that is there but cannot be loaded). Imports neither Ray nor Serve
+nor FastAPI, so the CLI imports it too. The replica's client comes from its environment
+(``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``), the CLI's from its
+endpoints; credentials never pass through a config, a log or an error.
 """
 from __future__ import annotations
 
@@ -11,13 +15,20 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from deploy.model_ref import ModelRef
+from trainers.errors import GanrayError
 from trainers.generator_metadata import GeneratorMetadata, MetadataError, read_metadata
+from trainers.model_ref import ModelRef
 from trainers.safe_model import UnsafeModelError, load_checked
 
 
-class LoadError(RuntimeError):
-    """A version that cannot be found or loaded; the message names it."""
+class RegistryError(GanrayError, LookupError):
+    """A model, version or alias the registry does not have, or a registry that cannot be read; the
+    message names it and what the registry has instead."""
+
+
+class LoadError(RegistryError):
+    """A registered version that cannot be loaded: its download fails, it is not a pt2 generator, or it
+    lacks ganray's metadata; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,10 @@ class LoadedModel:
     meta: GeneratorMetadata
     device: str = "cpu"
 
+    @property
+    def uri(self) -> str:
+        return ModelRef(self.name, version=self.version).uri
+
     def describe(self) -> dict[str, Any]:
         """GET /model's answer."""
         return {"name": self.name, "version": self.version, "alias": self.alias,
@@ -39,46 +54,84 @@ class LoadedModel:
                 "truncation": self.meta.takes_psi, "input": self.meta.input}
 
 
-def resolve_version(ref: ModelRef) -> int:
-    """The version ref names now: the alias's current version, or the pinned one."""
-    if not ref.follows_alias:
-        return int(ref.version)
+def registry_client(tracking_uri: str | None = None):
+    """A client of the registry at tracking_uri (None: this process's MLFLOW_TRACKING_URI)."""
     from mlflow.tracking import MlflowClient
 
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
+def registered_model(client, name: str):
+    """The RegisteredModel name; RegistryError when the registry has none (or cannot be read)."""
     try:
-        return int(MlflowClient().get_model_version_by_alias(ref.name, ref.alias).version)
-    except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a missing model or alias
-        raise LoadError(f"cannot resolve {ref}: {type(err).__name__}: {_short(err)}") from None
+        return client.get_registered_model(name)
+    except Exception as err:  # noqa: BLE001 - MLflow raises its own kinds for a missing model
+        if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+            raise RegistryError(f"no registered model {name!r} at {client.tracking_uri}") from None
+        raise RegistryError(f"cannot read the model registry at {client.tracking_uri}: "
+                            f"{type(err).__name__}: {_short(err)}") from None
 
 
-def load_version(ref: ModelRef, version: int, device: str = "cpu") -> LoadedModel:
-    """Version `version` of ref's model with its ganray metadata, in eval mode on device."""
-    import mlflow
-
-    uri = f"models:/{ref.name}/{version}"
-    tmp = tempfile.mkdtemp(prefix="ganray-model-")
-    try:  # only a pt2 generator loads: a pickle-format version could run code (trainers.safe_model)
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-            info = mlflow.models.Model.load(local)
-            generator = load_checked(local, uri, lambda d: mlflow.pytorch.load_model(d, map_location="cpu"))
-        except UnsafeModelError as err:
-            raise LoadError(str(err)) from None
-        except Exception as err:  # noqa: BLE001
-            raise LoadError(f"cannot load {uri}: {type(err).__name__}: {_short(err)}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def named_version(client, ref: ModelRef):
+    """The ModelVersion ref names now (its version, or its alias's holder); RegistryError naming the
+    model's versions and aliases when it has no such one."""
     try:
-        meta = read_metadata(info.metadata, uri)
-    except MetadataError as err:
-        raise LoadError(str(err)) from None
+        if ref.version is not None:
+            return client.get_model_version(ref.name, str(ref.version))
+        return client.get_model_version_by_alias(ref.name, ref.alias)
+    except Exception:  # noqa: BLE001 - MLflow raises its own kinds for a missing model, version or alias
+        pass
+    model = registered_model(client, ref.name)
+    aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(model.aliases.items())) or "none"
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{ref.name}'"))
+    missing = f"version {ref.version}" if ref.version is not None else f"alias {ref.alias!r}"
+    raise RegistryError(f"model {ref.name!r} has no {missing} "
+                        f"(versions: {', '.join(map(str, versions)) or 'none'}; aliases: {aliases})")
+
+
+def load_version(client, ref: ModelRef, version: int, device: str = "cpu") -> LoadedModel:
+    """Version `version` of ref's model with its ganray metadata, in eval mode on device; a text model's
+    sentence encoder is loaded too (so its first prompt does not wait ~7 s). LoadError otherwise."""
+    generator, meta = _download_and_load(client, ref.name, int(version))
     if device != "cpu":
         generator = generator.to(device)
-    if meta.conditioning == "text":  # load the sentence encoder now, not on the first prompt (~7 s)
+    if meta.conditioning == "text":
         from trainers.conditioning.encoder import load as load_encoder
 
         load_encoder(meta.text_encoder)
     return LoadedModel(ref.name, int(version), ref.alias, generator, meta, device)
+
+
+def load_named(client, ref: ModelRef, device: str = "cpu") -> LoadedModel:
+    """The version ref names now, loaded (:func:`named_version`, then :func:`load_version`)."""
+    return load_version(client, ref, int(named_version(client, ref).version), device)
+
+
+def _download_and_load(client, name: str, version: int) -> tuple[Any, GeneratorMetadata]:
+    """(the generator, its metadata) of version `version` of name, from client's registry (never the
+    process's global MLflow URIs: a ``models:/`` download would use those). Only a pt2 generator loads:
+    a pickle-format version could run code (``trainers.safe_model``)."""
+    import mlflow
+
+    uri = ModelRef(name, version=version).uri  # what messages name
+    tmp = tempfile.mkdtemp(prefix="ganray-model-")
+    try:
+        try:
+            stored = client.get_model_version_download_uri(name, str(version))
+            local = mlflow.artifacts.download_artifacts(artifact_uri=stored, dst_path=tmp,
+                                                        tracking_uri=client.tracking_uri)
+            info = mlflow.models.Model.load(local)
+            generator = load_checked(local, uri, lambda d: mlflow.pytorch.load_model(d, map_location="cpu"))
+        except UnsafeModelError as err:
+            raise LoadError(str(err)) from None
+        except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a download that fails
+            raise LoadError(f"cannot load {uri}: {type(err).__name__}: {_short(err)}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return generator, read_metadata(info.metadata, uri)
+    except MetadataError as err:
+        raise LoadError(str(err)) from None
 
 
 def _short(err: Exception, limit: int = 300) -> str:

@@ -22,10 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deploy.batching import run_batch
 from deploy.encoding import MEDIA_TYPES, encode
 from deploy.follow import ModelFollower
-from deploy.loader import LoadError
+from deploy.loader import RegistryError
 from deploy.page import PAGE
 from deploy.request import BadRequest, Prepared, check_body_size, parse_body, parse_format, prepare
-from deploy.settings import ServeSettings
+from deploy.serve_config import ServeConfig
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="ganray generator", docs_url=None, redoc_url=None, openapi_url=None)
@@ -71,12 +71,12 @@ async def read_body(request: Request) -> bytes:
 @serve.deployment(name="generator")
 @serve.ingress(api)
 class GeneratorServer:
-    async def __init__(self, settings: Dict[str, Any]):
-        self.settings = ServeSettings.from_dict(settings)
-        self.follower = ModelFollower(self.settings.ref, self.settings.device())
-        self._generate_batch.set_max_batch_size(self.settings.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(self.settings.batch_wait_s)
-        self._poller = asyncio.create_task(self.follower.follow(self.settings.poll_s))
+    async def __init__(self, args: Dict[str, Any]):
+        self.config = ServeConfig.from_args(args)  # checked again on the replica: args may come from a manifest
+        self.follower = ModelFollower(self.config.model, self.config.device())
+        self._generate_batch.set_max_batch_size(self.config.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(self.config.batch_wait_s)
+        self._poller = asyncio.create_task(self.follower.follow(self.config.poll_s))
 
     @api.get("/")
     async def page(self) -> HTMLResponse:
@@ -86,7 +86,7 @@ class GeneratorServer:
     async def healthz(self) -> JSONResponse:
         model = self.follower.current
         if model is None:
-            return JSONResponse({"status": "loading", "model": str(self.settings.ref),
+            return JSONResponse({"status": "loading", "model": str(self.config.model),
                                  "error": self.follower.last_error}, status_code=503)
         return JSONResponse({"status": "ok", "version": model.version})
 
@@ -94,14 +94,14 @@ class GeneratorServer:
     async def model(self) -> JSONResponse:
         model = self.follower.current
         if model is None:
-            return error(503, f"{self.settings.ref} is not loaded yet ({self.follower.last_error or 'loading'})")
+            return error(503, f"{self.config.model} is not loaded yet ({self.follower.last_error or 'loading'})")
         return JSONResponse(model.describe())
 
     @api.post("/reload")
     async def reload(self) -> JSONResponse:
         try:
             model = await self.follower.refresh()
-        except LoadError as err:
+        except RegistryError as err:
             return error(503, str(err))
         return JSONResponse({"version": model.version})
 
@@ -111,7 +111,7 @@ class GeneratorServer:
         req = parse_body(await read_body(request))
         model = self.follower.current
         if model is None:
-            return error(503, f"{self.settings.ref} is not loaded yet")
+            return error(503, f"{self.config.model} is not loaded yet")
         prepared = prepare(model, req)
         images, batch = await self._generate_batch(prepared)
         content = await asyncio.to_thread(encode, images, fmt)
@@ -122,5 +122,5 @@ class GeneratorServer:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _generate_batch(self, items: List[Prepared]) -> List[Tuple[np.ndarray, int]]:
         """Each request's images, and how many requests shared the forward passes (X-Ganray-Batch)."""
-        images = await asyncio.to_thread(run_batch, items, self.settings.rows_per_pass)
+        images = await asyncio.to_thread(run_batch, items, self.config.rows_per_pass)
         return [(x, len(items)) for x in images]

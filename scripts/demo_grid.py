@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from deploy.loader import load_named, registry_client
 from orchestrator.cluster.endpoints import use_cluster_environment
-from orchestrator.registry.versions import load_generator
+from trainers.model_ref import parse_ref
 from trainers.sampling import condition_rows, sample
 
 LABEL_WIDTH, SCALE, PAD = 260, 2, 4
@@ -45,8 +46,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    use_cluster_environment()  # the tracking server of the environment, or of the embedded stack
-    generator, meta = load_generator(args.model_uri)
+    ref = parse_ref(args.model_uri, need_version=True, version_option=False)
+    endpoints = use_cluster_environment()  # the tracking server of the environment, or of the embedded stack
+    model = load_named(registry_client(endpoints.mlflow_uri), ref)
+    generator, meta = model.generator, model.meta
     rows = [[t.strip() for t in row.split(",") if t.strip()] for row in args.row]
     images = np.stack([sample(generator, meta.z_dim, args.n, args.seed, takes_psi=meta.takes_psi,
                               c=condition_rows(meta, tags, args.n, args.seed, args.model_uri)) for tags in rows])

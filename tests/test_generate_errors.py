@@ -40,7 +40,7 @@ def test_a_malformed_model_uri_is_a_usage_error(stack, ganray_home, tmp_path, ur
 def test_a_missing_model_is_named(stack, ganray_home, tmp_path):
     proc = ganray(ganray_home, "generate", "models:/no-such-generator/3", "--n", "2", "--out",
                   str(tmp_path / "x.png"), check=False)
-    _refused(proc, 1, "models:/no-such-generator/3")
+    _refused(proc, 1, "no registered model 'no-such-generator' at ")
 
 
 class _Planted(torch.nn.Module):

@@ -1,6 +1,8 @@
-"""The RayService's import_path names the package's Ray Serve application builder (deploy/app.py)."""
+"""The RayService names the package's Ray Serve application builder (deploy/app.py) and documents exactly
+the fields of its serve configuration (deploy.serve_config.ServeConfig), which the replicas read back."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 
@@ -9,9 +11,13 @@ import yaml
 from test_k8s import TARGETS, find, render
 
 
+def _applications() -> list[dict]:
+    return [yaml.safe_load(find(render(t), "RayService", "ganray-serve")["spec"]["serveConfigV2"])["applications"][0]
+            for t in TARGETS]
+
+
 def test_the_rayservice_import_path_names_the_serve_app_builder():
-    paths = {yaml.safe_load(find(render(t), "RayService", "ganray-serve")["spec"]["serveConfigV2"])
-             ["applications"][0]["import_path"] for t in TARGETS}
+    paths = {app["import_path"] for app in _applications()}
     assert paths == {"deploy.app:build_app"}
     module, attr = paths.pop().split(":")
     builder = getattr(importlib.import_module(module), attr)
@@ -19,3 +25,15 @@ def test_the_rayservice_import_path_names_the_serve_app_builder():
     params = [p for p in inspect.signature(builder).parameters.values() if p.default is inspect.Parameter.empty]
     assert len(params) == 1 and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
                                                     inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def test_the_rayservice_args_are_exactly_a_serve_config_the_replicas_accept():
+    from deploy.serve_config import ServeConfig
+    from trainers.model_ref import ModelRef
+
+    for app in _applications():
+        args = app["args"]
+        assert list(args) == [f.name for f in dataclasses.fields(ServeConfig)]  # every field, documented in order
+        config = ServeConfig.from_args(args)
+        assert config.model == ModelRef("anime-gen", alias="champion") and config.model.name == app["name"]
+        assert config.to_args() == args  # what `ganray serve` would send for the same settings

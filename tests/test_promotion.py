@@ -17,11 +17,11 @@ from conftest import ganray
 from orchestrator import tracking_server
 from orchestrator.registry import versions
 from orchestrator.job import runs
-from orchestrator.registry.model_ref import ModelRef, parse_ref
 from orchestrator.registry.promotion import Gate, failed_gates, parse_gate
 from orchestrator.job.spec_file import parse_spec
 from tests.reporters import DirectoryReporter
-from trainers.errors import UsageError
+from trainers.errors import GanrayError, UsageError
+from trainers.model_ref import parse_ref
 
 EVALUATIONS = {  # version -> its evaluation (as a checkpoint carries it)
     1: {"fid": 31.2, "kid": 0.021, "tag_acc": 0.95},
@@ -94,22 +94,7 @@ def champion(tracking_uri, model="promo"):
         return None
 
 
-# -- parsing, in-process -------------------------------------------------------------------------------
-
-def test_every_form_of_a_model_reference_parses_to_the_same_version_or_alias():
-    v2 = ModelRef("faces", version=2)
-    assert parse_ref("faces", "2") == parse_ref("faces/2") == parse_ref("models:/faces/2") == v2
-    assert parse_ref("faces@champion") == parse_ref("models:/faces@champion") == ModelRef("faces", alias="champion")
-    assert parse_ref("faces").names_a_version is False and parse_ref("faces").uri == "models:/faces"
-    assert v2.uri == "models:/faces/2" and parse_ref("faces@c-1").uri == "models:/faces@c-1"
-    for bad in ("faces/0", "faces/x", "faces/2/3", "faces@", "faces@a b", "@champion", "models:/", "/2", ""):
-        with pytest.raises(UsageError):
-            parse_ref(bad)
-    with pytest.raises(UsageError, match="one too many"):
-        parse_ref("faces@champion", "2")
-    with pytest.raises(UsageError, match="names no version"):
-        parse_ref("faces", need_version=True)
-
+# -- gates, in-process ----------------------------------------------------------------------------------
 
 def test_gates_parse_compare_and_never_pass_by_absence():
     assert parse_gate("fid<25") == Gate("fid", "<", 25.0) and parse_gate(" tag_accuracy >= 0.9 ").op == ">="
@@ -236,7 +221,10 @@ def test_every_addressing_form_names_the_same_version_in_every_command(promo, in
     (("promote", "promo@silver", "--version", "2", "--alias", "x"), "one too many"),
     (("promote", "promo/1"), "promote needs --alias"),
     (("promote", "promo/1", "--alias", "v 1"), "an alias is letters"),
-    (("promote", "promo/1", "--copy-to", "prod@x"), "expected a registered model's name"),
+    (("promote", "promo/1", "--copy-to", "prod@x"), "expected a registered model's bare name"),
+    (("promote", "promo/1", "--copy-to", "my prod"), "outside ganray's model-name grammar"),
+    (("promote", "promo/1", "--alias", "latest"), "is reserved by MLflow"),
+    (("rollback", "promo", "--alias", "v2"), "is reserved by MLflow"),
     (("models", "show", "promo/zero"), "a model version is a whole number"),
     (("rollback", "promo"), "rollback needs an alias"),
     (("rollback", "promo/2"), "rollback takes MODEL --alias ALIAS or MODEL@ALIAS"),
@@ -265,3 +253,31 @@ def test_a_version_or_model_that_is_not_there_is_named(promo, inproc):
     assert code == 1 and "no registered model 'no-such-model'" in err
     code, _, err = inproc("rollback", "no-such-model", "--alias", "champion")
     assert code == 1 and "no registered model 'no-such-model'" in err
+
+
+def test_the_one_loader_names_what_the_registry_has_when_a_model_alias_or_version_is_missing(
+        promo, tracking_uri, monkeypatch):
+    """deploy.loader is the resolver and loader of every command and of the server: one error family."""
+    from deploy.loader import LoadError, RegistryError, load_named, load_version, named_version, registry_client
+
+    client = registry_client(tracking_uri)
+    assert int(named_version(client, parse_ref("promo/3")).version) == 3
+    assert int(named_version(client, parse_ref("promo@candidate")).version) == 4
+    cases = [("no-such-model/1", ["no registered model 'no-such-model' at " + tracking_uri]),
+             ("promo@gold", ["model 'promo' has no alias 'gold' (versions: 1, 2, 3, 4; aliases: ", "candidate -> 4"]),
+             ("promo/99", ["model 'promo' has no version 99 (versions: 1, 2, 3, 4; aliases: ", "candidate -> 4"])]
+    for text, words in cases:
+        for find in (named_version, load_named):
+            with pytest.raises(RegistryError) as err:
+                find(client, parse_ref(text))
+            assert type(err.value) is RegistryError and all(w in str(err.value) for w in words), (text, err.value)
+            assert isinstance(err.value, GanrayError) and isinstance(err.value, LookupError)
+    with pytest.raises(LoadError, match="cannot load models:/promo/99"):  # a version that is not there, by number
+        load_version(client, parse_ref("promo@candidate"), 99)
+    assert issubclass(LoadError, RegistryError)
+    model = load_named(client, parse_ref("models:/promo@candidate"))
+    assert (model.name, model.version, model.alias, model.uri) == ("promo", 4, "candidate", "models:/promo/4")
+    assert model.meta.z_dim == 8 and model.meta.evaluation["tag_acc"] == pytest.approx(0.97)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(RegistryError, match="cannot read the model registry at http://127.0.0.1:9"):
+        named_version(registry_client("http://127.0.0.1:9"), parse_ref("promo/1"))  # nothing listens there

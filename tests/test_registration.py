@@ -19,13 +19,14 @@ import pytest
 import yaml
 
 from conftest import ganray
+from deploy.loader import load_named
 from orchestrator import tracking_server
-from orchestrator.registry import versions
 from orchestrator.job import runs
 from orchestrator.registry.registrar import ENTRY_TAG, Registrar, evaluated_entries, qualifying, register_finished
 from orchestrator.job.spec_file import SpecError, parse_spec
 from tests.reporters import DirectoryReporter
 from trainers.checkpoints.layout import KEPT_FOLDER
+from trainers.model_ref import parse_ref
 
 COND = {"arch": "cond-dcgan", "z_dim": 8, "channels": 4, "embed_dim": 4}
 EVAL = {"metrics": ["tag_accuracy"], "every_steps": 2, "tag_samples": 32, "judge_epochs": 1}
@@ -210,11 +211,14 @@ def test_best_registers_the_improving_checkpoints_from_kept_copies_and_keeps_the
     # a version loads with mlflow.pytorch.load_model, and through the registry's loader with its metadata
     mlflow.set_tracking_uri(tracking_uri)
     g = mlflow.pytorch.load_model("models:/reg-best@candidate", map_location="cpu")
-    loaded, meta = versions.load_generator("reg-best@candidate")
+    loaded = load_named(c, parse_ref("reg-best@candidate"))
+    meta = loaded.meta
+    assert loaded.version == max(registered) and loaded.alias == "candidate"
     z = np.zeros((2, meta.z_dim + meta.c_dim), dtype=np.float32)
     import torch
 
     assert tuple(g(torch.from_numpy(z)).shape) == (2, 3, 16, 16)
+    torch.testing.assert_close(loaded.generator(torch.from_numpy(z)), g(torch.from_numpy(z)))
     assert meta.step == expected[-1] and meta.vocabulary
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from trainers.conditioning.encoder import DEFAULT_TEXT_ENCODER, TEXT_ENCODERS
 from trainers.conditioning.phrases import DEFAULT_POOLING, POOLINGS, check_pooling
+from trainers.model_ref import NAME_RULE, name_fault
 from trainers.urls import url_problem
 
 Arch = Literal["dcgan", "cond-dcgan", "stylegan2"]
@@ -274,8 +275,9 @@ with warnings.catch_warnings():
         @field_validator("model_name")
         @classmethod
         def _name(cls, v):
-            if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
-                raise ValueError("must be letters, digits, '_', '.', '-' (at most 100)")
+            fault = name_fault(v) if v is not None else None
+            if fault:
+                raise ValueError(f"must be a model name of ganray's grammar, {NAME_RULE} ({fault})")
             return v
 
         @field_validator("best_by", mode="before")

@@ -1,7 +1,8 @@
 """``ganray promote``, ``ganray rollback`` and ``ganray models list|show``: the registry, without Ray.
 
-Every command addresses a model in any form of ``orchestrator.registry.model_ref`` (MODEL --version V,
-MODEL@ALIAS, MODEL/V, models:/MODEL/V, models:/MODEL@ALIAS).
+Every command addresses a model by ``trainers.model_ref``'s one grammar (NAME --version V, NAME@ALIAS,
+NAME/V, models:/NAME/V, models:/NAME@ALIAS; a bare NAME for a whole model), and finds it with
+``deploy.loader``'s resolver.
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def _registry() -> Iterator[Any]:
 def promote_cmd(model: str, version: str | None, alias: str | None, requires: tuple[str, ...],
                 copy_to: str | None, as_json: bool) -> None:
     """Move an alias (and/or copy a version into another model) when the version passes every gate."""
-    from orchestrator.registry.model_ref import parse_alias, parse_name, parse_ref
     from orchestrator.registry.promotion import parse_gate, promote
+    from trainers.model_ref import parse_alias, parse_name, parse_ref
 
     ref = parse_ref(model, version, need_version=True)
     gates = [parse_gate(g) for g in requires]
@@ -68,10 +69,10 @@ def promote_cmd(model: str, version: str | None, alias: str | None, requires: tu
 @click.option("--alias", help="The alias to give back to its previous holder (or MODEL@ALIAS).")
 def rollback_cmd(model: str, alias: str | None) -> None:
     """Give an alias back to the version that held it before (repeatable: each call goes one further back)."""
-    from orchestrator.registry.model_ref import parse_alias, parse_ref
     from orchestrator.registry.promotion import rollback
+    from trainers.model_ref import parse_alias, parse_ref
 
-    ref = parse_ref(model)
+    ref = parse_ref(model, version_option=False)
     if ref.version is not None:
         raise UsageError(f"rollback takes MODEL --alias ALIAS or MODEL@ALIAS, got {model!r}")
     if ref.alias and alias and ref.alias != alias:
@@ -79,8 +80,9 @@ def rollback_cmd(model: str, alias: str | None) -> None:
     alias = ref.alias or alias
     if not alias:
         raise UsageError("rollback needs an alias: MODEL --alias ALIAS or MODEL@ALIAS")
+    alias = parse_alias(alias, "(--alias)")
     with _registry() as client:
-        restored, replaced = rollback(client, ref.name, parse_alias(alias, "(--alias)"))
+        restored, replaced = rollback(client, ref.name, alias)
     click.echo(f"{ref.name}@{alias} -> version {restored} (was {replaced})")
 
 
@@ -131,33 +133,25 @@ def _aliases(rm) -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def show_cmd(model: str, version: str | None, as_json: bool) -> None:
     """A model (every version) or one version (MODEL@ALIAS, MODEL/V, ...): aliases, metrics, lineage."""
-    from orchestrator.registry.model_ref import parse_ref
+    from deploy.loader import named_version, registered_model
     from orchestrator.registry.promotion import HISTORY_TAG
-    from orchestrator.registry.versions import get_version, model_versions, version_record
+    from orchestrator.registry.versions import model_versions, version_record
+    from trainers.model_ref import parse_ref
 
     ref = parse_ref(model, version)
     with _registry() as client:
         if ref.names_a_version:
-            mv = get_version(client, ref)
+            mv = named_version(client, ref)
             mv.aliases = sorted(a for a, v in client.get_registered_model(mv.name).aliases.items()
                                 if str(v) == str(mv.version))
             out: dict[str, Any] = version_record(mv)
         else:
-            rm = _model(client, ref.name)
+            rm = registered_model(client, ref.name)
             out = {"name": rm.name, "aliases": _aliases(rm),
                    "alias_history": {k[len(HISTORY_TAG):]: json.loads(v) for k, v in (rm.tags or {}).items()
                                      if k.startswith(HISTORY_TAG)},
                    "versions": [version_record(mv) for mv in model_versions(client, rm.name)]}
     click.echo(json.dumps(out, indent=2) if as_json else _text(out))
-
-
-def _model(client, name: str):
-    from orchestrator.registry.versions import RegistryError
-
-    try:
-        return client.get_registered_model(name)
-    except Exception:  # noqa: BLE001 - MLflow's own kinds for a missing model
-        raise RegistryError(f"no registered model {name!r} at {client.tracking_uri}") from None
 
 
 def _text(out: dict[str, Any]) -> str:

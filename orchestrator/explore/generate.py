@@ -7,6 +7,7 @@ import numpy as np
 
 from trainers.errors import UsageError
 from trainers.grid import make_grid
+from trainers.model_ref import ModelRef
 from trainers.sampling import check_count, check_truncation, condition_rows, prompt_vector, sample
 
 OUTPUT_SUFFIXES = (".png", ".npz")
@@ -23,26 +24,27 @@ def write_images(images: np.ndarray, out: str | Path) -> Path:
     return out
 
 
-def generate(model_uri: str, n: int, seed: int, out: str | Path, tags: list[str] | None = None,
+def generate(client, ref: ModelRef, n: int, seed: int, out: str | Path, tags: list[str] | None = None,
              truncation: float = 1.0, prompt: str | None = None, exact_tags: bool = False) -> Path:
-    """Loads model_uri, draws n samples from seeds seed..seed+n-1 (all with ``tags`` if the model is
-    tag-conditioned, the tags they leave open drawn per sample from the training data's tag sets
-    unless exact_tags; at StyleGAN2 truncation psi ``truncation``, 1: none), writes out by its suffix.
-    An unknown tag is an error listing the known ones. A text-conditioned model takes ``prompt`` instead
-    (every sample gets it): a prompt with tags, an empty one, one over 300 characters, or one to a model
-    without text conditioning is an error."""
-    from orchestrator.registry.versions import load_generator, parse_model_uri
+    """Loads the version ref names from client's registry (``deploy.loader``), draws n samples from seeds
+    seed..seed+n-1 (all with ``tags`` if the model is tag-conditioned, the tags they leave open drawn per
+    sample from the training data's tag sets unless exact_tags; at StyleGAN2 truncation psi ``truncation``,
+    1: none), writes out by its suffix. An unknown tag is an error listing the known ones. A text-conditioned
+    model takes ``prompt`` instead (every sample gets it): a prompt with tags, an empty one, one over 300
+    characters, or one to a model without text conditioning is an error."""
+    from deploy.loader import load_named
 
     if Path(out).suffix not in OUTPUT_SUFFIXES:
         raise UsageError(f"--out must end in .png (a grid) or .npz (an array), got {str(out)!r}")
     check_count(n)
     _check_prompt(prompt, tags)
-    parse_model_uri(model_uri)
-    g, meta = load_generator(model_uri)
-    c = (prompt_vector(meta, prompt, model_uri) if prompt is not None
-         else condition_rows(meta, tags, n, seed, model_uri, fill=not exact_tags))
-    psi = check_truncation(meta, truncation, model_uri)
-    return write_images(sample(g, meta.z_dim, n, seed, c=c, truncation=psi, takes_psi=meta.takes_psi), out)
+    model, where = load_named(client, ref), ref.uri
+    meta = model.meta
+    c = (prompt_vector(meta, prompt, where) if prompt is not None
+         else condition_rows(meta, tags, n, seed, where, fill=not exact_tags))
+    psi = check_truncation(meta, truncation, where)
+    return write_images(sample(model.generator, meta.z_dim, n, seed, c=c, truncation=psi, takes_psi=meta.takes_psi),
+                        out)
 
 
 def _check_prompt(prompt: str | None, tags: list[str] | None) -> None:

@@ -17,9 +17,10 @@ from typing import Any, NamedTuple
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.registry.model_ref import ModelRef
-from orchestrator.registry.versions import RegistryError, get_version, version_metrics
+from deploy.loader import named_version, registered_model
+from orchestrator.registry.versions import version_metrics
 from trainers.errors import GanrayError, UsageError
+from trainers.model_ref import ModelRef
 from trainers.spec import metric_aliases
 
 HISTORY_TAG = "ganray.alias_history."
@@ -115,10 +116,8 @@ def move_alias(client: MlflowClient, name: str, alias: str, version: int) -> int
 
 def rollback(client: MlflowClient, name: str, alias: str) -> tuple[int, int | None]:
     """Gives alias back to its previous holder; returns (that version, the version it replaced)."""
-    try:
-        history = alias_history(client, name, alias)
-    except Exception as err:  # noqa: BLE001
-        raise RegistryError(f"no registered model {name!r} ({type(err).__name__})") from None
+    registered_model(client, name)  # RegistryError for a model that is not there
+    history = alias_history(client, name, alias)
     current = alias_holder(client, name, alias)
     while history and history[-1] == current:
         history.pop()
@@ -127,7 +126,7 @@ def rollback(client: MlflowClient, name: str, alias: str) -> tuple[int, int | No
         raise PromotionError(f"{name}@{alias} has no earlier holder to roll back to ({now} holds it; "
                              "every earlier one was rolled back already, or it was never moved)")
     target = history.pop()
-    get_version(client, ModelRef(name, version=target))  # a deleted version is named, not silently skipped
+    named_version(client, ModelRef(name, version=target))  # a deleted version is named, not silently skipped
     client.set_registered_model_alias(name, alias, str(target))
     client.set_registered_model_tag(name, HISTORY_TAG + alias, json.dumps(history))
     return target, current
@@ -154,7 +153,7 @@ def promote(client: MlflowClient, ref: ModelRef, alias: str | None, gates: list[
             copy_to: str | None = None) -> dict[str, Any]:
     """Checks the gates on the version ref names, copies it into copy_to when given, and moves alias (on
     the copy's model when copying). Returns what happened: model, version, alias, previous, source."""
-    source = get_version(client, ref)
+    source = named_version(client, ref)
     check_gates(f"{ref.name} version {source.version}", source.tags or {}, gates)
     target = copy_version(client, source, copy_to) if copy_to else source
     previous = move_alias(client, target.name, alias, int(target.version)) if alias else None

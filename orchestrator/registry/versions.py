@@ -1,11 +1,12 @@
-"""The MLflow model registry: register a job's generator, find a version again, load one.
+"""The MLflow model registry's write side: register a job's generator, find its version again, describe versions.
 
 A registered version is the EMA generator in MLflow's ``pt2`` format with one input
 ``[z | c]`` and ganray's metadata (``trainers.generator_metadata``); its tags carry the
 step, kimg, the dataset hash, the spec digest, the code revision, the run, the checkpoint it
 came from and every metric of its evaluation (``metric.<name>``, named as evaluations report
 them) with ``eval_settings``. Registering is idempotent (one version per run and checkpoint),
-and the alias ``candidate`` follows the newest version. No Ray here.
+and the alias ``candidate`` follows the newest version. Resolving a reference and loading a
+version is ``deploy.loader``'s (the one read path, shared with the server). No Ray here.
 """
 from __future__ import annotations
 
@@ -17,17 +18,12 @@ from typing import Any, Iterator
 from mlflow.tracking import MlflowClient
 
 from orchestrator.job.runs import code_revision
-from trainers.errors import GanrayError
-from trainers.generator_metadata import METADATA_KEY, GeneratorMetadata, MetadataError, read_metadata
+from trainers.generator_metadata import METADATA_KEY, GeneratorMetadata
 
 CHECKPOINT_VERSION_TAG = "checkpoint_uri"
 METRIC_PREFIX = "metric."
 CANDIDATE = "candidate"  # the alias on the newest registered version
 NOT_METRICS = ("kimg", "eval_seconds")  # numbers an evaluation carries that measure no quality
-
-
-class RegistryError(GanrayError, LookupError):
-    """A model or version that cannot be found or loaded; the message names it."""
 
 
 def version_tags(meta: GeneratorMetadata, run_id: str, digest: str, checkpoint_uri: str,
@@ -177,65 +173,6 @@ def _mlflow_pointed_at(uri: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def parse_model_uri(uri: str) -> str:
-    """The ``models:/`` URI of a version named in any form of ``orchestrator.registry.model_ref`` (MODEL@ALIAS,
-    MODEL/V, models:/MODEL/V, models:/MODEL@ALIAS); UsageError for anything else, or a bare MODEL."""
-    from orchestrator.registry.model_ref import parse_ref
-
-    return parse_ref(uri, need_version=True).uri
-
-
-def get_version(client: MlflowClient, ref):
-    """The ModelVersion a ModelRef names (by version or alias); RegistryError naming what is there instead."""
-    try:
-        if ref.version is not None:
-            return client.get_model_version(ref.name, str(ref.version))
-        return client.get_model_version_by_alias(ref.name, ref.alias)
-    except Exception as err:  # noqa: BLE001 - MLflow raises its own kinds for a missing model or version
-        detail = type(err).__name__
-    try:
-        model = client.get_registered_model(ref.name)
-    except Exception:  # noqa: BLE001
-        raise RegistryError(f"no registered model {ref.name!r} at {client.tracking_uri} ({detail})") from None
-    aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(model.aliases.items())) or "none"
-    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{ref.name}'"))
-    missing = f"version {ref.version}" if ref.version is not None else f"alias {ref.alias!r}"
-    raise RegistryError(f"model {ref.name!r} has no {missing} "
-                        f"(versions: {', '.join(map(str, versions)) or 'none'}; aliases: {aliases})")
-
-
-def load_generator(model_uri: str) -> tuple[Any, GeneratorMetadata]:
-    """(packed generator in eval mode, its metadata) of a registered version.
-
-    Only a pytorch model in the pt2 format loads (``trainers.safe_model``): a pickle-format version is
-    refused before any of it is deserialised, and MLflow's check that the pt2 archive holds no pickle
-    stays on whatever the environment says."""
-    import shutil
-    import tempfile
-
-    import mlflow
-
-    from trainers.safe_model import UnsafeModelError, load_checked
-
-    model_uri = parse_model_uri(model_uri)
-    tmp = tempfile.mkdtemp(prefix="ganray-model-")
-    try:
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-            info = mlflow.models.Model.load(local)
-            loaded = load_checked(local, model_uri, lambda d: mlflow.pytorch.load_model(d, map_location="cpu"))
-        except UnsafeModelError as err:
-            raise RegistryError(str(err)) from None
-        except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a missing model
-            raise RegistryError(f"cannot load {model_uri}: {type(err).__name__}: {err}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        return loaded, read_metadata(info.metadata, model_uri)
-    except MetadataError as err:
-        raise RegistryError(str(err)) from None
 
 
 def _number(text: str | None, kind=float):
