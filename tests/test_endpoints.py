@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-STACK = {"ray_address": "127.0.0.1:6379", "dashboard_url": "http://127.0.0.1:8265", "mlflow_uri": "http://127.0.0.1:5000",
-         "s3_endpoint": "http://127.0.0.1:9000", "storage_root": "s3://ganray"}
+STACK = {"ray_address": "127.0.0.1:6379", "dashboard_url": "http://127.0.0.1:8265",
+         "mlflow_uri": "http://127.0.0.1:5000", "s3_endpoint": "http://127.0.0.1:9000", "storage_root": "s3://ganray"}
 STACK_RAY, STACK_DASH, STACK_MLFLOW, STACK_S3 = (STACK[k] for k in ("ray_address", "dashboard_url", "mlflow_uri",
                                                                      "s3_endpoint"))
-GCS_REFUSED = "!RAY_ADDRESS=head:6379 is a cluster's GCS address, not its dashboard: pass --address"
+GCS_REFUSED = "!RAY_ADDRESS=head:6379 is a cluster's GCS address, not its dashboard: set RAY_DASHBOARD_ADDRESS="
 
 # (case, stack running, environment, --address) -> (Ray address, dashboard or "!error", named, MLflow URI, S3, local)
 ROWS = [
@@ -62,10 +62,12 @@ ROWS = [
      {"AWS_ENDPOINT_URL_S3": "https://s3.corp", "AWS_ENDPOINT_URL": "https://minio:9000"}, None,
      (STACK_RAY, STACK_DASH, False, STACK_MLFLOW, "https://s3.corp", True)),
     ("no stack, nothing set", False, {}, None,
-     (None, "!no Ray dashboard: pass --address http://HEAD:8265, set RAY_DASHBOARD_ADDRESS", False, None, None, False)),
+     (None, "!no Ray dashboard: set RAY_DASHBOARD_ADDRESS (or RAY_ADDRESS) to http://HEAD:8265", False, None, None,
+      False)),
     ("no stack, a remote cluster by its GCS address", False,
-     {"RAY_ADDRESS": "head:6379", "MLFLOW_TRACKING_URI": "https://mlflow.corp", "AWS_ENDPOINT_URL_S3": "https://s3.corp"},
-     None, ("head:6379", GCS_REFUSED, False, "https://mlflow.corp", "https://s3.corp", False)),
+     {"RAY_ADDRESS": "head:6379", "MLFLOW_TRACKING_URI": "https://mlflow.corp",
+      "AWS_ENDPOINT_URL_S3": "https://s3.corp"}, None,
+     ("head:6379", GCS_REFUSED, False, "https://mlflow.corp", "https://s3.corp", False)),
     ("no stack, a remote cluster by its dashboard", False, {"RAY_ADDRESS": "https://head.corp:8265"}, None,
      ("https://head.corp:8265", "https://head.corp:8265", True, None, None, False)),
 ]
@@ -137,7 +139,8 @@ def test_the_ray_token_the_environment_first_the_stacks_file_only_for_its_dashbo
     monkeypatch.setattr(os, "environ", {"GANRAY_HOME": str(home[True])})
     assert ray_token(True) == "stack-token" and ray_token(False) is None
     assert ray_token(False, {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "mine")}) == "file-token"
-    assert ray_token(True, {"RAY_AUTH_TOKEN": " env-token ", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "mine")}) == "env-token"
+    both = {"RAY_AUTH_TOKEN": " env-token ", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "mine")}
+    assert ray_token(True, both) == "env-token"
     (tmp_path / "nobody" / ".ray").mkdir(parents=True)
     (tmp_path / "nobody" / ".ray" / "auth_token").write_text("ray-default")
     assert ray_token(False) == "ray-default" and ray_token(True) == "stack-token"
@@ -153,7 +156,8 @@ def test_the_replicas_get_the_tracking_uri_without_credentials(home, monkeypatch
     from orchestrator.cluster.endpoints import resolve_endpoints
     from trainers.errors import UsageError
 
-    monkeypatch.setattr(os, "environ", {"GANRAY_HOME": str(home[False]), **({"MLFLOW_TRACKING_URI": uri} if uri else {})})
+    env = {"MLFLOW_TRACKING_URI": uri} if uri else {}
+    monkeypatch.setattr(os, "environ", {"GANRAY_HOME": str(home[False]), **env})
     endpoints = resolve_endpoints()
     if refused is None:
         assert endpoints.replica_tracking_uri() == uri

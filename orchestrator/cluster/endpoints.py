@@ -46,6 +46,7 @@ from trainers.errors import GanrayError, UsageError
 
 LOCAL_S3_REGION = "us-east-1"  # the embedded S3 server's region (moto takes any)
 DASHBOARD_EXAMPLE = "http://HEAD:8265"
+_ADDRESS_COMMANDS = "submit, logs, stop, list, status"  # the commands with --address URL
 
 
 class ClusterError(GanrayError, RuntimeError):
@@ -110,12 +111,12 @@ def _find_dashboard(explicit: str | None, environ: Mapping[str, str],
     if _http(ray):
         return ray.rstrip("/"), True, ""
     if ray and not is_local_stack(ray, profile):
-        return None, False, (f"RAY_ADDRESS={ray} is a cluster's GCS address, not its dashboard: pass --address "
-                             f"{DASHBOARD_EXAMPLE} or set RAY_DASHBOARD_ADDRESS to that URL")
+        return None, False, (f"RAY_ADDRESS={ray} is a cluster's GCS address, not its dashboard: set RAY_DASHBOARD_"
+                             f"ADDRESS={DASHBOARD_EXAMPLE} (or pass it as --address to {_ADDRESS_COMMANDS})")
     if profile.get("dashboard_url"):
         return profile["dashboard_url"].rstrip("/"), False, ""
-    return None, False, (f"no Ray dashboard: pass --address {DASHBOARD_EXAMPLE}, set RAY_DASHBOARD_ADDRESS (or "
-                         "RAY_ADDRESS) to that URL, or start the local stack (`ganray local up`)")
+    return None, False, (f"no Ray dashboard: set RAY_DASHBOARD_ADDRESS (or RAY_ADDRESS) to {DASHBOARD_EXAMPLE} (or "
+                         f"pass it as --address to {_ADDRESS_COMMANDS}), or start the local stack (`ganray local up`)")
 
 
 def stack_env(home: Path, profile: Mapping[str, Any], credentials: Mapping[str, str] | None = None,
