@@ -4,6 +4,10 @@ Workers and the driver use this one model. The driver validates the user's YAML 
 (``orchestrator/job/spec_file.py``: files, overrides, error messages); a worker gets the spec as a
 plain dict (``JobSpec.to_dict()``) and validates it again with ``JobSpec.model_validate``,
 so every default a worker reads is the one written here, never one of its own.
+
+A spec stored earlier (a run's ``spec.json``, a checkpoint's) is read as it ran (``read_stored_spec``),
+is the same spec when its digest is (``same_spec``), and every refusal of a changed one says how it
+differs in one text (``spec_difference``: the driver, resume and ``ganray submit``).
 """
 from __future__ import annotations
 

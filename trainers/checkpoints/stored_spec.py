@@ -28,11 +28,13 @@ def _exists(fs, path: str) -> bool:
 
 
 def _spec_in_state(fs, path: str) -> dict[str, Any] | None:
-    """The spec in a checkpoint's state.pt, downloaded to a temporary folder and loaded safely."""
+    """The spec in a checkpoint's state.pt, loaded safely (where it is, or from a temporary download)."""
     import pyarrow.fs as pafs
 
     if not _exists(fs, f"{path}/{STATE_FILE}"):
         raise CheckpointError(f"checkpoint {path} has no {STATE_FILE}")
+    if isinstance(fs, pafs.LocalFileSystem):
+        return load_state(path).get("spec")
     tmp = tempdirs.make("ganray-ckpt-")
     try:
         pafs.copy_files(f"{path}/{STATE_FILE}", str(Path(tmp) / STATE_FILE), source_filesystem=fs,
