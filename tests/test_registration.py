@@ -22,7 +22,8 @@ from conftest import ganray
 from deploy.loader import load_named
 from orchestrator import tracking_server
 from orchestrator.job import runs
-from orchestrator.registry.registrar import ENTRY_TAG, Registrar, evaluated_entries, qualifying, register_finished
+from orchestrator.controller.evaluated import ENTRY_TAG, evaluated_entries
+from orchestrator.registry.registrar import Registrar, qualifying, register_finished
 from orchestrator.job.spec_file import SpecError, parse_spec
 from tests.reporters import DirectoryReporter
 from trainers.checkpoints.layout import KEPT_FOLDER

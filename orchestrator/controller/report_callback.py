@@ -38,7 +38,7 @@ class MlflowReportCallback(UserCallback):
 
     def __init__(self, tracking_uri: str, run_id: str, storage_url: str, keep_evaluated: bool = False):
         self.tracking_uri, self.run_id, self.storage_url = tracking_uri, run_id, storage_url
-        self.keep_evaluated = keep_evaluated  # registrar.keep_evaluated for evaluated checkpoints (registration)
+        self.keep_evaluated = keep_evaluated  # evaluated.keep_evaluated for evaluated checkpoints (registration)
         self._outbox: Outbox | None = None  # made on the controller (a thread does not pickle)
         self._timeline = Timeline()
         self._timeline_loaded = False  # what the run recorded before is merged in once MLflow answers
@@ -109,7 +109,7 @@ class MlflowReportCallback(UserCallback):
         copied outside Ray Train's rotation and recorded in the run (a tag) for the driver's registrar."""
         if not (self.keep_evaluated and "eval_settings" in m):
             return {}
-        from orchestrator.registry.registrar import keep_evaluated
+        from orchestrator.controller.evaluated import keep_evaluated
 
         tag, entry = keep_evaluated(checkpoint, m, self.storage_url)
         return {tag: entry}

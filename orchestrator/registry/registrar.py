@@ -1,74 +1,34 @@
-"""Registration during a run (``registry.register: best | every``) and at its end (``last``).
+"""Registration during a run (``registry.register: best | every``) and at its end (``last``), in the driver.
 
-Two halves, one per process:
-
-- On the Ray Train controller, ``keep_evaluated`` (called by the report callback for each checkpoint
-  that carries an evaluation) copies the checkpoint into the job's ``evaluated/`` folder
-  (``trainers.checkpoints.copies.keep_copy``), beside Ray Train's own rotation, so ``checkpoint.keep``
-  can never delete it, and returns the entry the callback
-  records in the run (tag ``ganray.evaluated.<checkpoint>``: the copy's URI, the step, the headline metrics).
-  Ray Train keeps its ``keep`` newest checkpoints as before (the latest always, which resume needs).
-- In the driver, a ``Registrar`` thread (beside ``progress.Progress``) reads those entries from the run
-  and registers the ones that qualify: with ``every`` each one, with ``best`` each one that beats every
-  earlier evaluation by ``registry.best_by``. Registering is idempotent (``registry.find_version`` by
-  run and checkpoint), so a rerun never registers a checkpoint twice; ``candidate`` moves to the newest
-  version. The copy behind the newest registered version (under ``best``: the best one) is kept; the
-  other copies are deleted once decided. Whatever is pending at the end is finished then.
-
-No Ray import here: the controller passes its checkpoint object in.
+A ``Registrar`` thread (beside ``progress.Progress``) reads the evaluated checkpoints the Train
+controller recorded in the run (``orchestrator/controller/evaluated.py``: each evaluated checkpoint
+copied into the job's ``evaluated/`` folder, outside Ray Train's rotation, and a tag
+``ganray.evaluated.<checkpoint>``) and registers the ones that qualify: with ``every`` each one, with
+``best`` each one that beats every earlier evaluation by ``registry.best_by``. Registering is
+idempotent (``versions.find_version`` by run and checkpoint), so a rerun never registers a
+checkpoint twice; ``candidate`` moves to the newest version. The copy behind the newest registered
+version (under ``best``: the best one) is kept; the other copies are deleted once decided. Whatever
+is pending at the end is finished then. No Ray here.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 import time
 from typing import Any
 
+from orchestrator.controller.evaluated import evaluated_entries
 from orchestrator.registry import versions
-from trainers.checkpoints.copies import keep_copy
 from trainers.checkpoints.deletion import delete_checkpoint
-from trainers.checkpoints.layout import is_kept_copy, parse_checkpoint_name
-from trainers.checkpoints.storage import checkpoint_uri, open_storage
+from trainers.checkpoints.layout import is_kept_copy
+from trainers.checkpoints.storage import open_storage
 from trainers.errors import GanrayError
 from trainers.generator_metadata import GeneratorMetadata
 from trainers.spec import LOWER_IS_BETTER, REPORTED_AS, JobSpec
 
 log = logging.getLogger("ganray.registrar")
-ENTRY_TAG = "ganray.evaluated."
 _LOCK = threading.Lock()  # one registration pass at a time in this process (thread and finish alike)
-
-
-def keep_evaluated(checkpoint, metrics: dict[str, Any], storage_url: str) -> tuple[str, str]:
-    """(tag, value) recording an evaluated checkpoint, after copying it to ``<job>/evaluated/<name>``.
-
-    A copy that fails is logged, and the entry names Ray's checkpoint instead (registered while Ray keeps it).
-    """
-    src = checkpoint.path.rstrip("/")
-    name = src.rsplit("/", 1)[-1]
-    try:
-        kept = keep_copy(checkpoint.filesystem, src)
-    except Exception as err:  # noqa: BLE001 - registration can still read Ray's copy while it lasts
-        log.warning("could not keep a copy of evaluated checkpoint %s: %s", name, type(err).__name__)
-        kept = src
-    step, generation = parse_checkpoint_name(name)
-    headline = {k: float(metrics[k]) for k in REPORTED_AS.values() if isinstance(metrics.get(k), (int, float))}
-    entry = {"uri": checkpoint_uri(storage_url, kept), "step": step, "generation": generation, "metrics": headline}
-    return f"{ENTRY_TAG}{name}", json.dumps(entry)
-
-
-def evaluated_entries(tags: dict[str, str]) -> list[dict[str, Any]]:
-    """The evaluated checkpoints a run records, oldest first: by generation (a resume that fell back past
-    newer checkpoints writes the next generation), then step."""
-    entries = []
-    for k, v in tags.items():
-        if k.startswith(ENTRY_TAG):
-            try:
-                entries.append(json.loads(v))
-            except ValueError:
-                log.warning("unreadable evaluated-checkpoint tag %s", k)
-    return sorted(entries, key=lambda e: (int(e.get("generation", 0)), int(e["step"])))
 
 
 def qualifying(entries: list[dict[str, Any]], spec: JobSpec) -> list[dict[str, Any]]:
