@@ -1,7 +1,12 @@
-"""Shared fixtures: a private GANRAY_HOME and one real embedded stack per test session.
+"""Shared fixtures: a private GANRAY_HOME and one real embedded stack per test session, the session's
+small dataset, a private cache per test, and a check that the session wrote nothing into the repository.
 
 The stack is real: a local Ray head (token auth on), an MLflow server on SQLite
 and moto's S3 server on loopback, started and stopped here by PID.
+
+Test modules import this module as ``conftest`` and the helper modules beside it by their own names
+(``reporters``, ``specs``, ``stack_mlflow``, ``cluster``, ...): pytest puts tests/ on sys.path, and
+``tests.conftest`` would load this file a second time as another module, with its own session state.
 """
 from __future__ import annotations
 
@@ -94,6 +99,63 @@ def faces(tmp_path_factory):
     d = tmp_path_factory.mktemp("faces")
     write_synthetic_dataset(d, 240, 16, seed=3)
     return d
+
+
+def _files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def dataset(faces, tmp_path_factory):
+    """faces ingested once for the session into a local folder (its URL): 240 tagged 16x16 images in
+    shards of 0.02 MB (about 27, so each of two ranks reads many). Tests only read it; the session's end
+    checks that none wrote into it. A test that writes beside its data (a text model's caption-embedding
+    cache) or needs other shards ingests a dataset of its own."""
+    from trainers.data.ingest.local import ingest
+
+    d = tmp_path_factory.mktemp("dataset")
+    ingest(faces, str(d), faces / "labels.csv", shard_mb=0.02)
+    before = _files_of(d)
+    yield str(d)
+    changed = sorted(set(before.items()) ^ set(_files_of(d).items()))
+    assert not changed, f"a test wrote into the session's dataset {d}: {changed[:5]}; give it a copy of its own"
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """GANRAY_CACHE_DIR in the test's own tmp_path (real-image statistics, tag judges, caption tables) and
+    no GANRAY_FID_WEIGHTS: a test depends neither on a developer's cache nor on their weights file."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GANRAY_CACHE_DIR", str(cache))
+    monkeypatch.delenv("GANRAY_FID_WEIGHTS", raising=False)
+    return cache
+
+
+def _untracked_at_root() -> set[str] | None:
+    """Untracked, not ignored entries at the repository's top level (None outside a git checkout)."""
+    if not (ROOT / ".git").exists():
+        return None
+    out = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--directory", "--no-empty-directory"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        return None
+    return {line.split("/", 1)[0] for line in out.stdout.splitlines() if line}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_left_clean():
+    """Fails the session when it left a new file at the repository's top level: every test and every
+    process it starts runs with the repository as its working directory, so an MLflow client without a
+    tracking URI writes mlflow.db (or mlruns/) there, as would any other relative path."""
+    before = _untracked_at_root()
+    yield
+    after = _untracked_at_root()
+    if before is not None and after is not None:
+        new = sorted(after - before)
+        assert not new, (f"the test session wrote {new} into the repository {ROOT} (mlflow.db or mlruns/: an MLflow "
+                         "client or fluent call without a tracking URI); point it at the session's server or a "
+                         "temp dir, and delete the files")
 
 
 def ganray_elsewhere(tracking_uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -13,27 +13,12 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from orchestrator.job.spec_file import parse_spec
-from tests.reporters import DirectoryReporter
+from reporters import DirectoryReporter
+from specs import TINY_DCGAN, job_spec
 from trainers.checkpoints.format import (STATE_FILE, CheckpointError, generator_from_checkpoint, index_file,
                                         load_state, rank_file, verify)
-from trainers.data.ingest.local import ingest
 from trainers.loop import GanLoop
 from trainers.checkpoints.resume import resume
-
-MODEL = {"arch": "dcgan", "z_dim": 8, "channels": 4}
-
-
-@pytest.fixture(scope="module")
-def dataset(faces, tmp_path_factory):
-    d = tmp_path_factory.mktemp("ds")
-    ingest(faces, str(d), faces / "labels.csv", shard_mb=0.02)
-    return str(d)
-
-
-def spec_of(url, steps=12, every=4, **train):
-    return parse_spec({"name": "safety", "data": {"url": url}, "model": MODEL,
-                       "train": {"steps": steps, "batch_size": 4, **train}, "checkpoint": {"every_steps": every}})
 
 
 def train(spec, root: Path, world: int = 1) -> list[Path]:
@@ -51,7 +36,8 @@ def skipped(caplog) -> list[str]:
 
 
 def test_a_truncated_state_is_skipped_and_the_newest_older_checkpoint_restored(dataset, tmp_path, caplog):
-    spec = spec_of(dataset)
+    spec = job_spec("safety", dataset, model=TINY_DCGAN, train={"steps": 12, "batch_size": 4},
+                    checkpoint={"every_steps": 4})
     c4, c8, c12 = train(spec, tmp_path / "run")
     data = (c12 / STATE_FILE).read_bytes()
     (c12 / STATE_FILE).write_bytes(data[: len(data) // 2])
@@ -67,7 +53,8 @@ def test_a_truncated_state_is_skipped_and_the_newest_older_checkpoint_restored(d
 
 
 def test_a_missing_rank_file_is_skipped_by_every_rank_alike(dataset, tmp_path, caplog):
-    spec = spec_of(dataset, steps=8, batch_size=4)
+    spec = job_spec("safety", dataset, model=TINY_DCGAN, train={"steps": 8, "batch_size": 4},
+                    checkpoint={"every_steps": 4})
     c4, c8 = train(spec, tmp_path / "run", world=2)
     assert {p.name for p in c8.iterdir()} >= {rank_file(0), rank_file(1), index_file(0), index_file(1)}
     (c8 / rank_file(1)).unlink()
@@ -84,7 +71,8 @@ def test_a_missing_rank_file_is_skipped_by_every_rank_alike(dataset, tmp_path, c
 
 
 def test_an_index_that_is_missing_or_wrong_fails_verification(dataset, tmp_path):
-    spec = spec_of(dataset, steps=4, batch_size=4)
+    spec = job_spec("safety", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4},
+                    checkpoint={"every_steps": 4})
     (c4,) = train(spec, tmp_path / "run", world=2)
     assert verify(c4)["world_size"] == 2 and verify(c4)["spec"] == spec.to_dict()
     cases = {"index_rank_1.json is missing": lambda d: (d / index_file(1)).unlink(),
@@ -102,7 +90,8 @@ def test_an_index_that_is_missing_or_wrong_fails_verification(dataset, tmp_path)
 
 
 def test_a_checkpoint_from_before_indexes_loads_as_before(dataset, tmp_path):
-    spec = spec_of(dataset, steps=4)
+    spec = job_spec("safety", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4},
+                    checkpoint={"every_steps": 4})
     (c4,) = train(spec, tmp_path / "run")
     for index in c4.glob("index_rank_*.json"):
         index.unlink()
@@ -116,7 +105,8 @@ def test_a_checkpoint_from_before_indexes_loads_as_before(dataset, tmp_path):
 
 
 def test_everything_the_loop_stores_loads_with_weights_only(dataset, tmp_path):
-    spec = spec_of(dataset, steps=2, every=2, augment="diffaug", ada_target=0.6, ada_interval=1)
+    spec = job_spec("safety", dataset, model=TINY_DCGAN, checkpoint={"every_steps": 2},
+                    train={"steps": 2, "batch_size": 4, "augment": "diffaug", "ada_target": 0.6, "ada_interval": 1})
     loop = GanLoop(spec)
     loop.run(DirectoryReporter(tmp_path / "run"))
     loop.evaluations.append({"step": 2, "fid": np.float64(12.5), "per_tag": np.float32(0.25), "n": np.int64(3),
@@ -154,10 +144,12 @@ def _plant(directory: Path, marker: Path, with_index: bool) -> Path:
 def test_a_planted_pickle_runs_nothing_through_restore_resume_or_the_generator(dataset, tmp_path, with_index):
     marker = tmp_path / "MARKER"
     ckpt = _plant(tmp_path / "run" / "checkpoint_000000001", marker, with_index)
+    spec = job_spec("safety", dataset, model=TINY_DCGAN, train={"steps": 12, "batch_size": 4},
+                    checkpoint={"every_steps": 4})
     with pytest.raises(CheckpointError, match=r"holds objects other than tensors.*posix.system.*could run code"):
-        GanLoop(spec_of(dataset)).restore(ckpt)
+        GanLoop(spec).restore(ckpt)
     with pytest.raises(CheckpointError, match=r"checkpoint_000000001.*could run code"):
-        resume(GanLoop(spec_of(dataset)), pafs.LocalFileSystem(), str(ckpt))
+        resume(GanLoop(spec), pafs.LocalFileSystem(), str(ckpt))
     with pytest.raises(CheckpointError, match="could run code"):
         generator_from_checkpoint(ckpt)  # what the driver's finish registers
     with pytest.raises(CheckpointError, match="could run code"):
@@ -166,9 +158,13 @@ def test_a_planted_pickle_runs_nothing_through_restore_resume_or_the_generator(d
 
 
 def test_a_checkpoint_of_another_spec_is_refused_naming_the_fields(dataset, tmp_path):
-    (c4,) = train(spec_of(dataset, steps=4), tmp_path / "run")
+    stored = job_spec("safety", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4},
+                      checkpoint={"every_steps": 4})
+    changed = job_spec("safety", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4, "lr_g": 1e-3},
+                       checkpoint={"every_steps": 4})
+    (c4,) = train(stored, tmp_path / "run")
     with pytest.raises(CheckpointError, match=r"different spec \(train.lr_g: 0.0002 -> 0.001\).*--fresh"):
-        resume(GanLoop(spec_of(dataset, steps=4, lr_g=1e-3)), pafs.LocalFileSystem(), str(c4))
+        resume(GanLoop(changed), pafs.LocalFileSystem(), str(c4))
     json.loads((c4 / index_file(0)).read_text())  # the index holds the spec, readable without torch
 
 
@@ -178,7 +174,8 @@ def test_on_s3_the_fallback_reads_through_ray_trains_filesystem(stack, dataset, 
     from trainers.checkpoints.storage import resolve_storage
     from trainers.data.storage import open_filesystem
 
-    spec = spec_of(dataset, steps=8, every=4)
+    spec = job_spec("safety", dataset, model=TINY_DCGAN, train={"steps": 8, "batch_size": 4},
+                    checkpoint={"every_steps": 4})
     c4, c8 = train(spec, tmp_path / "run")
     data = (c8 / STATE_FILE).read_bytes()
     (c8 / STATE_FILE).write_bytes(data[:-10])
@@ -251,7 +248,8 @@ def test_under_ray_train_both_ranks_fall_back_together_and_write_beside_the_skip
     from trainers.checkpoints.layout import checkpoint_step
 
     name, storage = "safety-ray", tmp_path / "storage"
-    spec = parse_spec({**spec_of(dataset, steps=12, every=4).to_dict(), "name": name, "scaling": {"workers": 2}})
+    spec = job_spec(name, dataset, model=TINY_DCGAN, train={"steps": 12, "batch_size": 4},
+                    checkpoint={"every_steps": 4}, scaling={"workers": 2})
     proc = subprocess.run([sys.executable, "-c", FALL_BACK_UNDER_RAY], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={**cli_env(ganray_home), "SPEC": json.dumps(spec.to_dict()),
                                             "STORAGE": str(storage)})

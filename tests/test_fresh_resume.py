@@ -12,27 +12,13 @@ from orchestrator import tracking_server
 from orchestrator.job import runs
 from orchestrator.job.driver import JobError, _final_checkpoint, _open_job
 from orchestrator.job.lifecycle import State
-from orchestrator.job.spec_file import parse_spec
-from tests.reporters import DirectoryReporter
+from reporters import DirectoryReporter
+from specs import TINY_DCGAN, job_spec
 from trainers.checkpoints.format import index_file
 from trainers.checkpoints.storage import resolve_storage
-from trainers.data.ingest.local import ingest
 from trainers.loop import GanLoop
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"
-
-
-@pytest.fixture(scope="module")
-def dataset(faces, tmp_path_factory):
-    d = tmp_path_factory.mktemp("ds")
-    ingest(faces, str(d), faces / "labels.csv", shard_mb=0.05)
-    return str(d)
-
-
-def spec_of(name, url, storage, **train):
-    return parse_spec({"name": name, "data": {"url": url}, "model": {"arch": "dcgan", "z_dim": 8, "channels": 4},
-                       "train": {"steps": 4, "batch_size": 4, **train},
-                       "checkpoint": {"every_steps": 2, "storage": str(storage)}})
 
 
 def write_checkpoints(spec, run_folder, legacy: bool = False):
@@ -50,11 +36,13 @@ def test_no_run_on_record_but_checkpoints_of_another_spec_are_refused_unless_fre
                                                                                    tmp_path):
     c = tracking_server.client(tracking_uri)
     storage_dir = tmp_path / "storage"
-    old = spec_of("fresh-norun", dataset, storage_dir)
+    old = job_spec("fresh-norun", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4},
+                   checkpoint={"every_steps": 2, "storage": str(storage_dir)})
     run_folder = storage_dir / "fresh-norun"
     write_checkpoints(old, run_folder)
     (run_folder / "notes.txt").write_text("mine")  # not the job's: stays through --fresh
-    new = spec_of("fresh-norun", dataset, storage_dir, lr_g=1e-3)
+    new = job_spec("fresh-norun", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4, "lr_g": 1e-3},
+                   checkpoint={"every_steps": 2, "storage": str(storage_dir)})
     storage = resolve_storage(new.checkpoint.storage, None, None)
     with pytest.raises(JobError, match=r"checkpoint_000000004: .*train.lr_g: 0.0002 -> 0.001.*--fresh"):
         _open_job(c, new, storage, fresh=False)  # today: a new run, and Ray restores the old checkpoint
@@ -69,13 +57,15 @@ def test_a_legacy_checkpoint_is_compared_too_and_fresh_deletes_only_the_jobs_che
                                                                                         dataset, tmp_path):
     c = tracking_server.client(tracking_uri)
     storage_dir = tmp_path / "storage"
-    old = spec_of("fresh-legacy", dataset, storage_dir)
+    old = job_spec("fresh-legacy", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4},
+                   checkpoint={"every_steps": 2, "storage": str(storage_dir)})
     run_folder = storage_dir / "fresh-legacy"
     write_checkpoints(old, run_folder, legacy=True)
     (run_folder / "notes.txt").write_text("mine")
     (run_folder / "checkpoints-of-mine").mkdir()
     neighbour = write_checkpoints(old, storage_dir / "another-job")
-    new = spec_of("fresh-legacy", dataset, storage_dir, steps=6)
+    new = job_spec("fresh-legacy", dataset, model=TINY_DCGAN, train={"steps": 6, "batch_size": 4},
+                   checkpoint={"every_steps": 2, "storage": str(storage_dir)})
     storage = resolve_storage(new.checkpoint.storage, None, None)
     with pytest.raises(JobError, match=r"train.steps: 4 -> 6"):
         _open_job(c, new, storage, fresh=False)
@@ -89,7 +79,8 @@ def test_fresh_deletes_the_checkpoints_the_old_run_recorded_and_starts_at_step_0
                                                                                tmp_path):
     c = tracking_server.client(tracking_uri)
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
-    old = spec_of("fresh-moved", dataset, first_dir)
+    old = job_spec("fresh-moved", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4},
+                   checkpoint={"every_steps": 2, "storage": str(first_dir)})
     old_storage = resolve_storage(old.checkpoint.storage, None, None)
     run, life = _open_job(c, old, old_storage, fresh=False)
     ckpts = write_checkpoints(old, first_dir / "fresh-moved")
@@ -103,7 +94,8 @@ def test_fresh_deletes_the_checkpoints_the_old_run_recorded_and_starts_at_step_0
     c.set_tag(run.info.run_id, runs.CHECKPOINT_STEP_TAG, "4")
     assert _final_checkpoint(c.get_run(run.info.run_id), old) == str(ckpts[-1])
 
-    new = spec_of("fresh-moved", dataset, second_dir)  # the same job, now writing elsewhere
+    new = job_spec("fresh-moved", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4},
+                   checkpoint={"every_steps": 2, "storage": str(second_dir)})  # the same job, now writing elsewhere
     stale = write_checkpoints(old, second_dir / "fresh-moved")  # checkpoints of the name there too
     new_run, new_life = _open_job(c, new, resolve_storage(new.checkpoint.storage, None, None), fresh=True)
     assert new_run.info.run_id != run.info.run_id and new_life.state is State.CREATED
@@ -124,14 +116,16 @@ def test_on_s3_the_stored_spec_is_read_and_fresh_deletes_only_the_jobs_checkpoin
 
     c = tracking_server.client(tracking_uri)
     url = "s3://ganray/fresh-s3"
-    old = spec_of("fresh-s3", dataset, url)
+    old = job_spec("fresh-s3", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4},
+                   checkpoint={"every_steps": 2, "storage": url})
     local = tmp_path / "run"
     write_checkpoints(old, local)
     (local / "notes.txt").write_text("mine")
     fs, root = open_filesystem(f"{url}/fresh-s3")
     fs.put(f"{local}/", f"{root}/", recursive=True)
     assert {p.rsplit("/", 1)[-1] for p in fs.ls(root)} >= {"checkpoint_000000004", "notes.txt", SNAPSHOT}
-    new = spec_of("fresh-s3", dataset, url, lr_g=1e-3)
+    new = job_spec("fresh-s3", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4, "lr_g": 1e-3},
+                   checkpoint={"every_steps": 2, "storage": url})
     storage = resolve_storage(url, None, None)
     with pytest.raises(JobError, match=r"s3?.*checkpoint_000000004: .*train.lr_g: 0.0002 -> 0.001"):
         _open_job(c, new, storage, fresh=False)

@@ -13,18 +13,13 @@ from orchestrator import tracking_server
 from orchestrator.job import host_record
 from orchestrator.job import runs
 from orchestrator.job.lifecycle import RERUNNABLE, TRANSITIONS, Lifecycle, State, TransitionError, check
-from orchestrator.job.spec_file import parse_spec
+from specs import TINY_DCGAN, job_spec
 
 S = State
 
 
-def _spec(name: str, url: str = "/nonexistent/data", **train):
-    return parse_spec({"name": name, "data": {"url": url}, "model": {"arch": "dcgan"},
-                       "train": {"steps": 10, **train}})
-
-
 def _new_job(c, name: str, storage: str = "/tmp/unused-storage") -> Lifecycle:
-    spec = _spec(name)
+    spec = job_spec(name, "/nonexistent/data", train={"steps": 10})
     return Lifecycle(c, name, runs.create_run(c, spec.to_dict(), spec.digest(), f"{storage}/{name}"), S.CREATED)
 
 
@@ -88,26 +83,23 @@ def test_a_refused_changed_spec_leaves_the_state_as_it_was(stack, tracking_uri):
     for to in (S.STARTING, S.RUNNING, S.STOPPED):
         life.move(to)
     with pytest.raises(JobError, match=r"train.steps: 10 -> 11.*--fresh"):
-        run_job(_spec("life-changed", steps=11), progress=False)
+        run_job(job_spec("life-changed", "/nonexistent/data", train={"steps": 11}), progress=False)
     assert _states(c, life) == ("stopped", "stopped")
     assert status_elsewhere(tracking_uri, "life-changed")["state"] == "stopped"
 
 
 def test_a_driver_that_died_after_registering_finishes_on_the_rerun_without_a_second_version(
-        stack, ganray_home, tracking_uri, faces, tmp_path):
+        stack, ganray_home, tracking_uri, dataset, tmp_path):
     from orchestrator.registry import versions
     from orchestrator.job.driver import run_job
-    from tests.reporters import DirectoryReporter
+    from reporters import DirectoryReporter
     from trainers.checkpoints.format import generator_from_checkpoint
-    from trainers.data.ingest.local import ingest
     from trainers.generator_metadata import GeneratorMetadata
     from trainers.loop import GanLoop
 
-    ingest(faces, str(tmp_path / "data"), faces / "labels.csv", shard_mb=0.05)
     storage = tmp_path / "ckpt"
-    spec = parse_spec({"name": "life-finish", "data": {"url": str(tmp_path / "data")},
-                       "model": {"arch": "dcgan", "z_dim": 8, "channels": 4}, "train": {"steps": 2, "batch_size": 4},
-                       "checkpoint": {"every_steps": 2, "storage": str(storage)}})
+    spec = job_spec("life-finish", dataset, model=TINY_DCGAN, train={"steps": 2, "batch_size": 4},
+                    checkpoint={"every_steps": 2, "storage": str(storage)})
     reporter = DirectoryReporter(storage / "life-finish")
     GanLoop(spec).run(reporter)  # a real last-step checkpoint, as the workers write it
     ckpt = str(reporter.checkpoints[-1])

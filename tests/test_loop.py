@@ -5,41 +5,16 @@ import math
 import pytest
 import torch
 
-from orchestrator.job.spec_file import parse_spec
-from tests.reporters import DirectoryReporter
+from reporters import DirectoryReporter
+from specs import COND_DCGAN, DCGAN, STYLEGAN2, job_spec
 from trainers.checkpoints.format import generator_from_checkpoint, load_rank_state, load_state
-from trainers.data.ingest.local import ingest
 from trainers.loop import GanLoop, accumulation_rounds
 from trainers.loss import GanLoss
 from trainers.networks import build_models
 from trainers.spec import ModelSpec, TrainSpec
 
-DCGAN = {"arch": "dcgan", "z_dim": 16, "channels": 8}
-COND_DCGAN = {"arch": "cond-dcgan", "z_dim": 16, "channels": 8, "embed_dim": 8}
-STYLEGAN2 = {"arch": "stylegan2", "z_dim": 16, "w_dim": 16, "channels": 4, "channels_max": 16, "mapping_layers": 2}
+pytestmark = pytest.mark.usefixtures("private_cache")
 STYLEGAN2_TAGS = {**STYLEGAN2, "conditioning": "tags"}
-
-
-@pytest.fixture(scope="module")
-def dataset(faces, tmp_path_factory):
-    d = tmp_path_factory.mktemp("ds")
-    ingest(faces, str(d), faces / "labels.csv", shard_mb=0.02)
-    return str(d)
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("GANRAY_FID_WEIGHTS", raising=False)
-
-
-def make_spec(url, model=None, steps=12, every=6, eval=None, resolution=None, **train):
-    t = {"steps": steps, "batch_size": 8, **train}
-    raw = {"name": "t", "data": {"url": url, "resolution": resolution}, "model": model or DCGAN, "train": t,
-           "checkpoint": {"every_steps": every}}
-    if eval:
-        raw["eval"] = eval
-    return parse_spec(raw)
 
 
 def flat(module):
@@ -47,9 +22,10 @@ def flat(module):
 
 
 def test_tiny_run_trains_and_reports(dataset, tmp_path):
+    spec = job_spec("t", dataset, model=DCGAN, train={"steps": 12, "batch_size": 8}, checkpoint={"every_steps": 6})
     rep = DirectoryReporter(tmp_path)
-    before = flat(GanLoop(make_spec(dataset)).g)
-    loop = GanLoop(make_spec(dataset))
+    before = flat(GanLoop(spec).g)
+    loop = GanLoop(spec)
     last = loop.run(rep)
     assert last["step"] == 12 and last["images_seen"] == 96 and last["img_per_sec"] > 0
     assert [c.name for c in rep.checkpoints] == ["checkpoint_000000006", "checkpoint_000000012"]
@@ -64,7 +40,8 @@ def test_tiny_run_trains_and_reports(dataset, tmp_path):
                       "lr_d": 0.002, "beta1": 0.0, "beta2": 0.99}),
 ], ids=["cond-dcgan", "stylegan2"])
 def test_every_conditional_arch_trains_on_tags(dataset, tmp_path, model, train):
-    loop = GanLoop(make_spec(dataset, model, steps=8, every=8, report_every_s=1e-6, **train))
+    loop = GanLoop(job_spec("t", dataset, model=model, checkpoint={"every_steps": 8},
+                            train={"steps": 8, "batch_size": 8, "report_every_s": 1e-6, **train}))
     before = flat(loop.g)
     rep = DirectoryReporter(tmp_path)
     last = loop.run(rep)
@@ -97,10 +74,12 @@ RESUME_CASES = {
 def test_resume_equals_straight_run(dataset, tmp_path, case):
     model, train = RESUME_CASES[case]
     steps = 8 if model["arch"] == "stylegan2" else 12  # lazy phases at steps 0, 2, 4, 6: some after the restart
-    straight = GanLoop(make_spec(dataset, model, steps=steps, every=steps // 2, **train))
+    spec = job_spec("t", dataset, model=model, train={"steps": steps, "batch_size": 8, **train},
+                    checkpoint={"every_steps": steps // 2})
+    straight = GanLoop(spec)
     rep = DirectoryReporter(tmp_path / "a")
     straight.run(rep)
-    resumed = GanLoop(make_spec(dataset, model, steps=steps, every=steps // 2, **train))
+    resumed = GanLoop(spec)
     resumed.restore(rep.checkpoints[0])
     assert resumed.step == steps // 2
     resumed.run(DirectoryReporter(tmp_path / "b"))
@@ -140,8 +119,10 @@ def _assert_same(a, b, path="state"):
                       "ada_target": 0.6, "ada_interval": 1}),
 ], ids=["dcgan-fp16", "stylegan2-everything"])
 def test_checkpoint_round_trip_restores_every_state_item(dataset, tmp_path, model, train):
+    spec = job_spec("t", dataset, model=model, train={"steps": 4, "batch_size": 8, **train},
+                    checkpoint={"every_steps": 4})
     rep = DirectoryReporter(tmp_path)
-    loop = GanLoop(make_spec(dataset, model, steps=4, every=4, **train))
+    loop = GanLoop(spec)
     loop.evaluations = [{"step": 2, "tag_acc": 0.5, "eval_settings": "x"}]
     loop.run(rep)
     ckpt = rep.checkpoints[-1]
@@ -166,7 +147,7 @@ def test_checkpoint_round_trip_restores_every_state_item(dataset, tmp_path, mode
     rank = load_rank_state(ckpt, 0)
     assert set(rank) >= {"noise", "torch"}
 
-    restored = GanLoop(make_spec(dataset, model, steps=4, every=4, **train))
+    restored = GanLoop(spec)
     restored.restore(ckpt)
     _assert_same(state, {**restored.state(), "train_seconds": state["train_seconds"]})
     assert torch.equal(restored.noise.get_state(), rank["noise"]) and torch.equal(torch.get_rng_state(), rank["torch"])
@@ -179,7 +160,8 @@ def test_checkpoint_round_trip_restores_every_state_item(dataset, tmp_path, mode
 
 def test_wrong_resolution_is_refused(dataset):
     with pytest.raises(ValueError, match="data.resolution=64.*16x16"):
-        GanLoop(make_spec(dataset, resolution=64))
+        GanLoop(job_spec("t", dataset, data={"resolution": 64}, model=DCGAN, train={"steps": 12, "batch_size": 8},
+                         checkpoint={"every_steps": 6}))
 
 
 def test_accumulation_rounds_split_the_worker_batch_evenly():
@@ -208,14 +190,15 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient():
 
 
 def test_accumulation_runs_in_rounds_of_the_max_micro_batch(dataset, tmp_path):
-    loop = GanLoop(make_spec(dataset, STYLEGAN2, steps=2, every=2, max_batch_per_worker=3))
+    loop = GanLoop(job_spec("t", dataset, model=STYLEGAN2, checkpoint={"every_steps": 2},
+                            train={"steps": 2, "batch_size": 8, "max_batch_per_worker": 3}))
     assert loop.rounds == 4  # 8 per worker -> 4 rounds of 2 (3 does not divide 8)
     assert loop.run(DirectoryReporter(tmp_path))["step"] == 2
 
 
 def test_tag_accuracy_is_evaluated_and_kept_with_the_checkpoint(dataset, tmp_path):
-    spec = make_spec(dataset, COND_DCGAN, steps=4, every=4,
-                     eval={"metrics": ["tag_accuracy"], "every_steps": 2, "tag_samples": 32, "judge_epochs": 2})
+    spec = job_spec("t", dataset, model=COND_DCGAN, train={"steps": 4, "batch_size": 8}, checkpoint={"every_steps": 4},
+                    eval={"metrics": ["tag_accuracy"], "every_steps": 2, "tag_samples": 32, "judge_epochs": 2})
     rep = DirectoryReporter(tmp_path)
     GanLoop(spec).run(rep)
     evals = [m for m in rep.metrics if "tag_acc" in m]
@@ -228,19 +211,21 @@ def test_tag_accuracy_is_evaluated_and_kept_with_the_checkpoint(dataset, tmp_pat
 
 
 def test_fid_without_weights_is_a_clear_error_at_start(dataset):
-    spec = make_spec(dataset, eval={"metrics": ["fid", "kid"]})
+    run = {"model": DCGAN, "train": {"steps": 12, "batch_size": 8}, "checkpoint": {"every_steps": 6}}
+    spec = job_spec("t", dataset, **run, eval={"metrics": ["fid", "kid"]})
     with pytest.raises(ValueError, match="eval.fid_weights.*GANRAY_FID_WEIGHTS"):
         GanLoop(spec)
-    spec = make_spec(dataset, eval={"metrics": ["fid"], "fid_weights": "/nonexistent/pt_inception.pth"})
+    spec = job_spec("t", dataset, **run, eval={"metrics": ["fid"], "fid_weights": "/nonexistent/pt_inception.pth"})
     with pytest.raises(ValueError, match="no such file"):
         GanLoop(spec)
 
 
 def test_a_new_world_size_keeps_the_global_batch_and_the_stream_position(dataset, tmp_path):
+    spec = job_spec("t", dataset, model=COND_DCGAN, train={"steps": 4, "batch_size": 8}, checkpoint={"every_steps": 4})
     rep = DirectoryReporter(tmp_path)
-    one = GanLoop(make_spec(dataset, COND_DCGAN, steps=4, every=4))
+    one = GanLoop(spec)
     one.run(rep)
-    ranks = [GanLoop(make_spec(dataset, COND_DCGAN, steps=4, every=4), rank=r, world_size=2) for r in range(2)]
+    ranks = [GanLoop(spec, rank=r, world_size=2) for r in range(2)]
     for loop in ranks:
         loop.restore(rep.checkpoints[-1])  # no rank_1.pt: rank 1 gets fresh, deterministic noise
         assert loop.step == 4 and loop.batch == 8 and loop.local_batch == 4
@@ -248,7 +233,8 @@ def test_a_new_world_size_keeps_the_global_batch_and_the_stream_position(dataset
         torch.testing.assert_close(flat(loop.g), flat(one.g), rtol=0, atol=0)
     assert not torch.equal(ranks[0].noise.get_state(), ranks[1].noise.get_state())
     with pytest.raises(ValueError, match="batch_size=8 does not divide by 3 workers"):
-        GanLoop(make_spec(dataset, COND_DCGAN), rank=0, world_size=3)
+        GanLoop(job_spec("t", dataset, model=COND_DCGAN, train={"steps": 12, "batch_size": 8},
+                         checkpoint={"every_steps": 6}), rank=0, world_size=3)
 
 
 def test_the_sample_log_hook_records_the_keys_of_every_step(dataset, tmp_path, monkeypatch):
@@ -257,7 +243,8 @@ def test_the_sample_log_hook_records_the_keys_of_every_step(dataset, tmp_path, m
     monkeypatch.delenv("GANRAY_SAMPLE_LOG", raising=False)
     assert open_sample_log(0) is None
     monkeypatch.setenv("GANRAY_SAMPLE_LOG", str(tmp_path / "log"))
-    GanLoop(make_spec(dataset, steps=3, every=3)).run(DirectoryReporter(tmp_path / "ck"))
+    spec = job_spec("t", dataset, model=DCGAN, train={"steps": 3, "batch_size": 8}, checkpoint={"every_steps": 3})
+    GanLoop(spec).run(DirectoryReporter(tmp_path / "ck"))
     (log,) = (tmp_path / "log").glob("rank0-*.jsonl")
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["step"] for e in lines] == [1, 2, 3] and all(e["rank"] == 0 and len(e["keys"]) == 8 for e in lines)

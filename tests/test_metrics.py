@@ -14,11 +14,7 @@ from trainers.metrics.inception import (InceptionV3Features, WeightsError, featu
                                         resolve_weights)
 from trainers.metrics.tag_accuracy import load_or_train_judge, predict, score
 
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("GANRAY_FID_WEIGHTS", raising=False)
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

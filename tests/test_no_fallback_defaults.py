@@ -8,17 +8,16 @@ trainers/spec.py, loss.py read ``self.t.get("style_mixing", 0.0)`` while the mod
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 import torch
 
-from trainers.data.ingest.local import ingest
+from conftest import ROOT
 from trainers.loop import GanLoop
 from trainers.loss import GanLoss
 from trainers.spec import ARCHES, JobSpec, PreemptionSpec, TrainSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("private_cache")
 # Names a spec, one of its sections or a generator config goes by in trainers/.
 SPEC_NAMES = {"spec", "t", "m", "train", "model", "ev", "eval", "p", "preemption", "data", "scaling", "checkpoint",
               "registry", "config"}
@@ -75,18 +74,6 @@ def test_no_trainer_reads_a_spec_value_with_a_fallback():
     for path in sorted((ROOT / "trainers").rglob("*.py")):
         found += fallback_reads(path.read_text(), str(path.relative_to(ROOT)))
     assert not found, "read these from the validated spec (trainers/spec.py), without a default:\n" + "\n".join(found)
-
-
-@pytest.fixture(scope="module")
-def dataset(faces, tmp_path_factory):
-    d = tmp_path_factory.mktemp("ds")
-    ingest(faces, str(d), faces / "labels.csv", shard_mb=0.02)
-    return str(d)
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.mark.parametrize("arch", ARCHES)

@@ -16,7 +16,6 @@ import shutil
 import mlflow
 import numpy as np
 import pytest
-import yaml
 
 from conftest import ganray
 from deploy.loader import load_named
@@ -25,34 +24,17 @@ from orchestrator.job import runs
 from orchestrator.controller.evaluated import ENTRY_TAG, evaluated_entries
 from orchestrator.registry.registrar import Registrar, qualifying, register_finished
 from orchestrator.job.spec_file import SpecError, parse_spec
-from tests.reporters import DirectoryReporter
+from reporters import DirectoryReporter
+from specs import TINY_COND_DCGAN, job_spec, spec_dict, write_spec
 from trainers.checkpoints.layout import KEPT_FOLDER
 from trainers.model_ref import parse_ref
 
-COND = {"arch": "cond-dcgan", "z_dim": 8, "channels": 4, "embed_dim": 4}
 EVAL = {"metrics": ["tag_accuracy"], "every_steps": 2, "tag_samples": 32, "judge_epochs": 1}
-
-
-@pytest.fixture(scope="module")
-def dataset(faces, tmp_path_factory):
-    from trainers.data.ingest.local import ingest
-
-    d = tmp_path_factory.mktemp("reg-data")
-    ingest(faces, str(d), faces / "labels.csv", shard_mb=0.05)
-    return str(d)
-
-
-def _spec(name: str, url: str, storage, register: str, best_by: str | None = None, steps: int = 8, **eval_):
-    reg = {"register": register, **({"best_by": best_by} if best_by else {})}
-    return parse_spec({"name": name, "data": {"url": url}, "model": COND,
-                       "train": {"steps": steps, "batch_size": 8, "report_every_s": 1000.0},
-                       "checkpoint": {"every_steps": 2, "keep": 1, "storage": str(storage)},
-                       "registry": reg, "eval": {**EVAL, **eval_}})
 
 
 # -- the spec ------------------------------------------------------------------------------------------
 
-BASE = {"name": "r", "data": {"url": "d"}, "model": {"arch": "cond-dcgan"}}
+BASE = spec_dict("r", "d", model={"arch": "cond-dcgan"})
 
 
 @pytest.mark.parametrize("registry_,eval_,message", [
@@ -164,10 +146,12 @@ def _versions(c, name):
 
 
 def test_best_registers_the_improving_checkpoints_from_kept_copies_and_keeps_the_best(
-        stack, tracking_uri, dataset, tmp_path, monkeypatch):
-    monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
+        stack, tracking_uri, dataset, tmp_path, private_cache):
     storage = tmp_path / "ckpt"
-    spec = _spec("reg-best", dataset, storage, "best", "tag_accuracy")
+    spec = job_spec("reg-best", dataset, model=TINY_COND_DCGAN,
+                    train={"steps": 8, "batch_size": 8, "report_every_s": 1000.0},
+                    checkpoint={"every_steps": 2, "keep": 1, "storage": str(storage)},
+                    registry={"register": "best", "best_by": "tag_accuracy"}, eval=EVAL)
     c, run_id, reporter = _train_registering(tracking_uri, spec, storage)
 
     evaluated = _evaluated(reporter)
@@ -224,10 +208,12 @@ def test_best_registers_the_improving_checkpoints_from_kept_copies_and_keeps_the
 
 
 def test_every_registers_each_evaluated_checkpoint_and_keeps_the_newest_copy(
-        stack, tracking_uri, dataset, tmp_path, monkeypatch):
-    monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
+        stack, tracking_uri, dataset, tmp_path, private_cache):
     storage = tmp_path / "ckpt"
-    spec = _spec("reg-every", dataset, storage, "every", steps=6)
+    spec = job_spec("reg-every", dataset, model=TINY_COND_DCGAN,
+                    train={"steps": 6, "batch_size": 8, "report_every_s": 1000.0},
+                    checkpoint={"every_steps": 2, "keep": 1, "storage": str(storage)},
+                    registry={"register": "every"}, eval=EVAL)
     c, run_id, reporter = _train_registering(tracking_uri, spec, storage)
     registered = _versions(c, "reg-every")
     assert sorted(int(v.tags["step"]) for v in registered.values()) == [2, 4, 6] == [s for s, _ in _evaluated(reporter)]
@@ -240,16 +226,17 @@ def test_every_registers_each_evaluated_checkpoint_and_keeps_the_newest_copy(
 
 
 def test_last_registers_the_final_generator_once_and_none_registers_nothing(
-        stack, tracking_uri, dataset, tmp_path, monkeypatch):
+        stack, tracking_uri, dataset, tmp_path, private_cache):
     from trainers.checkpoints.format import generator_from_checkpoint
     from trainers.loop import GanLoop
 
-    monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
     storage = tmp_path / "ckpt"
     c = tracking_server.client(tracking_uri)
     for mode in ("last", "none"):
-        spec = _spec(f"reg-{mode}", dataset, storage, "last", steps=4)
-        spec = parse_spec({**spec.to_dict(), "registry": {"register": mode}})
+        spec = job_spec(f"reg-{mode}", dataset, model=TINY_COND_DCGAN,
+                        train={"steps": 4, "batch_size": 8, "report_every_s": 1000.0},
+                        checkpoint={"every_steps": 2, "keep": 1, "storage": str(storage)},
+                        registry={"register": mode}, eval=EVAL)
         reporter = DirectoryReporter(storage / spec.name)
         GanLoop(spec).run(reporter)
         run_id = runs.create_run(c, spec.to_dict(), spec.digest(), f"{storage}/{spec.name}")
@@ -274,13 +261,11 @@ def test_a_ray_run_registers_the_best_during_the_run_and_keeps_its_checkpoint(
         stack, ganray_home, tracking_uri, dataset, tmp_path):
     from trainers.data.storage import open_filesystem
 
-    spec_path = tmp_path / "best.yaml"
-    spec_path.write_text(yaml.safe_dump({
-        "name": "reg-ray", "data": {"url": dataset}, "model": COND,
-        "train": {"steps": 120, "batch_size": 16, "report_every_s": 0.5}, "scaling": {"workers": 1},
-        "checkpoint": {"every_steps": 10, "keep": 1},
-        "registry": {"register": "best", "best_by": "tag_accuracy"},
-        "eval": {"metrics": ["tag_accuracy"], "every_steps": 20, "tag_samples": 32, "judge_epochs": 1}}))
+    spec_path = write_spec(
+        tmp_path / "best.yaml", "reg-ray", dataset, model=TINY_COND_DCGAN,
+        train={"steps": 120, "batch_size": 16, "report_every_s": 0.5}, scaling={"workers": 1},
+        checkpoint={"every_steps": 10, "keep": 1}, registry={"register": "best", "best_by": "tag_accuracy"},
+        eval={"metrics": ["tag_accuracy"], "every_steps": 20, "tag_samples": 32, "judge_epochs": 1})
     summary = json.loads(ganray(ganray_home, "run", str(spec_path), "--quiet").stdout)
     c = tracking_server.client(tracking_uri)
     registered = _versions(c, "reg-ray")

@@ -5,9 +5,10 @@ import json
 import pytest
 
 from orchestrator.job.spec_file import SpecError, load_spec, parse_spec
+from specs import spec_dict
 from trainers.spec import JobSpec, TrainSpec, same_spec
 
-BASE = {"name": "anime-64", "data": {"url": "s3://data/anime64"}, "model": {"arch": "dcgan"}}
+BASE = spec_dict("anime-64", "s3://data/anime64")
 
 
 def test_minimal_spec_gets_cpu_defaults():

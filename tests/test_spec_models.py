@@ -1,19 +1,16 @@
 """JobSpec fields of the trainer suite: architectures, conditioning, penalties, augmentation, eval."""
-from pathlib import Path
+from functools import partial
 from typing import get_args
 
 import pytest
 import torch
 
-from orchestrator.job.spec_file import SpecError, load_spec, parse_spec
+from conftest import ROOT
+from orchestrator.job.spec_file import SpecError, load_spec
+from specs import job_spec
 from trainers.spec import ARCHES, CONDITIONAL_ARCHES, ModelSpec
 
-BASE = {"name": "x", "data": {"url": "s3://d"}, "model": {"arch": "dcgan"}}
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def spec(**sections):
-    return parse_spec({**BASE, **sections})
+spec = partial(job_spec, "x", "s3://d")  # spec(**sections): the sections under test on the smallest spec
 
 
 def test_conditioning_defaults_to_tags_for_cond_dcgan_only():

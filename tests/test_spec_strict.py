@@ -6,9 +6,10 @@ import json
 import pytest
 
 from orchestrator.job.spec_file import SpecError, load_spec, parse_spec
+from specs import spec_dict
 from trainers.spec import JobSpec
 
-BASE = {"name": "strict", "data": {"url": "s3://ganray/data/x"}, "model": {"arch": "dcgan"}}
+BASE = spec_dict("strict", "s3://ganray/data/x")
 
 
 def _error(raw=None, overrides=None) -> str:

@@ -18,8 +18,8 @@ from orchestrator.cluster.endpoints import applied, resolve_endpoints
 from orchestrator.cluster.submission import SubmitRefused, _changed_spec
 from orchestrator.job import runs
 from orchestrator.job.driver import JobError, _check_same_spec, _open_job
-from orchestrator.job.spec_file import parse_spec
-from tests.reporters import DirectoryReporter
+from reporters import DirectoryReporter
+from specs import TINY_DCGAN, job_spec
 from trainers.checkpoints.deletion import delete_job_checkpoints
 from trainers.checkpoints.format import CheckpointError, index_file
 from trainers.checkpoints.layout import KEPT_FOLDER, RAY_RUN_FILES
@@ -27,7 +27,6 @@ from trainers.checkpoints.listing import list_checkpoints
 from trainers.checkpoints.resume import resume
 from trainers.checkpoints.storage import open_storage, resolve_storage
 from trainers.checkpoints.stored_spec import newest_spec, read_spec
-from trainers.data.ingest.local import ingest
 from trainers.data.storage import open_filesystem
 from trainers.loop import GanLoop
 from trainers.spec import spec_changes, spec_difference
@@ -36,25 +35,13 @@ NOT_THE_JOBS = ["checkpoint_000000009", "checkpoints-of-mine", "notes.txt"]  # a
 
 
 @pytest.fixture(scope="module")
-def dataset(faces, tmp_path_factory):
-    d = tmp_path_factory.mktemp("ds")
-    ingest(faces, str(d), faces / "labels.csv", shard_mb=0.05)
-    return str(d)
-
-
-def spec_of(name, url, storage, train=None, scaling=None):
-    return parse_spec({"name": name, "data": {"url": url}, "model": {"arch": "dcgan", "z_dim": 8, "channels": 4},
-                       "train": {"steps": 4, "batch_size": 4, **(train or {})}, "scaling": scaling or {},
-                       "checkpoint": {"every_steps": 2, "storage": str(storage)}})
-
-
-@pytest.fixture(scope="module")
 def job_folder(dataset, tmp_path_factory):
     """A job's storage folder as runs leave it: checkpoints 2 and 4, a generation-1 checkpoint 4 (written after
     a fallback), checkpoint 1 from before indexes, a kept copy under evaluated/, Ray Train's files, and three
     entries that are not the job's."""
     root = tmp_path_factory.mktemp("job") / "stored"
-    spec = spec_of("stored", dataset, root.parent)
+    spec = job_spec("stored", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4},
+                    checkpoint={"every_steps": 2, "storage": str(root.parent)})
     rep = DirectoryReporter(root)
     GanLoop(spec).run(rep)
     shutil.copytree(root / "checkpoint_000000004", root / "checkpoint_000000004-1")
@@ -140,8 +127,10 @@ def _detail(message: str) -> str:
 def test_every_refusal_of_a_changed_spec_names_the_changes_in_one_text(stack, tracking_uri, dataset, tmp_path):
     client = tracking_server.client(tracking_uri)
     storage_dir = tmp_path / "storage"
-    old = spec_of("one-diff", dataset, storage_dir)
-    new = spec_of("one-diff", dataset, storage_dir, train={"augment": "diffaug"}, scaling={"workers": [1, 2]})
+    old = job_spec("one-diff", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4},
+                   checkpoint={"every_steps": 2, "storage": str(storage_dir)})
+    new = job_spec("one-diff", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4, "augment": "diffaug"},
+                   scaling={"workers": [1, 2]}, checkpoint={"every_steps": 2, "storage": str(storage_dir)})
     expected = 'scaling.workers: 1 -> [1, 2], train.augment: "none" -> "diffaug"'  # JSON: lists, quoted strings
     assert spec_difference(old.to_dict(), new) == expected
     ckpts = DirectoryReporter(storage_dir / "one-diff")
@@ -164,7 +153,8 @@ def test_every_refusal_of_a_changed_spec_names_the_changes_in_one_text(stack, tr
 
 
 def test_the_difference_names_unset_fields_and_at_most_eight(dataset):
-    spec = spec_of("many", dataset, "/s")
+    spec = job_spec("many", dataset, model=TINY_DCGAN, train={"steps": 4, "batch_size": 4},
+                    checkpoint={"every_steps": 2, "storage": "/s"})
     stored = spec.to_dict()
     del stored["train"]["seed"]  # a field added since
     stored["train"]["old_knob"] = [1, "a"]  # one removed since

