@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from trainers.data.ingest import versions
 from trainers.data.errors import DataError
 from trainers.data.ingest.inputs import IngestError
 from trainers.data.ingest.local import ingest
 from trainers.data.ingest.sources import FolderSource, MemberTooLarge
 from trainers.data.stream.shard_stream import ShardStream, read_manifest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def keys_of(url: str, **kw) -> list[str]:

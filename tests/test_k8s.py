@@ -2,77 +2,27 @@
 
 Built-in kinds are checked against the Kubernetes schema (kubernetes-validate, strict: an unknown
 field is an error); the Ray kinds against k8s/schema/ray.io_v1.schema.json, and their pod
-templates and head services against the Kubernetes schema. The helpers here are shared by the
-other tests/test_k8s_*.py modules.
+templates and head services against the Kubernetes schema. Rendering and reading the manifests
+(tests/k8s_manifests.py) is shared with the other tests/test_k8s_*.py modules.
 """
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "k8s"
-OVERLAYS = ("aws", "gcp")
-TARGETS = ("base", *(f"overlays/{o}" for o in OVERLAYS))
-RAY_KINDS = ("RayCluster", "RayJob", "RayService")
+from conftest import ROOT
+from k8s_manifests import K8S, RAY_KINDS, TARGETS, cluster_spec, containers, find, pod_templates, render
+
 # Kubernetes minors to validate against: one EKS and GKE both offered when this was written, and the
 # newest kubernetes-validate knows.
 K8S_VERSIONS = ("1.32.0", kubernetes_validate.latest_version())
 SECRET_TEMPLATES = K8S / "secrets" / "secrets.template.yaml"
-
-
-@functools.cache
-def render(target: str) -> tuple[dict, ...]:
-    """`kubectl kustomize k8s/<target>` (or `kustomize build`), parsed."""
-    if shutil.which("kubectl"):
-        cmd = ["kubectl", "kustomize", str(K8S / target)]
-    else:
-        assert shutil.which("kustomize"), "the k8s tests need kubectl or kustomize on PATH"
-        cmd = ["kustomize", "build", str(K8S / target)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, f"{' '.join(cmd)}: {out.stderr}"
-    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
-
-
-def find(docs, kind: str, name: str | None = None) -> dict:
-    hits = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
-    assert len(hits) == 1, f"expected one {kind} {name or ''}, found {len(hits)}"
-    return hits[0]
-
-
-def cluster_spec(doc: dict) -> dict:
-    """The RayClusterSpec of a RayCluster, RayJob or RayService."""
-    spec = doc["spec"]
-    return {"RayCluster": lambda: spec, "RayJob": lambda: spec["rayClusterSpec"],
-            "RayService": lambda: spec["rayClusterConfig"]}[doc["kind"]]()
-
-
-def pod_templates(doc: dict) -> list[tuple[str, dict]]:
-    """(where, pod template) of a workload: Ray heads and worker groups, or spec.template."""
-    name = f"{doc['kind']}/{doc['metadata']['name']}"
-    if doc["kind"] in RAY_KINDS:
-        spec = cluster_spec(doc)
-        return [(f"{name} head", spec["headGroupSpec"]["template"])] + [
-            (f"{name} {g['groupName']}", g["template"]) for g in spec.get("workerGroupSpecs", [])]
-    if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
-        return [(name, doc["spec"]["template"])]
-    return []
-
-
-def containers(docs) -> list[tuple[str, dict]]:
-    """(where, container) of every container and init container of every workload."""
-    return [(f"{where} {c['name']}", c) for doc in docs for where, t in pod_templates(doc)
-            for c in t["spec"]["containers"] + t["spec"].get("initContainers", [])]
 
 
 def kubernetes_errors(doc: dict) -> list[str]:

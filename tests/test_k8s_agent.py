@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from test_k8s import K8S, find, render
+from k8s_manifests import K8S, find, render
 
 SCRIPT = K8S / "base" / "notice-agent.sh"
 

@@ -7,9 +7,10 @@ import shlex
 import pytest
 import yaml
 
+from conftest import ROOT
+from k8s_manifests import OVERLAYS, RAY_KINDS, TARGETS, cluster_spec, containers, find, pod_templates, render
 from orchestrator.agent.notices import GCP_NOTICE_S
 from orchestrator.job.spec_file import parse_spec
-from test_k8s import OVERLAYS, RAY_KINDS, ROOT, TARGETS, cluster_spec, containers, find, pod_templates, render
 
 NOTICE_S = {"aws": 120.0, "gcp": GCP_NOTICE_S}  # AWS: two minutes (IMDS instance-action); GCE: 30 s
 SPOT = {"aws": ("eks.amazonaws.com/capacityType", "SPOT", "spot"),  # node label, its value, taint key
@@ -119,7 +120,8 @@ def test_the_serve_config_is_one_ray_serve_accepts():
     for target in TARGETS:
         raw = yaml.safe_load(find(render(target), "RayService", "ganray-serve")["spec"]["serveConfigV2"])
         app = ServeDeploySchema.model_validate(raw).applications[0]
-        assert (app.import_path, app.args) == ("deploy.app:build_app", {"model": "anime-gen@champion"})
+        # every ServeConfig field is documented there (tests/test_k8s_rayservice.py checks them one by one)
+        assert (app.import_path, app.args["model"]) == ("deploy.app:build_app", "anime-gen@champion")
     with pytest.raises(ValueError):
         ServeDeploySchema.model_validate({"applications": [{"name": "a", "importPath": "deploy.app:build_app"}]})
 

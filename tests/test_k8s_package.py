@@ -11,7 +11,8 @@ import tomllib
 import click
 import pytest
 
-from test_k8s import K8S, OVERLAYS, RAY_KINDS, ROOT, TARGETS, cluster_spec, containers, pod_templates, render
+from conftest import ROOT
+from k8s_manifests import K8S, OVERLAYS, RAY_KINDS, TARGETS, cluster_spec, containers, pod_templates, render
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

@@ -8,7 +8,7 @@ import inspect
 
 import yaml
 
-from test_k8s import TARGETS, find, render
+from k8s_manifests import TARGETS, find, render
 
 
 def _applications() -> list[dict]:

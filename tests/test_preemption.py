@@ -143,16 +143,13 @@ def test_a_trickling_server_is_cut_off_by_the_deadline_of_a_poll(metadata, caplo
 
 
 # -- the loop's side, in-process -------------------------------------------------
-def test_loop_writes_one_jit_checkpoint_and_loses_no_step(tmp_path, faces):
-    from orchestrator.job.spec_file import parse_spec
-    from trainers.data.ingest.local import ingest
-    from tests.reporters import DirectoryReporter
+def test_loop_writes_one_jit_checkpoint_and_loses_no_step(tmp_path, dataset):
+    from reporters import DirectoryReporter
+    from specs import TINY_DCGAN, job_spec
     from trainers.loop import GanLoop
 
-    ingest(faces, str(tmp_path / "ds"), faces / "labels.csv")
-    spec = parse_spec({"name": "p", "data": {"url": str(tmp_path / "ds")},
-                       "model": {"arch": "dcgan", "z_dim": 8, "channels": 4},
-                       "train": {"steps": 40, "batch_size": 8}, "checkpoint": {"every_steps": 1000}}).to_dict()
+    spec = job_spec("p", dataset, model=TINY_DCGAN, train={"steps": 40, "batch_size": 8},
+                    checkpoint={"every_steps": 1000}).to_dict()
     loop = GanLoop(spec)
     polls = {"n": 0}
     deadline = {"at": None}

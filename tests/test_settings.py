@@ -78,25 +78,22 @@ def test_s3_checkpoint_storage_takes_the_region_from_the_environment(monkeypatch
     assert resolve_storage("s3://bucket/ckpt", None, "http://127.0.0.1:9").filesystem.region == "ap-south-1"
 
 
-def test_registering_leaves_the_callers_environment_as_it_was(stack, tracking_uri, faces, tmp_path, monkeypatch):
+def test_registering_leaves_the_callers_environment_as_it_was(stack, tracking_uri, dataset, tmp_path, monkeypatch):
     """mlflow.set_tracking_uri/set_registry_uri write os.environ; a registration must not leave that behind
     (a process that starts children afterwards would send them to this tracking server)."""
     from orchestrator import tracking_server
     from orchestrator.job import runs
     from orchestrator.registry import versions
-    from orchestrator.job.spec_file import parse_spec
-    from tests.reporters import DirectoryReporter
+    from reporters import DirectoryReporter
+    from specs import TINY_DCGAN, job_spec
     from trainers.checkpoints.format import generator_from_checkpoint
-    from trainers.data.ingest.local import ingest
     from trainers.generator_metadata import GeneratorMetadata
     from trainers.loop import GanLoop
 
     for name in versions.URI_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    ingest(faces, str(tmp_path / "data"), faces / "labels.csv", shard_mb=0.05)
-    spec = parse_spec({"name": "env-kept", "data": {"url": str(tmp_path / "data")},
-                       "model": {"arch": "dcgan", "z_dim": 8, "channels": 4}, "train": {"steps": 1, "batch_size": 4},
-                       "checkpoint": {"every_steps": 1}})
+    spec = job_spec("env-kept", dataset, model=TINY_DCGAN, train={"steps": 1, "batch_size": 4},
+                    checkpoint={"every_steps": 1})
     reporter = DirectoryReporter(tmp_path / "ckpt")
     GanLoop(spec).run(reporter)
     g, info = generator_from_checkpoint(reporter.checkpoints[-1])

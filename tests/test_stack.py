@@ -100,21 +100,16 @@ def test_the_first_folder_of_a_process_sweeps_and_carries_its_pid(tmp_path, monk
     assert not stale.exists() and Path(made).is_dir()
 
 
-def test_the_loop_writes_checkpoints_in_folders_named_after_its_pid_and_sweeps_stale_ones(faces, tmp_path,
-                                                                                         monkeypatch):
-    from orchestrator.job.spec_file import parse_spec
-    from trainers.data.ingest.local import ingest
+def test_the_loop_writes_checkpoints_in_folders_named_after_its_pid_and_sweeps_stale_ones(dataset, tmp_path,
+                                                                                         monkeypatch, private_cache):
+    from specs import DCGAN, job_spec
     from trainers.loop import GanLoop
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the system temp dir, for this test
     monkeypatch.setattr(tempdirs, "_swept_in", set())
-    monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
     stale = tmp_path / f"ganray-ckpt-{_dead_pid()}-stale001"
     stale.mkdir()
-    ingest(faces, str(tmp_path / "ds"), faces / "labels.csv", shard_mb=0.02)
-    spec = parse_spec({"name": "t", "data": {"url": str(tmp_path / "ds")},
-                       "model": {"arch": "dcgan", "z_dim": 16, "channels": 8},
-                       "train": {"steps": 4, "batch_size": 8}, "checkpoint": {"every_steps": 2}})
+    spec = job_spec("t", dataset, model=DCGAN, train={"steps": 4, "batch_size": 8}, checkpoint={"every_steps": 2})
     folders = []
 
     class Reporter:

@@ -51,8 +51,7 @@ def test_a_pooled_embedding_is_the_mean_of_its_phrases_and_ignores_the_connectin
         embed(ENCODER, ["a hat"], "max")
 
 
-def test_the_caption_table_is_cached_per_pooling(faces, tmp_path, monkeypatch):
-    monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
+def test_the_caption_table_is_cached_per_pooling(faces, tmp_path, private_cache):
     url = str(tmp_path / "ds")
     ingest(faces, url, faces / "labels.csv", shard_mb=0.02, compose_captions=True)
     manifest = read_manifest(url)
