@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import ganray
+from conftest import ganray
 from trainers.data.errors import DataError
 from trainers.data.ingest.inputs import IngestError
 from trainers.data.ingest.local import ingest

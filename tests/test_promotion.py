@@ -18,8 +18,8 @@ from orchestrator import tracking_server
 from orchestrator.registry import versions
 from orchestrator.job import runs
 from orchestrator.registry.promotion import Gate, failed_gates, parse_gate
-from orchestrator.job.spec_file import parse_spec
-from tests.reporters import DirectoryReporter
+from reporters import DirectoryReporter
+from specs import TINY_DCGAN, job_spec
 from trainers.errors import GanrayError, UsageError
 from trainers.model_ref import parse_ref
 
@@ -32,18 +32,15 @@ EVALUATIONS = {  # version -> its evaluation (as a checkpoint carries it)
 
 
 @pytest.fixture(scope="module")
-def promo(stack, tracking_uri, faces, tmp_path_factory):
+def promo(stack, tracking_uri, dataset, tmp_path_factory):
     """Model ``promo`` with versions 1-4 (EVALUATIONS) from one run; ``candidate`` on 4. Returns the run id."""
     from trainers.checkpoints.format import generator_from_checkpoint
-    from trainers.data.ingest.local import ingest
     from trainers.generator_metadata import GeneratorMetadata
     from trainers.loop import GanLoop
 
     tmp = tmp_path_factory.mktemp("promo")
-    ingest(faces, str(tmp / "data"), faces / "labels.csv", shard_mb=0.05)
-    spec = parse_spec({"name": "promo", "data": {"url": str(tmp / "data")},
-                       "model": {"arch": "dcgan", "z_dim": 8, "channels": 4}, "train": {"steps": 2, "batch_size": 4},
-                       "checkpoint": {"every_steps": 2, "storage": str(tmp / "ckpt")}})
+    spec = job_spec("promo", dataset, model=TINY_DCGAN, train={"steps": 2, "batch_size": 4},
+                    checkpoint={"every_steps": 2, "storage": str(tmp / "ckpt")})
     reporter = DirectoryReporter(tmp / "ckpt" / "promo")
     GanLoop(spec).run(reporter)
     ckpt = str(reporter.checkpoints[-1])

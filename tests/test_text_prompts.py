@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import ROOT, ganray
-from orchestrator.job.spec_file import parse_spec
-from tests.reporters import DirectoryReporter
+from reporters import DirectoryReporter
+from specs import COND_DCGAN, job_spec
 from trainers.conditioning.text import MAX_PROMPT_CHARS, PromptError, check_prompt
 from trainers.data.ingest.local import ingest
 from trainers.generator_metadata import GeneratorMetadata, MetadataError, read_metadata
@@ -155,22 +155,19 @@ def test_generate_refuses_a_bad_prompt_before_loading_anything(ganray_home, tmp_
 def _checkpoint(faces, tmp_path: Path, conditioning: str) -> Path:
     data = tmp_path / f"ds-{conditioning}"
     ingest(faces, str(data), faces / "labels.csv", shard_mb=0.02, compose_captions=True)
-    spec = parse_spec({"name": f"reg-{conditioning}", "data": {"url": str(data)},
-                       "model": {"arch": "cond-dcgan", "z_dim": 16, "channels": 8, "embed_dim": 8,
-                                 "conditioning": conditioning},
-                       "train": {"steps": 4, "batch_size": 8}, "checkpoint": {"every_steps": 4}})
+    spec = job_spec(f"reg-{conditioning}", str(data), model={**COND_DCGAN, "conditioning": conditioning},
+                    train={"steps": 4, "batch_size": 8}, checkpoint={"every_steps": 4})
     rep = DirectoryReporter(tmp_path / f"ck-{conditioning}")
     GanLoop(spec).run(rep)
     return rep.checkpoints[-1]
 
 
 def test_generate_prompt_on_a_registered_text_model(stack, ganray_home, tracking_uri, faces, tmp_path,
-                                                    monkeypatch):
+                                                    private_cache):
     from mlflow.tracking import MlflowClient
 
     from orchestrator.registry.versions import register_checkpoint
 
-    monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
     c = MlflowClient(tracking_uri)
     uris = {}
     for kind in ("text", "tags"):
