@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -22,6 +21,7 @@ from orchestrator.controller.outbox import Outbox
 from orchestrator.tracking_server import QUICK_REQUESTS, patiently, unreachable
 from orchestrator.tracking_server import TrackingError
 from orchestrator.stack.processes import free_port
+from specs import DCGAN, job_spec, write_spec
 
 REPORT_EVERY_S = 2.5
 OUTAGE_S = 20.0  # eight report intervals
@@ -139,23 +139,16 @@ def outage_data(stack, ganray_home, faces):
     return "s3://ganray/data/outage"
 
 
-MODEL = {"arch": "dcgan", "z_dim": 16, "channels": 8}
-
-
-def _steps_for(seconds: float, faces: Path, tmp_path: Path) -> int:
+def _steps_for(seconds: float, dataset: str) -> int:
     """Steps that take about `seconds` of training on this machine now (measured in-process), so that
     the outage lands mid-run on an idle machine and a busy one alike."""
     import torch
 
-    from orchestrator.job.spec_file import parse_spec
-    from trainers.data.ingest.local import ingest
     from trainers.loop import GanLoop
 
-    ingest(faces, str(tmp_path / "calib"), faces / "labels.csv", shard_mb=0.02)
     # as one of the job's two Ray Train workers: half the batch, one torch thread (cpus_per_worker: 1)
-    spec = parse_spec({"name": "calib", "data": {"url": str(tmp_path / "calib")}, "model": MODEL,
-                       "train": {"steps": 60, "batch_size": 8, "report_every_s": 0.5},
-                       "checkpoint": {"every_steps": 1000}})
+    spec = job_spec("calib", dataset, model=DCGAN, train={"steps": 60, "batch_size": 8, "report_every_s": 0.5},
+                    checkpoint={"every_steps": 1000})
 
     class Rates:
         def __init__(self):
@@ -193,14 +186,12 @@ def _wait_for_first_report(c: MlflowClient, name: str, proc: subprocess.Popen, t
 
 @pytest.mark.ray
 def test_a_job_goes_on_through_an_mlflow_outage_and_ends_complete(stack, ganray_home, tracking_uri, outage_data,
-                                                                  faces, tmp_path):
-    steps = _steps_for(120, faces, tmp_path)
+                                                                  dataset, tmp_path):
+    steps = _steps_for(120, dataset)
     every = steps // 3
-    spec = tmp_path / "outage.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "outage", "data": {"url": outage_data}, "model": MODEL,
-        "train": {"steps": steps, "batch_size": 16, "report_every_s": REPORT_EVERY_S},
-        "scaling": {"workers": 2}, "checkpoint": {"every_steps": every, "keep": 2}}))
+    spec = write_spec(tmp_path / "outage.yaml", "outage", outage_data, model=DCGAN,
+                      train={"steps": steps, "batch_size": 16, "report_every_s": REPORT_EVERY_S},
+                      scaling={"workers": 2}, checkpoint={"every_steps": every, "keep": 2})
     c = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     err = open(tmp_path / "stderr.txt", "w+")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "ganray"), "run", str(spec), "--quiet"], cwd=ROOT,

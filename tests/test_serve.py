@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 import requests
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import ganray
+from orchestrator.stack.processes import free_port
+from specs import COND_DCGAN, write_spec
+from stack_mlflow import mlflow_client, register_untrained
 
 VOCAB_TAGS = ["hat", "glasses"]
 
@@ -188,49 +190,6 @@ def test_the_app_builder_checks_its_args():
 
 # -- the stack: one trained model, served through the CLI ------------------------------------------
 
-def mlflow_client(home: Path) -> MlflowClient:
-    uri = json.loads((home / "profile.json").read_text())["mlflow_uri"]
-    return MlflowClient(uri, registry_uri=uri)
-
-
-def register_untrained(client: MlflowClient, name: str, arch: str, vocabulary: list[str], seed: int,
-                       psi_export: bool = False) -> int:
-    """A freshly initialised generator registered as a version of name, the registry's way (pt2, ganray
-    metadata). psi_export: a StyleGAN2 exported with its psi column ([z | c | psi], metadata input z|c|psi)."""
-    import mlflow
-
-    from orchestrator.registry.versions import register_generator
-    from trainers.generator_metadata import METADATA_KEY, GeneratorMetadata
-    from trainers.networks import PackedInputGenerator, build_models
-    from trainers.spec import ModelSpec
-
-    torch.manual_seed(seed)
-    conditioning = "tags" if vocabulary else "none"
-    spec = ModelSpec(arch=arch, z_dim=16, channels=8, channels_max=32, mapping_layers=2, conditioning=conditioning)
-    g, _ = build_models(spec, 16, c_dim=len(vocabulary))
-    meta = GeneratorMetadata(g.config, list(vocabulary), conditioning, step=0)
-    exp = client.get_experiment_by_name("serve-tests")
-    run_id = client.create_run(exp.experiment_id if exp else client.create_experiment("serve-tests")).info.run_id
-    if not psi_export:
-        version = register_generator(client, run_id, name, g.eval(), meta, "test", f"untrained-{seed}")
-        client.set_terminated(run_id)
-        return version
-    g.mapping(torch.randn(64, 16), None, update_w_avg=True)
-    g.mapping.w_avg.mul_(50)  # far from 0: truncation must show in the pixels
-    mlflow.set_tracking_uri(client.tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(PackedInputGenerator(g).eval(), name="generator",
-                                        input_example=np.zeros((2, meta.input_width), np.float32),
-                                        metadata={METADATA_KEY: meta.to_dict()}, serialization_format="pt2")
-    return int(mlflow.register_model(info.model_uri, name).version)
-
-
-def free_port() -> int:
-    from orchestrator.stack.processes import free_port as free
-
-    return free()
-
-
 def post(url: str, body, fmt: str | None = None, timeout: float = 60) -> requests.Response:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     return requests.post(url + "generate" + (f"?format={fmt}" if fmt else ""), data=data, timeout=timeout,
@@ -256,12 +215,9 @@ def stop_all(home: Path, *names: str) -> None:
 def trained(stack, ganray_home, faces, tmp_path_factory):
     """A cond-dcgan trained for 8 steps and registered as srv version 1 through the CLI; alias champion on it."""
     ganray(ganray_home, "data", "ingest", str(faces), "s3://ganray/data/serve", "--labels", str(faces / "labels.csv"))
-    spec = tmp_path_factory.mktemp("serve") / "srv.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "srv-a", "data": {"url": "s3://ganray/data/serve"},
-        "model": {"arch": "cond-dcgan", "z_dim": 16, "channels": 8, "embed_dim": 8},
-        "train": {"steps": 8, "batch_size": 16}, "scaling": {"workers": 1},
-        "checkpoint": {"every_steps": 8, "keep": 1}, "registry": {"model_name": "srv"}}))
+    spec = write_spec(tmp_path_factory.mktemp("serve") / "srv.yaml", "srv-a", "s3://ganray/data/serve",
+                      model=COND_DCGAN, train={"steps": 8, "batch_size": 16}, scaling={"workers": 1},
+                      checkpoint={"every_steps": 8, "keep": 1}, registry={"model_name": "srv"})
     summary = json.loads(ganray(ganray_home, "run", str(spec)).stdout)
     assert summary["model_uri"] == "models:/srv/1" and summary["state"] == "finished"
     c = mlflow_client(ganray_home)

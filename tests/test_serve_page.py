@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from conftest import ROOT, ganray
-from test_serve import free_port, mlflow_client, register_untrained
+from orchestrator.stack.processes import free_port
+from stack_mlflow import mlflow_client, register_untrained
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = ROOT / "test-artifacts"
