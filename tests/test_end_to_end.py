@@ -12,37 +12,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, cli_env, ganray, status_elsewhere
+from specs import COND_DCGAN, DCGAN, write_spec
+from stack_mlflow import mlflow_client
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def dataset(stack, ganray_home, faces):
+def s3_dataset(stack, ganray_home, faces):
+    """faces ingested through `ganray data ingest` into the stack's S3 server (its URL)."""
     ganray(ganray_home, "data", "ingest", str(faces), "s3://ganray/data/e2e", "--labels", str(faces / "labels.csv"))
     return "s3://ganray/data/e2e"
 
 
-def write_spec(path: Path, name: str, url: str, **train) -> Path:
-    spec = {"name": name, "data": {"url": url}, "model": {"arch": "dcgan", "z_dim": 16, "channels": 8},
-            "train": {"steps": 24, "batch_size": 16, **train}, "scaling": {"workers": 2},
-            "checkpoint": {"every_steps": 8, "keep": 2}}
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def mlflow_client(home: Path) -> MlflowClient:
-    uri = json.loads((home / "profile.json").read_text())["mlflow_uri"]
-    return MlflowClient(uri, registry_uri=uri)
-
-
 @pytest.fixture(scope="module")
-def demo(dataset, ganray_home, tmp_path_factory):
+def demo(s3_dataset, ganray_home, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    spec = write_spec(out / "job.yaml", "e2e", dataset)
+    spec = write_spec(out / "job.yaml", "e2e", s3_dataset, model=DCGAN, train={"steps": 24, "batch_size": 16},
+                      scaling={"workers": 2}, checkpoint={"every_steps": 8, "keep": 2})
     proc = ganray(ganray_home, "run", str(spec), "--summary-json", str(out / "summary.json"))
     return {"spec": spec, "summary": json.loads(proc.stdout), "file": out / "summary.json", "stderr": proc.stderr}
 
@@ -123,7 +112,7 @@ def test_generate_from_the_registry(demo, ganray_home, tmp_path):
 
 CONTINUE_ON_TWO_RANKS = """
 import json, os, torch, torch.distributed as dist
-from tests.reporters import DirectoryReporter
+from reporters import DirectoryReporter  # tests/ is on PYTHONPATH
 from trainers.loop import GanLoop
 torch.set_num_threads(1)  # as the Ray Train workers (cpus_per_worker: 1)
 rank = int(os.environ["RANK"])
@@ -135,7 +124,7 @@ dist.destroy_process_group()
 """
 
 
-def test_conditional_job_through_ray_resumes_exactly_and_generates_by_tags(dataset, ganray_home, tmp_path):
+def test_conditional_job_through_ray_resumes_exactly_and_generates_by_tags(s3_dataset, ganray_home, tmp_path):
     """cond-dcgan on 2 Ray Train workers for 8 steps; its step-4 checkpoint, continued in a fresh 2-rank
     process group, reaches the same weights as the uninterrupted run; the registered model samples by tag."""
     import socket
@@ -146,13 +135,10 @@ def test_conditional_job_through_ray_resumes_exactly_and_generates_by_tags(datas
     from trainers.checkpoints.format import load_state
     from trainers.data.storage import open_filesystem
 
-    spec_path = tmp_path / "cond.yaml"
-    spec_path.write_text(yaml.safe_dump({
-        "name": "e2e-cond", "data": {"url": dataset},
-        "model": {"arch": "cond-dcgan", "z_dim": 16, "channels": 8, "embed_dim": 8},
-        "train": {"steps": 8, "batch_size": 16, "dragan_lambda": 1.0, "augment": "diffaug"},
-        "scaling": {"workers": 2}, "checkpoint": {"every_steps": 4, "keep": 2},
-        "eval": {"metrics": ["tag_accuracy"], "tag_samples": 64, "judge_epochs": 2}}))
+    spec_path = write_spec(tmp_path / "cond.yaml", "e2e-cond", s3_dataset, model=COND_DCGAN,
+                           train={"steps": 8, "batch_size": 16, "dragan_lambda": 1.0, "augment": "diffaug"},
+                           scaling={"workers": 2}, checkpoint={"every_steps": 4, "keep": 2},
+                           eval={"metrics": ["tag_accuracy"], "tag_samples": 64, "judge_epochs": 2})
     s = json.loads(ganray(ganray_home, "run", str(spec_path)).stdout)
     assert s["state"] == "finished" and s["steps"] == 8 and s["model_uri"] == "models:/e2e-cond/1"
 
@@ -165,8 +151,9 @@ def test_conditional_job_through_ray_resumes_exactly_and_generates_by_tags(datas
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**cli_env(ganray_home), "SPEC": json.dumps(spec), "CKPT": str(tmp_path / "ray4"),
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    env = {**cli_env(ganray_home), "PYTHONPATH": str(ROOT / "tests"), "SPEC": json.dumps(spec),
+           "CKPT": str(tmp_path / "ray4"), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+           "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", CONTINUE_ON_TWO_RANKS], cwd=ROOT, stderr=subprocess.PIPE,
                               text=True, env={**env, "RANK": str(r), "OUT": str(tmp_path / f"again{r}")})
              for r in range(2)]
@@ -217,13 +204,15 @@ def _wait_for_training(ganray_home: Path, name: str, above: int = 0, timeout: fl
     raise AssertionError(f"{name} did not report a step past {above} in {timeout} s")
 
 
-def test_ctrl_c_stopped_aborted_and_fresh_states_agree_everywhere(demo, dataset, ganray_home, tracking_uri,
+def test_ctrl_c_stopped_aborted_and_fresh_states_agree_everywhere(demo, s3_dataset, ganray_home, tracking_uri,
                                                                   tmp_path):
     # Long enough that Ctrl-C lands mid-run on any machine: the job record trails the workers by up to
     # ~4 s (a report every 2 s, drained by the controller every 2 s) and the stop takes ~1.5 s to reach
     # them; at the fastest speed seen here (~55 steps/s at 16x16, batch 16) that is ~300 steps.
     steps, name = 2000, "resume"
-    spec = write_spec(tmp_path / "resume.yaml", name, dataset, steps=steps)
+    spec = write_spec(tmp_path / "resume.yaml", name, s3_dataset, model=DCGAN,
+                      train={"steps": steps, "batch_size": 16}, scaling={"workers": 2},
+                      checkpoint={"every_steps": 8, "keep": 2})
     no_periodic = ("--set", "checkpoint.every_steps=100000")
     c = mlflow_client(ganray_home)
     # 1. Ctrl-C once: a checkpoint, then a clean stop; status 130; stopped everywhere.
