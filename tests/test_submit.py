@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, cli_env, ganray
+from specs import DCGAN, write_spec
 
 pytestmark = pytest.mark.ray
 
@@ -45,14 +45,6 @@ def cluster(stack, ganray_home, faces):
     while time.time() < deadline and any(j.status.value in ("PENDING", "RUNNING") for j in client.list_jobs()
                                          if (j.metadata or {}).get("ganray.job", "").startswith("sub-")):
         time.sleep(1)
-
-
-def write_spec(path: Path, name: str, url: str, steps: int, every: int) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": name, "data": {"url": url}, "model": {"arch": "dcgan", "z_dim": 16, "channels": 8},
-        "train": {"steps": steps, "batch_size": 16}, "scaling": {"workers": 2},
-        "checkpoint": {"every_steps": every, "keep": 2}}))
-    return path
 
 
 def digest(spec: Path, *overrides: str) -> str:
@@ -135,7 +127,8 @@ def training_past(cluster, name: str, step: int, run_id: str | None = None):
 
 
 def test_submit_logs_status_resubmit_and_a_refused_change(cluster, ganray_home, tmp_path):
-    spec = write_spec(tmp_path / "a.yaml", "sub-a", cluster["url"], steps=24, every=8)
+    spec = write_spec(tmp_path / "a.yaml", "sub-a", cluster["url"], model=DCGAN, train={"steps": 24, "batch_size": 16},
+                      scaling={"workers": 2}, checkpoint={"every_steps": 8, "keep": 2})
     sid = f"sub-a-{digest(spec)}"
     env = {"AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": PASSWORD, "GANRAY_DATA_CACHE_MB": "64",
            "GANRAY_STORAGE_ROOT": "s3://ganray/elsewhere"}
@@ -174,7 +167,9 @@ def test_submit_logs_status_resubmit_and_a_refused_change(cluster, ganray_home, 
 
 
 def test_stop_resume_replace_and_a_second_driver_refused(cluster, ganray_home, tmp_path):
-    spec = write_spec(tmp_path / "b.yaml", "sub-b", cluster["url"], steps=20000, every=100000)
+    spec = write_spec(tmp_path / "b.yaml", "sub-b", cluster["url"], model=DCGAN,
+                      train={"steps": 20000, "batch_size": 16}, scaling={"workers": 2},
+                      checkpoint={"every_steps": 100000, "keep": 2})
     sid = last_line(submit(ganray_home, spec))
     assert sid == f"sub-b-{digest(spec)}"
     run = training_past(cluster, "sub-b", 0)
@@ -231,7 +226,9 @@ def test_the_cluster_lock_names_its_holder_and_dies_with_it(cluster, ganray_home
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         pid, job_id = holder.stdout.readline().split()
-        spec = write_spec(tmp_path / "c.yaml", "sub-c", cluster["url"], steps=24, every=8)
+        spec = write_spec(tmp_path / "c.yaml", "sub-c", cluster["url"], model=DCGAN,
+                          train={"steps": 24, "batch_size": 16}, scaling={"workers": 2},
+                          checkpoint={"every_steps": 8, "keep": 2})
         refused = elsewhere("submit", str(spec), env=via_dashboard(cluster))
         assert refused.returncode == 1 and f"by a driver (pid {pid} on host" in refused.stderr
         assert f"Ray job {job_id}" in refused.stderr and submissions(cluster, "sub-c") == []
