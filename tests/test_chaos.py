@@ -18,15 +18,17 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-import yaml
-from mlflow.tracking import MlflowClient
 
 from cluster import LocalCluster
 from conftest import ROOT, ganray
 from fake_metadata import serve
+from specs import write_spec
+from stack_mlflow import mlflow_client
 
 pytestmark = pytest.mark.ray
 BATCH = 16
+MODEL = {"arch": "dcgan", "z_dim": 16, "channels": 16}
+PREEMPTION = {"check_every_s": 0.5, "margin_s": 3.0, "max_failures": 3}
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +49,6 @@ def cluster(stack, ganray_home, tmp_path):
     c.add_node("b")
     yield c
     c.stop()
-
-
-def spec_file(path: Path, name: str, url: str, steps: int, workers=2, every=1000) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": name, "data": {"url": url}, "model": {"arch": "dcgan", "z_dim": 16, "channels": 16},
-        "train": {"steps": steps, "batch_size": BATCH, "report_every_s": 1.0},
-        "scaling": {"workers": workers}, "checkpoint": {"every_steps": every, "keep": 2},
-        "preemption": {"check_every_s": 0.5, "margin_s": 3.0, "max_failures": 3}}))
-    return path
 
 
 def start_job(cluster: LocalCluster, spec: Path) -> subprocess.Popen:
@@ -90,7 +83,7 @@ def wait_for_step(log_dir: Path, at_least: int, timeout: float = 180) -> None:
 
 def wait_for_checkpoint(ganray_home: Path, name: str, step: int, timeout: float = 180) -> None:
     """Waits until Ray Train has committed a checkpoint at or after step (the job's MLflow run says so)."""
-    client = MlflowClient(json.loads((ganray_home / "profile.json").read_text())["mlflow_uri"])
+    client = mlflow_client(ganray_home)
     record, deadline = ganray_home / "jobs" / f"{name}.json", time.time() + timeout
     while time.time() < deadline:
         if record.exists():
@@ -129,7 +122,10 @@ def test_spot_notice_costs_no_step(cluster, chaos_data, ganray_home, tmp_path):
                               "--poll-s", "0.5", "--address", cluster.address],
                              env=cluster.client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     steps = 400
-    job = start_job(cluster, spec_file(tmp_path / "job.yaml", "chaos-notice", chaos_data, steps))
+    spec = write_spec(tmp_path / "job.yaml", "chaos-notice", chaos_data, model=MODEL,
+                      train={"steps": steps, "batch_size": BATCH, "report_every_s": 1.0}, scaling={"workers": 2},
+                      checkpoint={"every_steps": 1000, "keep": 2}, preemption=PREEMPTION)
+    job = start_job(cluster, spec)
     try:
         log_dir = tmp_path / "samples"
         wait_for_step(log_dir, 20)
@@ -169,7 +165,10 @@ def test_a_node_killed_without_notice_loses_at_most_one_checkpoint_interval(clus
     # time (~45 steps/s here when idle), or the kill lands after the next checkpoint was uploaded but
     # before it was committed, and one interval plus those steps is lost.
     steps, every = 600, 300
-    job = start_job(cluster, spec_file(tmp_path / "job.yaml", "chaos-kill", chaos_data, steps, every=every))
+    spec = write_spec(tmp_path / "job.yaml", "chaos-kill", chaos_data, model=MODEL,
+                      train={"steps": steps, "batch_size": BATCH, "report_every_s": 1.0}, scaling={"workers": 2},
+                      checkpoint={"every_steps": every, "keep": 2}, preemption=PREEMPTION)
+    job = start_job(cluster, spec)
     wait_for_checkpoint(ganray_home, "chaos-kill", every)
     cluster.kill_node("a")
     cluster.add_node("c")
@@ -185,7 +184,9 @@ def test_a_node_killed_without_notice_loses_at_most_one_checkpoint_interval(clus
 
 def test_a_killed_driver_is_recovered_by_running_the_job_again(cluster, chaos_data, ganray_home, tmp_path):
     steps, every = 200, 30
-    spec = spec_file(tmp_path / "job.yaml", "chaos-driver", chaos_data, steps, every=every)
+    spec = write_spec(tmp_path / "job.yaml", "chaos-driver", chaos_data, model=MODEL,
+                      train={"steps": steps, "batch_size": BATCH, "report_every_s": 1.0}, scaling={"workers": 2},
+                      checkpoint={"every_steps": every, "keep": 2}, preemption=PREEMPTION)
     job = start_job(cluster, spec)
     wait_for_checkpoint(ganray_home, "chaos-driver", every)
     run_id = json.loads((ganray_home / "jobs" / "chaos-driver.json").read_text())["run_id"]
@@ -205,8 +206,10 @@ def test_a_killed_driver_is_recovered_by_running_the_job_again(cluster, chaos_da
 def test_without_a_replacement_an_elastic_job_finishes_on_fewer_workers(cluster, chaos_data, ganray_home,
                                                                           tmp_path):
     steps, every = 200, 40
-    job = start_job(cluster, spec_file(tmp_path / "job.yaml", "chaos-elastic", chaos_data, steps, workers=[1, 2],
-                                       every=every))
+    spec = write_spec(tmp_path / "job.yaml", "chaos-elastic", chaos_data, model=MODEL,
+                      train={"steps": steps, "batch_size": BATCH, "report_every_s": 1.0}, scaling={"workers": [1, 2]},
+                      checkpoint={"every_steps": every, "keep": 2}, preemption=PREEMPTION)
+    job = start_job(cluster, spec)
     wait_for_checkpoint(ganray_home, "chaos-elastic", every)
     cluster.kill_node("a")
     summary = finish(job)
@@ -215,5 +218,5 @@ def test_without_a_replacement_an_elastic_job_finishes_on_fewer_workers(cluster,
     assert sorted(computed) == list(range(1, steps + 1))
     last = computed[steps]
     assert len(last) == 1 and len(last[0]["keys"]) == BATCH  # one worker, the same global batch
-    client = MlflowClient(json.loads((ganray_home / "profile.json").read_text())["mlflow_uri"])
+    client = mlflow_client(ganray_home)
     assert client.get_run(summary["run_id"]).data.metrics["world_size"] == 1
