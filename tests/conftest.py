@@ -140,7 +140,7 @@ def _untracked_at_root() -> set[str] | None:
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         return None
-    return {line.split("/", 1)[0] for line in out.stdout.splitlines() if line}
+    return {line for line in out.stdout.splitlines() if line and "/" not in line.rstrip("/")}
 
 
 @pytest.fixture(scope="session", autouse=True)
