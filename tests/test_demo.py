@@ -49,11 +49,10 @@ def real_images(out: Path) -> tuple[list[np.ndarray], list[set[str]]]:
     return images, [{t.strip() for t in r[1].split(",") if t.strip()} for r in rows]
 
 
-def test_the_grid_shows_the_requested_tags_without_collapse(demo, tmp_path, monkeypatch):
+def test_the_grid_shows_the_requested_tags_without_collapse(demo, private_cache):
     from trainers.conditioning import TagEncoder
     from trainers.metrics.tag_accuracy import load_or_train_judge, predict, score
 
-    monkeypatch.setenv("GANRAY_CACHE_DIR", str(tmp_path / "cache"))
     out = demo["out"]
     grid = np.load(out / "grid.npz")
     rows = [[t.strip() for t in line.split(",")] for line in (out / "grid.txt").read_text().splitlines()]
