@@ -124,3 +124,16 @@ def test_a_driver_that_died_after_registering_finishes_on_the_rerun_without_a_se
     seen = status_elsewhere(tracking_uri, spec.name)
     assert (seen["state"], seen["checkpoint"]) == ("finished", ckpt)
     assert run_job(spec, progress=False) == summary  # a finished job gives its summary again, with no cluster
+
+
+def test_a_runs_stored_spec_is_read_from_its_clients_server_only(stack, tracking_uri, tmp_path, monkeypatch):
+    """The refusal of a changed spec compares against the run's spec.json, read through the client the driver
+    holds: never MLflow's process-wide default (a sqlite mlflow.db in the working directory)."""
+    c = tracking_server.client(tracking_uri)
+    spec = job_spec("life-stored-spec", "/nonexistent/data", train={"steps": 7})
+    run_id = runs.create_run(c, spec.to_dict(), spec.digest(), "/tmp/unused-storage/life-stored-spec")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert runs.stored_spec(c, c.get_run(run_id)) == spec.to_dict()
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no mlruns/

@@ -122,7 +122,7 @@ def _changed_spec(client, spec: JobSpec, replace: bool) -> bool:
     run = runs.find_run(client, spec.name) if client is not None else None
     if run is None or run.data.tags.get(runs.DIGEST_TAG) == spec.digest():
         return False
-    stored = runs.stored_spec(run)
+    stored = runs.stored_spec(client, run)
     if stored is not None and same_spec(stored, spec):
         return False
     if replace:

@@ -143,7 +143,7 @@ def _check_stored_checkpoints(run_url: str, spec: JobSpec) -> None:
 def _check_same_spec(client, run, spec: JobSpec) -> None:
     if run.data.tags.get(runs.DIGEST_TAG) == spec.digest():
         return
-    stored = runs.stored_spec(run)
+    stored = runs.stored_spec(client, run)
     if stored is not None and same_spec(stored, spec):  # recorded under an older digest rule
         client.set_tag(run.info.run_id, runs.DIGEST_TAG, spec.digest())
         return

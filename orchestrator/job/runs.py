@@ -80,12 +80,14 @@ def create_run(client: MlflowClient, spec_dict: dict[str, Any], digest: str, sto
     return run.info.run_id
 
 
-def stored_spec(run) -> dict[str, Any] | None:
-    """The spec a run was created with (its spec.json), or None when it cannot be read."""
-    import mlflow.artifacts
+def stored_spec(client: MlflowClient, run) -> dict[str, Any] | None:
+    """The spec a run was created with (its spec.json, read from client's tracking server), or None when it
+    cannot be read. Never MLflow's process-wide default server (a sqlite file in the working directory)."""
+    import tempfile
 
     try:
-        return json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{SPEC_ARTIFACT}"))
+        with tempfile.TemporaryDirectory(prefix="ganray-spec-") as tmp:
+            return json.loads(Path(client.download_artifacts(run.info.run_id, SPEC_ARTIFACT, tmp)).read_text())
     except Exception:  # noqa: BLE001 - a run without the artifact, or a server that went away
         return None
 
