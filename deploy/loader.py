@@ -109,8 +109,9 @@ def load_named(client, ref: ModelRef, device: str = "cpu") -> LoadedModel:
 
 def _download_and_load(client, name: str, version: int) -> tuple[Any, GeneratorMetadata]:
     """(the generator, its metadata) of version `version` of name, from client's registry (never the
-    process's global MLflow URIs: a ``models:/`` download would use those). Only a pt2 generator loads:
-    a pickle-format version could run code (``trainers.safe_model``)."""
+    process's global MLflow URIs: a ``models:/`` download would use those). Only a pt2 generator without
+    code and with its data inside its folder loads, checked before anything of it is imported or
+    deserialised: a version is untrusted input (``trainers.safe_model``)."""
     import mlflow
 
     uri = ModelRef(name, version=version).uri  # what messages name
@@ -120,8 +121,8 @@ def _download_and_load(client, name: str, version: int) -> tuple[Any, GeneratorM
             stored = client.get_model_version_download_uri(name, str(version))
             local = mlflow.artifacts.download_artifacts(artifact_uri=stored, dst_path=tmp,
                                                         tracking_uri=client.tracking_uri)
-            info = mlflow.models.Model.load(local)
             generator = load_checked(local, uri, lambda d: mlflow.pytorch.load_model(d, map_location="cpu"))
+            info = mlflow.models.Model.load(local)
         except UnsafeModelError as err:
             raise LoadError(str(err)) from None
         except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a download that fails

@@ -1,16 +1,28 @@
-"""Which stored generator models ganray loads: MLflow ``pytorch`` models in the ``pt2`` format only.
+"""Which stored generator models ganray loads: MLflow ``pytorch`` models in the ``pt2`` format only,
+carrying no code, with their data inside their own folder.
 
-MLflow's pytorch flavor loads ``data/model.pth`` with pickle (``torch.load``) whenever that file is
-there, and a pickle can run any code as it loads. A ``pt2`` model (``torch.export``) is a graph and
-tensors. This check reads only files (the ``MLmodel`` and the model's data folder), so ``generate``
-and the server refuse a pickle-format model before anything of it is deserialised. MLflow itself
-checks that a ``pt2`` archive carries no pickle as long as pickle loading is not allowed in its
-environment (``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``); loaders keep it disallowed while they load.
+A registered version is untrusted input (whoever can register one must not run code where it loads):
+
+- MLflow's pytorch flavor loads ``data/model.pth`` with pickle (``torch.load``) whenever that file is
+  there, and a pickle can run any code as it loads. A ``pt2`` model (``torch.export``) is a graph and
+  tensors.
+- A ``code`` entry in the MLmodel makes MLflow put that folder first on ``sys.path``, where a planted
+  ``json.py`` or ``sympy.py`` runs at the next import of that name; a version with a ``code`` entry
+  (anywhere in its MLmodel) or a ``code/`` folder is refused.
+- ``model_data`` is joined to the model folder as it stands: ``..``, an absolute path or a symlink
+  would load a file from elsewhere on the node. It must resolve inside the model folder.
+
+This check reads only files (the ``MLmodel`` and the model's folder), so ``generate`` and the server
+refuse such a version before anything of it is deserialised or imported. MLflow itself checks that a
+``pt2`` archive carries no pickle record beyond what torch's ``weights_only`` loader accepts, as long
+as pickle loading is not allowed in its environment (``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``);
+loaders keep it disallowed while they load (:func:`pickle_refused`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,6 +33,7 @@ from trainers.errors import GanrayError
 PT2_FILE = "model.pt2"
 PICKLE_FILES = ("model.pth", "pickle_module_info.txt")
 PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+CODE_KEY = "code"  # MLflow's key (FLAVOR_CONFIG_CODE) for a folder it puts on sys.path at load
 
 
 class UnsafeModelError(GanrayError, ValueError):
@@ -29,7 +42,8 @@ class UnsafeModelError(GanrayError, ValueError):
 
 def check_pt2_model(model_dir: str | Path, where: str) -> Path:
     """The pt2 archive of a downloaded MLflow model folder; UnsafeModelError naming where (the model URI)
-    unless it is a pytorch model stored in the pt2 format, with no pickle file beside it."""
+    and the reason unless it is a pytorch model stored in the pt2 format, with no pickle file beside it,
+    no code (no ``code`` entry in its MLmodel, no ``code/`` folder) and its data inside the folder."""
     model_dir = Path(model_dir)
     try:
         mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
@@ -39,14 +53,43 @@ def check_pt2_model(model_dir: str | Path, where: str) -> Path:
     flavor = flavors.get("pytorch") if isinstance(flavors, dict) else None
     if not isinstance(flavor, dict):
         raise UnsafeModelError(f"{where} is not a pytorch model (flavors: {', '.join(flavors or {}) or 'none'})")
-    data = model_dir / str(flavor.get("model_data") or "data")
-    pickled = [name for name in PICKLE_FILES if (data / name).exists()]
+    _check_no_code(model_dir, mlmodel, where)
+    data = _inside(model_dir, flavor.get("model_data", "data"), "pytorch flavor's model_data", where)
+    pickled = [name for name in PICKLE_FILES if os.path.lexists(data / name)]
     if pickled or not (data / PT2_FILE).is_file():
         found = ", ".join(pickled) or "no model.pt2"
         raise UnsafeModelError(
             f"{where} is not stored in the pt2 format (serialization_format pickle: {found}); ganray loads only "
             "pt2 generators, since loading a pickle could run code. Register it again from its checkpoint")
-    return data / PT2_FILE
+    return _inside(model_dir, str((data / PT2_FILE).relative_to(model_dir)), "archive", where)
+
+
+def _check_no_code(model_dir: Path, mlmodel: dict, where: str) -> None:
+    """UnsafeModelError unless the model carries no code: no ``code`` entry at the MLmodel's top or in any
+    of its flavors (MLflow honours the loading flavor's), and no ``code/`` folder."""
+    entries = [] if not mlmodel.get(CODE_KEY) else [f"MLmodel entry code: {mlmodel[CODE_KEY]!r}"]
+    entries += [f"MLmodel entry flavors.{name}.code: {conf[CODE_KEY]!r}"
+                for name, conf in mlmodel["flavors"].items() if isinstance(conf, dict) and conf.get(CODE_KEY)]
+    if os.path.lexists(model_dir / CODE_KEY):
+        entries.append("a code/ folder")
+    if entries:
+        raise UnsafeModelError(
+            f"{where} carries code ({'; '.join(entries)}): MLflow puts a model's code/ first on Python's import "
+            "path, where it could run as the model loads or later; ganray loads only pt2 generators without "
+            "code. Register it again from its checkpoint")
+
+
+def _inside(model_dir: Path, relative: Any, what: str, where: str) -> Path:
+    """model_dir / relative once it resolves (symlinks followed) inside model_dir; UnsafeModelError naming
+    what (the MLmodel entry or file) otherwise: not a string, absolute, ``..`` or a symlink out."""
+    if not isinstance(relative, str) or not relative:
+        raise UnsafeModelError(f"{where}: its {what} {relative!r} is not a path inside the model folder")
+    path = model_dir / relative
+    if Path(relative).is_absolute() or not path.resolve().is_relative_to(model_dir.resolve()):
+        raise UnsafeModelError(
+            f"{where}: its {what} {relative!r} lies outside the model folder (an absolute path, '..' or a "
+            "symlink out); ganray loads only a model's own files")
+    return path
 
 
 @contextlib.contextmanager
@@ -67,11 +110,15 @@ def pickle_refused() -> Iterator[None]:
 def load_checked(model_dir: str | Path, where: str, load: Callable[[str], Any]) -> Any:
     """The generator in a downloaded MLflow model folder, loaded by `load` (the caller's MLflow loader:
     trainers/ never imports MLflow) only once the folder passed :func:`check_pt2_model`, with pickle
-    refused while it loads; in eval mode. UnsafeModelError as check_pt2_model says; load's own errors
-    pass through."""
+    refused while it loads and sys.path as it was after; in eval mode. UnsafeModelError as check_pt2_model
+    says; load's own errors pass through."""
     check_pt2_model(model_dir, where)
-    with pickle_refused():
-        generator = load(str(model_dir))
+    import_path = list(sys.path)
+    try:
+        with pickle_refused():
+            generator = load(str(model_dir))
+    finally:  # nothing of a model stays on the import path (a checked model adds nothing anyway)
+        sys.path[:] = import_path
     try:
         generator.eval()
     except NotImplementedError:  # an exported (pt2) generator is traced in eval mode already
