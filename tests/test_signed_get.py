@@ -34,7 +34,7 @@ def test_endpoint_keys_and_addressing_style_follow_the_s3fs_options():
 
 def test_options_botocore_refuses_hand_the_dataset_to_s3fs():
     with pytest.raises(NotForSignedGet, match="cannot make a client"):
-        SignedGetter({**KEYS, "config_kwargs": {"no_such_setting": 1}}).get("ganray/data/s-000001.tar")
+        SignedGetter({**KEYS, "config_kwargs": {"no_such_setting": 1}}).get("ganray/data/s-000001.tar", limit=1024)
 
 
 def test_redact_removes_every_query_string():

@@ -4,7 +4,8 @@ the data.
 Where: ``DATA_URL/text-embeddings/<encoder>-<pooling>-<dataset hash>.npz``, beside the shards, so every
 node and every job on the same dataset shares one computation, it lives exactly as long as
 the dataset (ingest never touches other folders of DEST, and a re-ingest with other captions
-has another hash), and it is found from any machine that reads the data. When the data URL
+has another hash), and it is found from any machine that reads the data; the name, dataset hash
+included, stays inside both folders (``trainers.cache_paths.under_root``). When the data URL
 cannot be written (a read-only bucket or folder), the table goes to this node's metrics
 cache (``GANRAY_CACHE_DIR``) instead: only rank 0 reads the table and it hands it to the
 other ranks, so a per-node copy is enough. Writes are atomic: a temp file renamed on a
@@ -66,10 +67,15 @@ def cache_name(encoder_name: str, pooling: str, dataset_hash: str) -> str:
 
 
 def _places(url: str, name: str) -> list[str]:
+    """Beside the data, then in the node cache: the same path under CACHE_FOLDER in both, checked to lie
+    inside the node cache's folder (CachePathError for a name that would leave it)."""
+    from trainers.cache_paths import under_root
     from trainers.data.storage import join
     from trainers.metrics import cache_dir
 
-    return [join(url, CACHE_FOLDER, name), str(cache_dir() / CACHE_FOLDER / name)]
+    folder = cache_dir() / CACHE_FOLDER
+    node = under_root(folder, name)
+    return [join(url, CACHE_FOLDER, *node.relative_to(folder.resolve()).parts), str(node)]
 
 
 def iter_captions(url: str, manifest) -> Iterator[tuple[str, str | None]]:

@@ -3,7 +3,10 @@
 A reader trusts only what the manifest lists, so a half-written dataset (shards
 without a manifest) is never visible. Reading one is strict: anything that is
 not a manifest this code wrote (a list, a missing or ill-typed field, a shard
-path that leaves the dataset) is a ManifestError naming the file and the field.
+path that leaves the dataset, a ``dataset_hash`` that is not 64 lowercase hex
+digits) is a ManifestError naming the file and the field. The hash goes into cache
+paths, so it is never anything but a sha256; a manifest written without one gets
+the hash of its shard digests (``shards_hash``), which names its content as well.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from trainers.data.errors import DataError
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MAX_TAG_SETS = 4096  # the most frequent distinct tag sets a manifest keeps (what sampling fills tags from)
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch (a `$` would let a trailing newline in)
 
 
 class ManifestError(DataError, ValueError):
@@ -106,13 +109,21 @@ def _parse(raw: object) -> Manifest:
     if not isinstance(tag_sets, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                  for v in tag_sets.values()):
         raise _Invalid(f"field `tag_sets` must be an object of tag-set counts, got {_kind(tag_sets)}")
-    m = Manifest(num_samples=_need(raw, "num_samples", int, minimum=0),
-                 resolution=_need(raw, "resolution", int, minimum=1), image_format=_need(raw, "image_format", str),
-                 shards=shards, tags=tags, tag_sets=tag_sets,
-                 dataset_hash=_need(raw, "dataset_hash", str) if "dataset_hash" in raw else "")
+    resolution = _need(raw, "resolution", int, minimum=1)
+    m = Manifest(num_samples=_need(raw, "num_samples", int, minimum=0), resolution=resolution,
+                 image_format=_need(raw, "image_format", str), shards=shards, tags=tags, tag_sets=tag_sets,
+                 dataset_hash=_dataset_hash(raw) if "dataset_hash" in raw else shards_hash(shards, resolution))
     if sum(s.samples for s in shards) != m.num_samples:
         raise _Invalid(f"field `num_samples` is {m.num_samples}, the shards hold {sum(s.samples for s in shards)}")
     return m
+
+
+def _dataset_hash(raw: dict) -> str:
+    value = raw["dataset_hash"]
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        shown = repr(value)[:80] if isinstance(value, str) else f"{_kind(value)} ({value!r:.60})"
+        raise _Invalid(f"field `dataset_hash` must be 64 lowercase hex digits (a sha256), got {shown}")
+    return value
 
 
 def _shard(raw: object, i: int) -> ShardInfo:
@@ -127,7 +138,7 @@ def _shard(raw: object, i: int) -> ShardInfo:
     if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
         raise _Invalid(f"field `{where}path` must be a plain path inside the dataset, got {path!r}")
     sha = _need(raw, "sha256", str, where)
-    if not _SHA256.match(sha):
+    if not _SHA256.fullmatch(sha):
         raise _Invalid(f"field `{where}sha256` must be 64 hex digits, got {sha!r:.80}")
     return ShardInfo(path, _need(raw, "samples", int, where, 0), _need(raw, "bytes", int, where, 0), sha)
 
@@ -140,6 +151,18 @@ def tag_set_key(tags: list[str]) -> str:
 def top_tag_sets(counts: dict[str, int], limit: int = MAX_TAG_SETS) -> dict[str, int]:
     """The `limit` most frequent tag sets (ties by key), for a manifest."""
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit])
+
+
+def shards_hash(shards: list[ShardInfo], resolution: int) -> str:
+    """The dataset hash of a manifest written without one: from its shards' paths, sizes and sha256s.
+
+    The shards hold every image and label, so it changes with the content (and, unlike
+    ``content_hash``, with the sharding too).
+    """
+    h = hashlib.sha256(f"ganray-shards-v{FORMAT_VERSION}:{resolution}\n".encode())
+    for s in shards:
+        h.update(f"{s.path}\0{s.samples}\0{s.bytes}\0{s.sha256}\n".encode())
+    return h.hexdigest()
 
 
 def content_hash(items: list[tuple[str, bytes, str]], resolution: int) -> str:

@@ -7,7 +7,10 @@ from trainers import settings
 
 
 def cache_dir() -> Path:
-    """Where real statistics and tag judges are cached: $GANRAY_CACHE_DIR, $GANRAY_HOME/cache or ~/.cache/ganray."""
+    """Where real statistics and tag judges are cached: $GANRAY_CACHE_DIR, $GANRAY_HOME/cache or ~/.cache/ganray.
+
+    A path in it that holds a dataset hash is built with ``trainers.cache_paths.under_root``.
+    """
     if settings.get("GANRAY_CACHE_DIR"):
         root = Path(settings.get("GANRAY_CACHE_DIR"))
     elif settings.get("GANRAY_HOME"):

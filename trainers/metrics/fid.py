@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from trainers.cache_paths import under_root
 from trainers.metrics import cache_dir
 from trainers.metrics.inception import RESIZE_SETTINGS, features, weights_digest
 
@@ -73,7 +74,9 @@ class RealStatistics:
 
     @staticmethod
     def cache_path(dataset_hash: str, weights_sha: str, num_real: int) -> Path:
-        return cache_dir() / "fid" / f"{dataset_hash[:20]}-{weights_sha[:12]}-n{num_real}-v{CACHE_VERSION}.npz"
+        """The statistics' file, inside the cache folder (CachePathError for a hash that would leave it)."""
+        name = f"{dataset_hash[:20]}-{weights_sha[:12]}-n{num_real}-v{CACHE_VERSION}.npz"
+        return under_root(cache_dir(), "fid", name)
 
     @classmethod
     def load_or_compute(cls, dataset_hash: str, weights_path: str | Path, num_real: int, net,

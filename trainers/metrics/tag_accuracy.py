@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers.cache_paths import under_root
 from trainers.metrics import cache_dir
 
 JUDGE_VERSION = 1
@@ -128,7 +129,7 @@ def train_judge(images: np.ndarray, c: np.ndarray, vocabulary: list[str], epochs
 def load_or_train_judge(dataset_hash: str, images_fn, vocabulary: list[str], epochs: int = 15
                         ) -> tuple[TagJudge, dict[str, Any], bool]:
     """(judge, its held-out scores, whether it came from the cache); images_fn() -> (uint8 images, multi-hot)."""
-    path = cache_dir() / "judges" / f"{dataset_hash[:20]}-e{epochs}-v{JUDGE_VERSION}.pt"
+    path = under_root(cache_dir(), "judges", f"{dataset_hash[:20]}-e{epochs}-v{JUDGE_VERSION}.pt")
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved["vocabulary"] == list(vocabulary):

@@ -1,12 +1,19 @@
 """Decoding encoded images into uint8 H×W×3 arrays, fast, and the decode worker process.
 
+A sample's bytes are untrusted: only PNG and JPEG (what ingest writes) are
+decoded, and with the dataset's resolution given, the size is read from the
+header and checked before any pixel memory is allocated (a PNG claiming
+60000×60000 costs a header read, not gigabytes). Anything else raises
+ValueError naming the cause, which the pipeline counts and skips.
+
 ``decode_image`` takes a shortcut for the images ganray's ingest writes (baseline
 3-channel JPEG or 8-bit RGB non-interlaced PNG of the dataset's resolution): it
-reads the size from the header itself and hands the bytes straight to Pillow's
-C decoder, skipping the Python header parsing of ``Image.open``, which costs as
-much as the decoding itself at 64×64. Anything else (and anything the shortcut
-cannot finish) goes through ``Image.open`` as usual, so any image Pillow reads
-is read, and a broken one raises.
+hands the bytes straight to Pillow's C decoder, skipping the Python header
+parsing of ``Image.open``, which costs as much as the decoding itself at 64×64.
+Other PNGs and JPEGs (and anything the shortcut cannot finish) go through
+``Image.open`` restricted to those two formats, whose size is checked again
+before decoding (Pillow reads the last frame header of a JPEG, the shortcut the
+first), and a broken one raises.
 
 ``worker_main`` is the body of a decode process: it maps the shards staged by
 the reader (files in /dev/shm or a temp folder), decodes batches of samples
@@ -32,6 +39,7 @@ from trainers.data.errors import DataError
 _JPEG_SOF_BASELINE = (0xC0, 0xC1)
 _JPEG_NO_LENGTH = {0x01, 0xD8, *range(0xD0, 0xD8)}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_FORMATS = ("PNG", "JPEG")  # what ingest writes; Image.open tries no other plugin
 
 
 def _jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
@@ -65,9 +73,16 @@ def _raw_rgb(img: Any, size: int) -> bytes:
     return raw if err >= 0 and len(raw) == size * size * 3 else b""
 
 
-def _decode_jpeg_fast(data: bytes, size: int) -> bytes | None:
-    head = _jpeg_header(data)
-    if head is None or head[0] not in _JPEG_SOF_BASELINE or head[1:] != (size, size, 3):
+def _png_header(data: bytes) -> tuple[int, int, int, int, int] | None:
+    """(width, height, bit depth, colour type, interlace) of the PNG's IHDR, or None."""
+    if len(data) < 29 or data[12:16] != b"IHDR":
+        return None
+    w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    return w, h, depth, colour, interlace
+
+
+def _decode_jpeg_fast(data: bytes, size: int, head: tuple[int, int, int, int]) -> bytes | None:
+    if head[0] not in _JPEG_SOF_BASELINE or head[3] != 3:
         return None
     img = Image.core.new("RGB", (size, size))
     decoder = Image._getdecoder("RGB", "jpeg", ("RGB", ""))
@@ -79,11 +94,8 @@ def _decode_jpeg_fast(data: bytes, size: int) -> bytes | None:
     return (_raw_rgb(img, size) or None) if n < 0 and err >= 0 else None
 
 
-def _decode_png_fast(data: bytes, size: int) -> bytes | None:
-    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
-        return None
-    w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
-    if (w, h, depth, colour, interlace) != (size, size, 8, 2, 0):
+def _decode_png_fast(data: bytes, size: int, head: tuple[int, int, int, int, int]) -> bytes | None:
+    if head[2:] != (8, 2, 0):
         return None
     idat, pos, n = [], 8, len(data)
     while pos + 8 <= n:
@@ -107,30 +119,57 @@ def _decode_png_fast(data: bytes, size: int) -> bytes | None:
     return (_raw_rgb(img, size) or None) if n < 0 and err >= 0 else None
 
 
+def _check_size(width: int, height: int, size: int) -> None:
+    if (width, height) != (size, size):
+        raise ValueError(f"image is {width}x{height}, the dataset's resolution is {size}")
+
+
+def _fast(data: bytes, size: int) -> bytes | None:
+    """The shortcut's packed RGB bytes, or None to go through Image.open. ValueError for a sample that is
+    not a PNG or JPEG, or whose header says another size."""
+    jpeg = data[:2] == b"\xff\xd8"
+    if not jpeg and data[:8] != _PNG_SIGNATURE:
+        raise ValueError(f"not a PNG or JPEG (the formats ingest writes): it starts with {bytes(data[:8])!r}")
+    head = _jpeg_header(data) if jpeg else _png_header(data)
+    if head is None:  # a header this parser does not follow: Image.open reads it, and checks the size
+        return None
+    width, height = (head[2], head[1]) if jpeg else (head[0], head[1])
+    _check_size(width, height, size)
+    try:
+        return _decode_jpeg_fast(data, size, head) if jpeg else _decode_png_fast(data, size, head)
+    except (OSError, ValueError, struct.error):
+        return None
+
+
+def _decode_with_pillow(data: bytes, size: int | None) -> np.ndarray:
+    try:
+        img = Image.open(io.BytesIO(data), formats=_FORMATS)  # reads the header only
+    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for bad bytes
+        raise ValueError(f"cannot decode image: {type(err).__name__}: {err}") from None
+    with img:
+        if size:
+            _check_size(*img.size, size)  # the size Pillow would decode (a JPEG's last frame header)
+        try:
+            return np.asarray(img.convert("RGB"))
+        except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for bad bytes
+            raise ValueError(f"cannot decode image: {type(err).__name__}: {err}") from None
+
+
 def decode_raw(data: bytes, size: int | None = None) -> bytes | np.ndarray:
     """The fast path's packed RGB bytes for a size×size image, else a uint8 H×W×3 array via Image.open.
 
-    Raises ValueError (naming the cause) for an image that cannot be decoded.
+    Only PNG and JPEG are decoded; with ``size``, one whose header says another size is refused
+    before decoding. Raises ValueError (naming the cause) for an image that cannot be decoded.
     """
-    if size:
-        try:
-            fast = _decode_jpeg_fast(data, size) if data[:2] == b"\xff\xd8" else _decode_png_fast(data, size)
-        except (OSError, ValueError, struct.error):
-            fast = None
-        if fast is not None:
-            return fast
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
-    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for bad bytes
-        raise ValueError(f"cannot decode image: {type(err).__name__}: {err}") from None
+    fast = _fast(data, size) if size else None
+    return fast if fast is not None else _decode_with_pillow(data, size)
 
 
 def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
-    """uint8 H×W×3 array of an encoded image (any format Pillow reads).
+    """uint8 H×W×3 array of an encoded PNG or JPEG.
 
-    With ``size`` the fast path is tried for size×size images; raises ValueError
-    (naming the cause) for an image that cannot be decoded.
+    With ``size`` the image must be size×size (checked from the header first) and the fast
+    path is tried; raises ValueError (naming the cause) for an image that cannot be decoded.
     """
     out = decode_raw(data, size)
     if isinstance(out, bytes):
@@ -174,32 +213,37 @@ class ShardViews:
 
 
 def decode_task(out: np.ndarray, views: ShardViews, paths: list[str], names: list[str], shard_of: list[int],
-                spans: np.ndarray, size: int) -> None:
+                spans: np.ndarray, size: int) -> list[tuple[int, str]]:
     """Decodes sample i (image bytes at offset spans[i, 0], size spans[i, 1] of staged shard
     paths[shard_of[i]]) into out[i].
 
-    Raises ValueError(i, reason) for the first sample that fails.
+    Returns (i, reason) for every sample that is corrupt (not a PNG or JPEG of size×size, or
+    undecodable): the caller skips those. Raises DataError when a staged shard is gone.
     """
     flat = out.reshape(len(out), -1)
+    corrupt = []
     for i, (s, (off, n)) in enumerate(zip(shard_of, spans[:, :2].tolist())):
+        block = views.get(paths[s], names[s])
         try:
-            block = views.get(paths[s], names[s])
             arr = decode_raw(block[off:off + n], size)
-            if isinstance(arr, bytes):
-                flat[i] = np.frombuffer(arr, np.uint8)
-            elif arr.shape == (size, size, 3):
-                out[i] = arr
-            else:
-                raise ValueError(f"image is {arr.shape[1]}x{arr.shape[0]}, the dataset's resolution is {size}")
-        except (ValueError, DataError) as err:
-            raise ValueError(i, str(err)) from None
+        except ValueError as err:
+            corrupt.append((i, str(err)))
+            continue
+        if isinstance(arr, bytes):
+            flat[i] = np.frombuffer(arr, np.uint8)
+        elif arr.shape == (size, size, 3):
+            out[i] = arr
+        else:
+            corrupt.append((i, f"image is {arr.shape[1]}x{arr.shape[0]}, the dataset's resolution is {size}"))
+    return corrupt
 
 
 def worker_main(conn: Any, shm_path: str, shm_bytes: int) -> None:
     """A decode process: attach the output block, then decode tasks until told to stop.
 
     A task is the pickle of (offset, size, paths, names, shard_of, spans); the
-    answer is the pickle of (None, None) or (index, reason).
+    answer is the pickle of (the corrupt samples' (index, reason) list, None) or
+    (None, the reason the task failed).
     """
     fd = os.open(shm_path, os.O_RDWR)
     try:
@@ -220,10 +264,9 @@ def worker_main(conn: Any, shm_path: str, shm_bytes: int) -> None:
         out = buf[offset:offset + len(spans) * size * size * 3].reshape(len(spans), size, size, 3)
         views.forget_unlinked()
         try:
-            decode_task(out, views, paths, names, shard_of, spans, size)
-            answer = (None, None)
-        except ValueError as err:
-            answer = err.args if len(err.args) == 2 else (0, str(err))
+            answer = (decode_task(out, views, paths, names, shard_of, spans, size), None)
+        except DataError as err:
+            answer = (None, str(err))
         del out
         try:
             conn.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))

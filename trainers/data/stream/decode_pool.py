@@ -13,7 +13,7 @@ import weakref
 import numpy as np
 
 from trainers import settings
-
+from trainers.data.errors import DataError
 from trainers.data.stream.decode import ShardViews, decode_task, worker_main
 
 
@@ -108,8 +108,9 @@ class DecodePool:
         return self.buf[start:start + count * res * res * 3].reshape(count, res, res, 3)
 
     def run(self, worker: int, slot: int, paths: list[str], names: list[str], shard_of: list[int],
-            spans: np.ndarray, res: int) -> None:
-        """Decodes a task into slot. Raises ValueError(index, reason) or OSError (worker lost)."""
+            spans: np.ndarray, res: int) -> list[tuple[int, str]]:
+        """Decodes a task into slot; (index, reason) of its corrupt samples. Raises DataError (a staged shard
+        is gone) or OSError (worker lost)."""
         if not self.procs:
             views = self._thread_views.setdefault(worker, ShardViews())
             views.forget_unlinked()
@@ -118,13 +119,14 @@ class DecodePool:
         try:
             conn.send_bytes(pickle.dumps((slot * self.slot_bytes, res, paths, names, shard_of, spans),
                                          protocol=pickle.HIGHEST_PROTOCOL))
-            err, reason = pickle.loads(conn.recv_bytes())
+            corrupt, failed = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError, pickle.UnpicklingError) as exc:
             p = self.procs[worker]
             p.join(timeout=1)
             raise OSError(f"decode process {p.name} stopped (exit code {p.exitcode}): {type(exc).__name__}") from None
-        if err is not None:
-            raise ValueError(err, reason)
+        if failed is not None:
+            raise DataError(failed)
+        return corrupt
 
     def close(self) -> None:
         self.buf = np.empty(0, np.uint8)

@@ -16,10 +16,14 @@ One rank's pipeline, from a global position on, endlessly across epochs:
 The number of slots bounds how far decoding runs ahead; a slot is taken before
 a task, so tasks hold slots in order and the oldest unfinished task always has
 one. Faults surface in order: a task that failed carries the error to the
-consumer, which raises it when it reaches that task.
+consumer, which raises it when it reaches that task. A corrupt sample (not a
+PNG or JPEG of the dataset's resolution, or undecodable: ``decode.py``) fails
+only itself: the consumer skips it, names it in a warning and counts it
+(``SkippedSamples``); it still counts as read in the stream's position.
 """
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import shutil
@@ -41,6 +45,7 @@ from trainers.data.stream.shards import ShardFetcher
 from trainers.data.stream.tarindex import index_tar
 
 _POLL_S = 0.1
+log = logging.getLogger("ganray.data.stream")
 
 
 _STAGING_PREFIX = "ganray-shards-"
@@ -219,6 +224,23 @@ class Staged:
     labels: list[tuple]  # (tags, caption) per sample
 
 
+class SkippedSamples:
+    """The corrupt samples a stream skipped: all counted, the first ``named`` of them (and then every
+    thousandth) named in a warning."""
+
+    def __init__(self, named: int = 20):
+        self.count, self.named = 0, named
+        self._lock = threading.Lock()
+
+    def add(self, shard: str, url: str, key: str, reason: str) -> None:
+        with self._lock:
+            self.count += 1
+            count = self.count
+        if count <= self.named or count % 1000 == 0:
+            log.warning("ganray: shard %s of %s: sample %s is skipped: %s (%d corrupt samples skipped so far)",
+                        shard, url, key, reason, count)
+
+
 @dataclass
 class Task:
     seq: int
@@ -230,6 +252,7 @@ class Task:
     shard_of: list[int] = field(default_factory=list)
     spans: np.ndarray | None = None
     error: str | None = None
+    corrupt: dict[int, str] = field(default_factory=dict)  # index in the task: why that sample is skipped
     slot: int = -1
     keys: list[str] = field(default_factory=list)
     labels: list[tuple] = field(default_factory=list)
@@ -240,8 +263,9 @@ class Pipeline:
 
     def __init__(self, order: EpochOrder, fetcher: ShardFetcher, pool: DecodePool, rank: int, world_size: int,
                  epoch: int, consumed: int, resolution: int, chunk: int, fetch_threads: int, readahead_bytes: int,
-                 window_bytes: int, index_cache: IndexCache | None = None):
+                 window_bytes: int, index_cache: IndexCache | None = None, skipped: SkippedSamples | None = None):
         self.order, self.fetcher, self.pool = order, fetcher, pool
+        self.skipped = skipped if skipped is not None else SkippedSamples()
         self.rank, self.world, self.res, self.chunk = rank, world_size, resolution, chunk
         self.readahead_bytes = readahead_bytes
         self.cursor = (epoch, consumed)  # the global state after the last sample handed out
@@ -266,24 +290,29 @@ class Pipeline:
 
     # -- consumer side ---------------------------------------------------
     def next_sample(self, epoch: int) -> dict[str, Any] | None:
-        """The next sample of epoch, or None once this rank's part of epoch is used up."""
-        if self._head is None or self._head_i >= len(self._head.keys):
-            self._release_head()
-            self._head, self._head_i = self._wait(self._next_seq), 0
-            self._next_seq += 1
-            if self._head.error is None:
-                self._head_images = self.pool.view(self._head.slot, len(self._head.keys), self.res)
-        task = self._head
-        if task.error:
-            raise DataError(task.error)
-        if task.epoch != epoch:
-            return None
-        i = self._head_i
-        self._head_i += 1
-        tags, caption = task.labels[i]
-        position = task.position + i * self.world  # this rank's position; the global state counts whole rounds
-        self.cursor = (task.epoch, position - self.rank + self.world)
-        return {"key": task.keys[i], "image": self._head_images[i].copy(), "tags": tags, "caption": caption}
+        """The next sample of epoch, or None once this rank's part of epoch is used up. A corrupt sample is
+        skipped (named and counted in ``skipped``); it moves the position like any other."""
+        while True:
+            if self._head is None or self._head_i >= len(self._head.keys):
+                self._release_head()
+                self._head, self._head_i = self._wait(self._next_seq), 0
+                self._next_seq += 1
+                if self._head.error is None:
+                    self._head_images = self.pool.view(self._head.slot, len(self._head.keys), self.res)
+            task = self._head
+            if task.error:
+                raise DataError(task.error)
+            if task.epoch != epoch:
+                return None
+            i = self._head_i
+            self._head_i += 1
+            position = task.position + i * self.world  # this rank's position; the global state counts whole rounds
+            self.cursor = (task.epoch, position - self.rank + self.world)
+            if i in task.corrupt:
+                self.skipped.add(task.names[task.shard_of[i]], self.fetcher.url, task.keys[i], task.corrupt[i])
+                continue
+            tags, caption = task.labels[i]
+            return {"key": task.keys[i], "image": self._head_images[i].copy(), "tags": tags, "caption": caption}
 
     def _release_head(self) -> None:
         self._head_images = None
@@ -415,12 +444,11 @@ class Pipeline:
                 return
             if task.error is None:
                 try:
-                    self.pool.run(worker, slot, task.paths, task.names, task.shard_of, task.spans, self.res)
+                    task.corrupt = dict(self.pool.run(worker, slot, task.paths, task.names, task.shard_of,
+                                                      task.spans, self.res))
                     task.slot = slot
-                except ValueError as err:
-                    i, reason = err.args if len(err.args) == 2 else (0, str(err))
-                    task.error = (reason if reason.startswith("shard ") else
-                                  f"shard {task.names[task.shard_of[i]]}: sample {task.keys[i]}: {reason}")
+                except DataError as err:
+                    task.error = str(err)
                 except OSError as err:
                     task.error = str(err)
                     self.pool.broken = str(err)

@@ -20,7 +20,8 @@ the consuming thread; ``state_dict()`` counts only samples handed out. An
 optional local cache (``cache_dir``, bounded by ``cache_mb``, LRU) keeps
 verified shards on disk and is shared by the ranks of a machine. Faults
 (``shards.py``): retries with backoff; a missing or corrupt shard is an error
-that names it.
+that names it; a corrupt sample (not a PNG or JPEG of the manifest's
+resolution) is skipped, named in a warning and counted (``skipped.count``).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import numpy as np
 from trainers.data.manifest import MANIFEST_NAME, Manifest
 from trainers.data.stream.order import EpochOrder
 from trainers.data.stream.decode_pool import DecodePool, default_decode_workers
-from trainers.data.stream.pipeline import IndexCache, Pipeline
+from trainers.data.stream.pipeline import IndexCache, Pipeline, SkippedSamples
 from trainers.data.errors import DataError
 from trainers.data.stream.shards import LocalCache, ShardFetcher
 from trainers.data.storage import open_filesystem
@@ -100,6 +101,7 @@ class ShardStream:
                                 else int(readahead_mb * (1 << 20)))
         self.epoch, self.consumed = 0, 0
         self._index_cache = IndexCache(index_cache_samples)
+        self.skipped = SkippedSamples()  # corrupt samples skipped so far (``skipped.count``), every epoch
         self._pool: DecodePool | None = None
         self._pipe: Pipeline | None = None
         self._generation = 0
@@ -117,7 +119,7 @@ class ShardStream:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continues from a state saved by any rank of any world size."""
-        if state.get("dataset_hash") not in (None, self.manifest.dataset_hash):
+        if state.get("dataset_hash") not in (None, "", self.manifest.dataset_hash):  # "": saved on a manifest without one
             raise DataError(f"stream state belongs to another dataset (hash {state['dataset_hash']}, "
                             f"{self.url} has {self.manifest.dataset_hash})")
         for name in ("seed", "shuffle", "window_bytes"):
@@ -156,7 +158,7 @@ class ShardStream:
                                         slot_bytes=self.chunk * self.manifest.resolution ** 2 * 3)
             self._pipe = Pipeline(self.order, self.fetcher, self._pool, self.rank, self.world_size, self.epoch,
                                   self.consumed, self.manifest.resolution, self.chunk, self.fetch_threads,
-                                  self.readahead_bytes, self.window_bytes, self._index_cache)
+                                  self.readahead_bytes, self.window_bytes, self._index_cache, self.skipped)
         return self._pipe
 
     def _close_pipeline(self) -> None:
@@ -176,6 +178,8 @@ class ShardStream:
                 self._close_pipeline()  # the next iter() starts afresh (and fetches again)
                 raise
             if sample is None:
+                if pipe.cursor[0] == epoch:  # corrupt samples skipped at the epoch's end were read too
+                    self.consumed = pipe.cursor[1]
                 return
             self.consumed = pipe.cursor[1]
             yield sample
@@ -215,7 +219,8 @@ def batches(stream: ShardStream, batch_size: int) -> Iterator[tuple[np.ndarray, 
                 yield np.stack([s["image"] for s in buf]), buf
                 buf = []
         if got == 0:
-            raise DataError(f"{stream.url} yields no samples for rank {stream.rank} of {stream.world_size}")
+            corrupt = f" ({stream.skipped.count} corrupt samples skipped)" if stream.skipped.count else ""
+            raise DataError(f"{stream.url} yields no samples for rank {stream.rank} of {stream.world_size}{corrupt}")
 
 
 def torch_batches(stream: ShardStream, batch_size: int, device: Any = None, channels_first: bool = True,

@@ -1,7 +1,9 @@
 """Fetching shards: retries with backoff, verification against the manifest, a bounded local cache.
 
 A shard is read whole (one GET) and checked against the manifest's size and
-sha256. Transient faults (5xx, SlowDown, resets,
+sha256; reading stops one byte past the manifest's size, and an object larger
+than that fails at once (``ShardTooLarge``), so a planted object costs no more
+memory than an honest one. Transient faults (5xx, SlowDown, resets,
 timeouts, a short or altered body) are retried with exponential backoff and
 jitter; a missing shard fails at once, and one that stays wrong fails with an
 error naming it.
@@ -16,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainers.cache_paths import CachePathError, under_root
 from trainers.data.errors import DataError
 from trainers.data.manifest import Manifest, ShardInfo
-from trainers.data.stream.signed_get import NotForSignedGet, SignedGetter, redact, usable
+from trainers.data.stream.signed_get import NotForSignedGet, ShardTooLarge, SignedGetter, redact, usable
 from trainers.data.storage import open_filesystem, storage_options_for
 
 
@@ -26,7 +29,9 @@ class LocalCache:
     """A folder of verified shards bounded in bytes, least recently used evicted first.
 
     Safe to share between processes on one machine (writes are atomic renames);
-    a file that does not match the manifest is dropped and fetched again.
+    a file that does not match the manifest is dropped and fetched again. Every
+    path is checked to lie inside the cache folder (``under_root``) before it is
+    read, written or deleted: CachePathError otherwise.
     """
 
     def __init__(self, root: str | Path, max_bytes: int):
@@ -35,7 +40,7 @@ class LocalCache:
         self._lock = threading.Lock()
 
     def _path(self, dataset_hash: str, info: ShardInfo) -> Path:
-        return self.root / dataset_hash[:32] / info.path
+        return under_root(self.root, dataset_hash[:32], info.path)
 
     def get(self, dataset_hash: str, info: ShardInfo) -> bytes | None:
         path = self._path(dataset_hash, info)
@@ -109,14 +114,18 @@ class ShardFetcher:
             return self._fs, self._root.rstrip("/")
 
     def _get(self, info: ShardInfo) -> bytes:
-        """One GET of the shard: signed and through urllib3 where that works, else through fsspec."""
+        """One GET of the shard, read no further than one byte past the manifest's size: signed and through
+        urllib3 where that works, else through fsspec (a ranged read). ShardTooLarge past that byte."""
         fs, root = self._filesystem()
         if self._signed is not None:
             try:
-                return self._signed.get(f"{root}/{info.path}")
+                return self._signed.get(f"{root}/{info.path}", limit=info.bytes)
             except NotForSignedGet:
                 self._signed = None  # a redirect or a refused signature: s3fs knows what to do
-        return fs.cat_file(f"{root}/{info.path}")
+        data = fs.cat_file(f"{root}/{info.path}", start=0, end=info.bytes + 1)
+        if len(data) > info.bytes:
+            raise ShardTooLarge(f"it has more than {info.bytes} bytes (reading stopped at byte {len(data)})")
+        return data
 
     def _download(self, info: ShardInfo) -> bytes:
         """The shard's bytes; transport faults retried up to `attempts` times, wrong content 3 times."""
@@ -133,6 +142,9 @@ class ShardFetcher:
                 raise DataError(f"{where} is missing") from None
             except PermissionError as err:
                 raise DataError(f"{where} cannot be read: access denied ({err})") from None
+            except ShardTooLarge as err:  # no transport adds bytes: not retried
+                raise DataError(f"{where} is larger than the manifest says: {err}, the manifest says "
+                                f"{info.bytes} bytes") from None
             except Exception as err:  # noqa: BLE001 - transport faults come in many types
                 last = redact(f"{type(err).__name__}: {err}")
                 continue
@@ -151,12 +163,15 @@ class ShardFetcher:
     def fetch(self, index: int) -> bytes:
         """The bytes of the shard at manifest position index, verified against the manifest."""
         info = self.manifest.shards[index]
-        data = self.cache.get(self.manifest.dataset_hash, info) if self.cache else None
-        if data is None:
-            data = self._download(info)
-            if self.cache:
-                try:
-                    self.cache.put(self.manifest.dataset_hash, info, data)
-                except OSError:
-                    pass  # a full or read-only cache disk costs speed, not correctness
+        try:
+            data = self.cache.get(self.manifest.dataset_hash, info) if self.cache else None
+            if data is None:
+                data = self._download(info)
+                if self.cache:
+                    try:
+                        self.cache.put(self.manifest.dataset_hash, info, data)
+                    except OSError:
+                        pass  # a full or read-only cache disk costs speed, not correctness
+        except CachePathError as err:
+            raise DataError(f"shard {info.path} of {self.url}: {err}") from None
         return data

@@ -8,6 +8,10 @@ not a plain 200 or 404 -- a redirect to another region, a signature the
 server refuses -- is handed back to the caller (``NotForSignedGet``), which
 then uses s3fs for that dataset, so behaviour never depends on this path.
 
+A body is read no further than one byte past the size the caller expects: an
+object that announces more (``Content-Length``) is refused before its body is
+read, and one that sends more without saying so is cut there (``ShardTooLarge``).
+
 Presigned URLs are credentials for as long as they live: none is ever put in an
 error message (``redact``) or kept after its request.
 """
@@ -32,6 +36,10 @@ class NotForSignedGet(Exception):
 
 class TransientGetError(Exception):
     """A fault worth retrying: a 5xx, a reset, a timeout, a short body."""
+
+
+class ShardTooLarge(Exception):
+    """An object larger than the manifest says; the message says how much larger, as far as it is known."""
 
 
 def redact(text: str) -> str:
@@ -79,9 +87,9 @@ class SignedGetter:
                 self._pid = os.getpid()
             return self._s3, self._http
 
-    def get(self, path: str) -> bytes:
-        """The bytes of bucket/key path. FileNotFoundError for a 404, TransientGetError for what a
-        retry may fix, NotForSignedGet for answers only s3fs handles."""
+    def get(self, path: str, limit: int) -> bytes:
+        """The bytes of bucket/key path, at most limit of them. FileNotFoundError for a 404, TransientGetError
+        for what a retry may fix, NotForSignedGet for answers only s3fs handles, ShardTooLarge past limit."""
         import urllib3
 
         try:
@@ -93,18 +101,36 @@ class SignedGetter:
             signed = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=900)
         except Exception as err:  # noqa: BLE001 - no credentials, a bad endpoint: let s3fs decide and report
             raise NotForSignedGet(f"cannot sign a GET: {type(err).__name__}") from None
+        resp = None
         try:
-            resp = http.request("GET", signed, preload_content=True, redirect=False)
+            resp = http.request("GET", signed, preload_content=False, redirect=False)
+            data = _read_at_most(resp, limit) if resp.status == 200 else resp.read(1 << 16)
         except urllib3.exceptions.HTTPError as err:
             raise TransientGetError(redact(f"{type(err).__name__}: {err}")) from None
+        finally:
+            if resp is not None:
+                # A body read to its end went back to the pool already (urllib3 does that); a connection
+                # with bytes left unread is closed, never reused.
+                resp.close()
         if resp.status == 200:
-            expected = resp.headers.get("Content-Length")
-            if expected is not None and int(expected) != len(resp.data):
-                raise TransientGetError(f"short body: {len(resp.data)} of {expected} bytes")
-            return resp.data
+            return data
         if resp.status == 404:
             raise FileNotFoundError(path)
         if resp.status >= 500:
-            code = re.search(rb"<Code>([^<]{1,64})</Code>", resp.data or b"")
+            code = re.search(rb"<Code>([^<]{1,64})</Code>", data or b"")
             raise TransientGetError(f"HTTP {resp.status}" + (f" {code.group(1).decode()}" if code else ""))
         raise NotForSignedGet(f"HTTP {resp.status}")
+
+
+def _read_at_most(resp: Any, limit: int) -> bytes:
+    """The body of a 200, refused unread when it announces more than limit bytes, cut one byte past limit."""
+    header = resp.headers.get("Content-Length")
+    expected = int(header) if header is not None and header.isdigit() else None
+    if expected is not None and expected > limit:
+        raise ShardTooLarge(f"the object has {expected} bytes (not read)")
+    data = resp.read() if expected is not None else resp.read(limit + 1)  # read(): Content-Length bytes, no more
+    if len(data) > limit:
+        raise ShardTooLarge(f"it has more than {limit} bytes (reading stopped at byte {len(data)})")
+    if expected is not None and expected != len(data):
+        raise TransientGetError(f"short body: {len(data)} of {expected} bytes")
+    return data
