@@ -1,15 +1,20 @@
 """A fake cloud metadata server on loopback (AWS IMDSv2 and GCE), for agent and chaos tests.
 
 Control endpoints (test-only): ``POST /__notice?in=SECONDS`` schedules a spot
-stop that many seconds ahead; ``POST /__mode?m=ok|error|hang|trickle|garbage``
-makes every metadata answer normal, a 500, a hang longer than any client
-timeout, a trickle (the whole answer, status line first, one byte every
-``&every=SECONDS``, default 0.2: no single read ever times out), or, for the
-notice endpoints, a 200 whose body is ``&body=TEXT`` (the token still works).
+stop that many seconds ahead (``&action=TEXT``: the notice's ``action``, default
+``terminate``); ``POST /__mode?m=ok|error|hang|trickle|garbage|raw`` makes every
+metadata answer normal, a 500, a hang longer than any client timeout, a trickle
+(the whole answer, status line first, one byte every ``&every=SECONDS``, default
+0.2: no single read ever times out), for the notice endpoints a 200 whose body is
+``&body=TEXT`` (the token still works), or (``raw``) ``&body=TEXT`` sent as the
+whole answer, status line included, instead of any HTTP. In-process tests set the
+same fields on the State that ``serve`` returns (``terminate_at`` may be any
+UNIX time up to 9999-12-31).
 Run as a process: ``python tests/fake_metadata.py PORT``.
 """
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -27,6 +32,7 @@ class State:
         self.requests = 0
         self.body = "garbage"  # the 200 answer in mode "garbage"
         self.trickle_s = 0.2  # seconds between bytes in mode "trickle"
+        self.action = "terminate"  # the notice's `action`
 
 
 def make_handler(state: State):
@@ -52,8 +58,15 @@ def make_handler(state: State):
                 pass
             self.close_connection = True
 
+        def _raw(self) -> None:
+            self.wfile.write(state.body.encode("utf-8", "surrogateescape"))
+            self.close_connection = True
+
         def _faulty(self) -> bool:
             state.requests += 1
+            if state.mode == "raw":
+                self._raw()
+                return True
             if state.mode == "trickle":
                 self._trickle()
                 return True
@@ -78,6 +91,7 @@ def make_handler(state: State):
             q = parse_qs(url.query)
             if url.path == "/__notice":
                 state.terminate_at = time.time() + float(q.get("in", ["120"])[0])
+                state.action = q.get("action", [state.action])[0]
                 return self._send(200, "ok")
             if url.path == "/__mode":
                 state.mode = q["m"][0]
@@ -97,7 +111,7 @@ def make_handler(state: State):
                 if state.terminate_at is None:
                     return self._send(404, "Not Found")
                 when = datetime.fromtimestamp(state.terminate_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-                return self._send(200, f'{{"action": "terminate", "time": "{when}"}}')
+                return self._send(200, json.dumps({"action": state.action, "time": when}))
             if self.path == "/computeMetadata/v1/instance/preempted":
                 if self.headers.get("Metadata-Flavor") != "Google":
                     return self._send(403)

@@ -138,7 +138,7 @@ def test_spot_notice_costs_no_step(cluster, chaos_data, ganray_home, tmp_path):
         agent.terminate()
         agent_log = agent.communicate(timeout=10)[0]
         server.shutdown()
-    assert "preemption notice (aws:terminate)" in agent_log and "node drained" in agent_log
+    assert "preemption notice 'aws:terminate'" in agent_log and "node drained" in agent_log
     assert summary["steps"] == steps and summary["state"] == "finished"
     computed = computed_steps(tmp_path / "samples")
     assert sorted(computed) == list(range(1, steps + 1))

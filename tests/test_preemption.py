@@ -36,6 +36,10 @@ def test_gcp_notice(metadata):
     assert not agent.step()
     state.terminate_at = time.time()
     assert agent.step() and 24 <= drains[0] - time.time() <= 25.5  # GCE gives 30 s
+    first = agent.watcher.poll()
+    time.sleep(0.1)
+    assert agent.watcher.poll() == first  # the notice runs from the first TRUE: polling on does not move it
+    assert agent.step() and len(drains) == 1
 
 
 def test_agent_survives_a_metadata_server_that_errors_or_hangs(metadata, caplog):

@@ -11,6 +11,11 @@ more step, the measured checkpoint time and a safety margin (which also covers
 Ray Train's controller picking up the report, every 2 s). After that checkpoint
 the workers take no optimiser step until the node goes, so no step is lost:
 returning cleanly instead would end the run as finished.
+
+A later drain of the node with an earlier deadline (the agent drains again when
+a later notice moves the deadline earlier, and Ray reports the latest drain's
+deadline) re-plans: before the just-in-time checkpoint it is due by the earlier
+deadline, after it the hold ends by it. A later deadline never moves it later.
 """
 from __future__ import annotations
 
@@ -63,12 +68,20 @@ class PreemptionGuard:
         self.check_seconds += time.perf_counter() - t0
         self.last_check = time.time()
         self.active = info is not None
-        if info is not None and self.notice is None:
-            deadline = getattr(info, "deadline_ms", None)
-            self.notice = Notice(time.time(), deadline / 1000 if deadline else None)
+        if info is not None:
+            self._take(info)
         if info is None and self.notice is not None and self.jit_step is None:
             self.notice = None  # the drain was cancelled before we acted on it
         return self.notice
+
+    def _take(self, info: Any) -> None:
+        """The notice of a get_preemption_info answer: the first one, or an earlier deadline than the one held."""
+        deadline_ms = getattr(info, "deadline_ms", None)
+        deadline = deadline_ms / 1000 if deadline_ms else None
+        if self.notice is None:
+            self.notice = Notice(time.time(), deadline)
+        elif deadline is not None and (self.notice.deadline is None or deadline < self.notice.deadline):
+            self.notice.deadline = deadline
 
     def record_checkpoint_time(self, seconds: float) -> None:
         self.checkpoint_seconds = max(seconds, self.checkpoint_seconds or 0.0)
