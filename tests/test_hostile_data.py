@@ -447,3 +447,17 @@ def test_a_server_that_sends_no_length_is_read_no_further_than_the_manifest_says
     finally:
         proxy.close()
     assert proxy.sent < EXTRA  # the client hung up: the proxy could not send it all
+
+
+def test_a_training_job_reports_the_corrupt_samples_it_skipped_and_trains_on(tmp_path, private_cache):
+    from reporters import DirectoryReporter
+    from specs import DCGAN, job_spec
+    from trainers.loop import GanLoop
+
+    samples = honest(7) + [("000007", "png", image_bytes("GIF"))] + honest(8, start=8)
+    write_local(tmp_path / "data", [("v-1/shard-000000.tar", shard_tar(samples), len(samples))])
+    spec = job_spec("t", str(tmp_path / "data"), model=DCGAN, checkpoint={"every_steps": 100},
+                    train={"steps": 3, "batch_size": 5, "report_every_s": 1e-6})
+    last = GanLoop(spec).run(DirectoryReporter(tmp_path / "out"))
+    # 15 good samples from 16 with one GIF: the whole epoch is read, so the GIF was met exactly once
+    assert last["step"] == 3 and last["samples_skipped"] == 1

@@ -457,6 +457,7 @@ class GanLoop:
             "epoch": self.stream.epoch, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
             "img_per_sec": ips, "sec_per_kimg": 1000 / ips if ips else 0.0,
             "data_wait_frac": window.data / secs, "world_size": self.world_size,
+            "samples_skipped": self.stream.skipped.count,  # this rank's corrupt samples so far (named in its log)
             "stopped": int(stopping), **extra, **window.means(),
         }
 
