@@ -7,6 +7,11 @@ so it works under any route prefix. The answering model's name and version come 
 
 The prompt box (``#prompt-box``) is in the page, hidden: it is shown only when ``model``
 says the model takes prompts (``conditioning: "text"``); the text issue wires it up.
+
+A private application (``ganray serve --private``) answers ``model`` and ``generate`` only with its
+bearer token: on a 401 or 403 the page shows the token box (``#token-box``), asks for the token once
+and keeps it in ``sessionStorage`` (this tab, this session; never in the URL or a cookie), and sends
+it as ``Authorization: Bearer`` with every request. The document itself holds no model data.
 '''
 
 PAGE = """<!doctype html>
@@ -34,11 +39,19 @@ PAGE = """<!doctype html>
   #grid { image-rendering: pixelated; max-width: 100%; min-width: 256px; background: #fff; border-radius: 4px; }
   #error { color: #b00020; white-space: pre-wrap; }
   #answered { font-size: 13px; color: #555; }
+  #token-box { flex: 1 1 100%; background: #fff3cd; border-radius: 8px; padding: 12px 16px; }
+  #token-box input { width: 320px; }
 </style>
 </head>
 <body>
 <header><h1>ganray generator</h1><div id="model-info">loading the model...</div></header>
 <main>
+<form id="token-box" onsubmit="return false" hidden>
+  <label for="token">This endpoint is private: its token</label>
+  <input id="token" type="password" autocomplete="off" placeholder="the content of the token file">
+  <button type="button" id="token-save">Use token</button>
+  <p id="token-error" role="alert"></p>
+</form>
 <form id="form" onsubmit="return false">
   <fieldset id="tags-box"><legend>Tags</legend><div id="tags"></div></fieldset>
   <!-- PROMPT BOX: hidden until GET model answers conditioning "text" (the text issue enables it). -->
@@ -62,12 +75,36 @@ PAGE = """<!doctype html>
 "use strict";
 const base = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
 const $ = (id) => document.getElementById(id);
+const tokenKey = "ganray-token:" + base;
 let model = null;
 
 function showError(text) { $("error").textContent = text || ""; }
 
+function authHeaders() {
+  const token = sessionStorage.getItem(tokenKey);
+  return token ? {"Authorization": "Bearer " + token} : {};
+}
+
+function askToken(status) {  // 401: no token yet; 403: the one kept was refused
+  if (status === 403) sessionStorage.removeItem(tokenKey);
+  $("token-error").textContent = status === 403 ? "that token was refused (403): give this endpoint's token" : "";
+  $("token-box").hidden = false;
+  $("generate").disabled = true;
+  $("token").focus();
+}
+
+function saveToken() {
+  const token = $("token").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(tokenKey, token);
+  $("token").value = "";
+  $("token-box").hidden = true;
+  loadModel().catch((err) => showError(String(err)));
+}
+
 async function loadModel() {
-  const r = await fetch(base + "model", {cache: "no-store"});
+  const r = await fetch(base + "model", {cache: "no-store", headers: authHeaders()});
+  if (r.status === 401 || r.status === 403) { askToken(r.status); return; }
   const body = await r.json();
   if (!r.ok) { showError(body.error || ("model: HTTP " + r.status)); setTimeout(loadModel, 2000); return; }
   model = body;
@@ -99,8 +136,9 @@ async function generate() {
   $("generate").disabled = true;
   showError("");
   try {
-    const r = await fetch(base + "generate", {method: "POST", headers: {"Content-Type": "application/json"},
-                                             body: JSON.stringify(request)});
+    const r = await fetch(base + "generate", {method: "POST", body: JSON.stringify(request),
+                                             headers: {"Content-Type": "application/json", ...authHeaders()}});
+    if (r.status === 401 || r.status === 403) { askToken(r.status); return; }
     if (!r.ok) { const body = await r.json().catch(() => ({})); showError(body.error || ("HTTP " + r.status)); return; }
     const blob = await r.blob();
     const old = $("grid").src;
@@ -113,11 +151,13 @@ async function generate() {
   } catch (err) {
     showError(String(err));
   } finally {
-    $("generate").disabled = false;
+    $("generate").disabled = !$("token-box").hidden;
   }
 }
 
 $("generate").addEventListener("click", generate);
+$("token-save").addEventListener("click", saveToken);
+$("token").addEventListener("keydown", (e) => { if (e.key === "Enter") saveToken(); });
 $("random-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); });
 loadModel().catch((err) => { showError(String(err)); setTimeout(loadModel, 2000); });
 </script>

@@ -1,10 +1,12 @@
 """What a client may ask of ``POST /generate``, checked before anything runs.
 
 Every way a body can be wrong is a :class:`BadRequest` whose message the client gets back
-(400, ``{"error": reason}``): a body over 64 KB, malformed JSON, an unknown field, a bad
-type, n out of range, an unknown tag (listed against the known ones), tags to an
-unconditional model, a prompt to a model without text conditioning, a truncation the
-model cannot take. A checked request becomes the generator's input rows (:func:`prepare`).
+(400, ``{"error": reason}``): a body over 64 KB, malformed JSON, text with a lone surrogate
+(``"\\ud800"``: valid JSON, but no Unicode text), an unknown field, a bad type, n out of range,
+an unknown tag (listed against the known ones), tags to an unconditional model, a prompt to a
+model without text conditioning, a truncation the model cannot take, more pixels than the
+endpoint's budget (n x height x width over ``max_request_pixels``). A checked request becomes
+the generator's input rows (:func:`prepare`).
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ def parse_body(body: bytes) -> GenerateRequest:
         raise BadRequest(f"malformed JSON: {_short(err)}") from None
     if not isinstance(raw, dict):
         raise BadRequest(f"the body must be a JSON object with fields {', '.join(FIELDS)}")
+    _no_lone_surrogate(raw)
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
         raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(FIELDS)}")
@@ -90,9 +93,11 @@ def parse_body(body: bytes) -> GenerateRequest:
     return GenerateRequest(seed, n, tags, prompt, float(truncation))
 
 
-def prepare(model: LoadedModel, req: GenerateRequest) -> Prepared:
-    """The request's input rows for model; BadRequest when the model cannot answer it."""
+def prepare(model: LoadedModel, req: GenerateRequest, max_pixels: int) -> Prepared:
+    """The request's input rows for model; BadRequest when the model cannot answer it, or when its images
+    (n x resolution^2 pixels) are over max_pixels. A prompt is encoded here: call it off the event loop."""
     where = f"model {model.name}"
+    check_pixels(req.n, model.meta.resolution, max_pixels)
     if req.prompt is not None:
         c = prompt_condition(model, req.prompt)
     else:
@@ -107,6 +112,36 @@ def prompt_condition(model: LoadedModel, prompt: str) -> torch.Tensor:
     encoder (``trainers.sampling.prompt_vector``: offline, at most 300 characters; a model without text
     conditioning, an empty or a too long prompt is a BadRequest)."""
     return _sampling(prompt_vector, model.meta, prompt, f"model {model.name}")
+
+
+def check_pixels(n: int, resolution: int, max_pixels: int) -> None:
+    """BadRequest naming the budget when n images of resolution x resolution are over max_pixels."""
+    pixels = n * resolution * resolution
+    if pixels > max_pixels:
+        most = max_pixels // (resolution * resolution)
+        advice = f"ask for at most {most} images" if most else "no request of this model fits it"
+        raise BadRequest(f"n={n} images of {resolution}x{resolution} are {pixels:,} pixels, over this endpoint's "
+                         f"budget of {max_pixels:,} pixels per request (max_request_pixels): {advice}")
+
+
+def _no_lone_surrogate(raw: dict[str, Any]) -> None:
+    """BadRequest naming where a string of the body holds a lone surrogate (JSON allows "\\ud800"; no
+    tokenizer, encoder or JSON answer takes it)."""
+    for key, value in raw.items():
+        for where, text in ((f"field name {key!r}", key), *_strings(key, value)):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise BadRequest(f"{where} holds a lone surrogate ({text[err.start]!r} at character {err.start}): "
+                                 "send Unicode text") from None
+
+
+def _strings(key: str, value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(f"field {key!r}", value)]
+    if isinstance(value, list):
+        return [(f"field {key!r}", item) for item in value if isinstance(item, str)]
+    return []
 
 
 def _integer(raw: dict[str, Any], key: str, default: int) -> int:

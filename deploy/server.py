@@ -1,16 +1,21 @@
 """The Ray Serve deployment: one replica serves one registered generator over HTTP.
 
 Routes (relative to the application's route prefix): ``GET /`` the page, ``GET /model``,
-``GET /healthz``, ``POST /reload``, ``POST /generate[?format=npz]``. Requests are batched on
-the replica (``serve.batch``): their input rows go through the generator together, in a
-thread, so the event loop keeps answering. Whatever a client sends gets an answer; a handler
-that fails unexpectedly answers 500 and the replica goes on.
+``GET /healthz``, ``POST /reload``, ``POST /generate[?format=npz]``. Every request passes the guard
+first (``deploy.guard``: the bearer token, the caller's origin, JSON bodies). Requests are batched on
+the replica (``serve.batch``): their input rows go through the generator together, in a thread, so
+the event loop keeps answering; a prompt is encoded in a thread too. The load bounds are
+``deploy.limits``'s: a replica holds at most ``generate_capacity()`` generate requests (one more is a
+503 with ``Retry-After``), a generate request not answered within ``request_timeout_s`` is a 503, and
+``/reload`` is spaced out (429) and takes no generate slot. Whatever a client sends gets an answer; a
+handler that fails unexpectedly answers 500 and the replica goes on.
 """
 # No `from __future__ import annotations` here: FastAPI reads the route handlers' annotations
 # (Request) at runtime, and Serve's ingress rebinds the handlers where strings cannot be resolved.
 import asyncio
+import json
 import logging
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -22,6 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deploy.batching import run_batch
 from deploy.encoding import MEDIA_TYPES, encode
 from deploy.follow import ModelFollower
+from deploy.guard import Guard, GuardMiddleware
+from deploy.limits import RETRY_AFTER_S, Busy, GenerateSlots, ReloadRate, TooSoon, retry_after
 from deploy.loader import RegistryError
 from deploy.page import PAGE
 from deploy.request import BadRequest, Prepared, check_body_size, parse_body, parse_format, prepare
@@ -29,29 +36,32 @@ from deploy.serve_config import ServeConfig
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="ganray generator", docs_url=None, redoc_url=None, openapi_url=None)
+api.add_middleware(GuardMiddleware)
 
 
-def error(status: int, reason: str) -> JSONResponse:
-    return JSONResponse({"error": reason}, status_code=status)
+def error(status: int, reason: str, headers: Optional[Dict[str, str]] = None) -> Response:
+    """{"error": reason} as JSON with every non-ASCII character escaped: any reason can be encoded."""
+    return Response(json.dumps({"error": reason}), status_code=status, media_type="application/json",
+                    headers=headers)
 
 
 @api.exception_handler(BadRequest)
-async def _bad_request(_: Request, err: BadRequest) -> JSONResponse:
+async def _bad_request(_: Request, err: BadRequest) -> Response:
     return error(400, str(err))
 
 
 @api.exception_handler(RequestValidationError)
-async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+async def _invalid(_: Request, err: RequestValidationError) -> Response:
     return error(400, f"invalid request: {err.errors()[:3]}"[:500])
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+async def _http(_: Request, err: StarletteHTTPException) -> Response:
     return error(err.status_code, str(err.detail))
 
 
 @api.exception_handler(Exception)
-async def _unexpected(_: Request, err: Exception) -> JSONResponse:
+async def _unexpected(_: Request, err: Exception) -> Response:
     log.exception("unexpected error in a request")
     return error(500, f"internal error ({type(err).__name__})")
 
@@ -73,7 +83,10 @@ async def read_body(request: Request) -> bytes:
 class GeneratorServer:
     async def __init__(self, args: Dict[str, Any]):
         self.config = ServeConfig.from_args(args)  # checked again on the replica: args may come from a manifest
+        api.state.guard = Guard.from_config(self.config)  # a token_file is read now; only its digest is kept
         self.follower = ModelFollower(self.config.model, self.config.device())
+        self.slots = GenerateSlots(self.config.generate_capacity())
+        self.reloads = ReloadRate(self.config.reload_min_interval_s)
         self._generate_batch.set_max_batch_size(self.config.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(self.config.batch_wait_s)
         self._poller = asyncio.create_task(self.follower.follow(self.config.poll_s))
@@ -83,36 +96,53 @@ class GeneratorServer:
         return HTMLResponse(PAGE)
 
     @api.get("/healthz")
-    async def healthz(self) -> JSONResponse:
-        model = self.follower.current
+    async def healthz(self, request: Request) -> JSONResponse:
+        """The status; the version and the last error only to whoever may see what is served."""
+        model, told = self.follower.current, not self.config.private or api.state.guard.authorized(request.headers)
         if model is None:
-            return JSONResponse({"status": "loading", "model": str(self.config.model),
-                                 "error": self.follower.last_error}, status_code=503)
-        return JSONResponse({"status": "ok", "version": model.version})
+            details = {"model": str(self.config.model), "error": self.follower.last_error} if told else {}
+            return JSONResponse({"status": "loading", **details}, status_code=503)
+        return JSONResponse({"status": "ok", **({"version": model.version} if told else {})})
 
     @api.get("/model")
-    async def model(self) -> JSONResponse:
+    async def model(self) -> Response:
         model = self.follower.current
         if model is None:
             return error(503, f"{self.config.model} is not loaded yet ({self.follower.last_error or 'loading'})")
         return JSONResponse(model.describe())
 
     @api.post("/reload")
-    async def reload(self) -> JSONResponse:
+    async def reload(self) -> Response:
         try:
-            model = await self.follower.refresh()
+            with self.reloads.turn():
+                model = await self.follower.refresh()
+        except TooSoon as err:
+            return error(429, str(err), retry_after(err.retry_after_s))
         except RegistryError as err:
             return error(503, str(err))
         return JSONResponse({"version": model.version})
 
     @api.post("/generate")
     async def generate(self, request: Request) -> Response:
+        try:
+            with self.slots.admit():
+                return await asyncio.wait_for(self._answer(request), self.config.request_timeout_s)
+        except Busy as err:
+            return error(503, str(err), retry_after(err.retry_after_s))
+        except TimeoutError:
+            return error(503, f"not answered within {self.config.request_timeout_s:g} s (request_timeout_s): the "
+                              "endpoint is busy, retry later", retry_after(RETRY_AFTER_S))
+
+    async def _answer(self, request: Request) -> Response:
         fmt = parse_format(request.query_params.get("format"))
         req = parse_body(await read_body(request))
         model = self.follower.current
         if model is None:
-            return error(503, f"{self.config.model} is not loaded yet")
-        prepared = prepare(model, req)
+            return error(503, f"{self.config.model} is not loaded yet", retry_after(RETRY_AFTER_S))
+        if req.prompt is None:
+            prepared = prepare(model, req, self.config.max_request_pixels)
+        else:  # the text encoder runs in a thread: the event loop keeps answering
+            prepared = await asyncio.to_thread(prepare, model, req, self.config.max_request_pixels)
         images, batch = await self._generate_batch(prepared)
         content = await asyncio.to_thread(encode, images, fmt)
         return Response(content, media_type=MEDIA_TYPES[fmt],

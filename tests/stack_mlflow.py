@@ -1,7 +1,8 @@
-"""The session stack's MLflow as tests use it: a client of it, and untrained generators registered in it.
+"""The session stack's MLflow as tests use it: a client of it, and untrained generators registered in it;
+and the bearer token `ganray serve` keeps for an application of that stack.
 
-Shared by the serving tests (tests/test_serve.py, tests/test_serve_page.py) and the CLI tests that read
-what a job recorded; the stack itself comes from the fixtures in tests/conftest.py.
+Shared by the serving tests (tests/test_serve.py, tests/test_serve_page.py, tests/test_hostile_serve.py) and
+the CLI tests that read what a job recorded; the stack itself comes from the fixtures in tests/conftest.py.
 """
 from __future__ import annotations
 
@@ -19,10 +20,17 @@ def mlflow_client(home: Path) -> MlflowClient:
     return MlflowClient(uri, registry_uri=uri)
 
 
+def serve_token(home: Path, name: str) -> str:
+    """The bearer token of application name, as `ganray serve` keeps it under home (never printed)."""
+    return (home / "serve" / f"{name}.token").read_text().strip()
+
+
 def register_untrained(client: MlflowClient, name: str, arch: str, vocabulary: list[str], seed: int,
-                       psi_export: bool = False) -> int:
+                       psi_export: bool = False, resolution: int = 16, channels: int = 8,
+                       channels_max: int = 32) -> int:
     """A freshly initialised generator registered as a version of name, the registry's way (pt2, ganray
-    metadata). psi_export: a StyleGAN2 exported with its psi column ([z | c | psi], metadata input z|c|psi)."""
+    metadata). psi_export: a StyleGAN2 exported with its psi column ([z | c | psi], metadata input z|c|psi).
+    resolution, channels and channels_max: a larger (slower) generator than the default 16x16 one."""
     import mlflow
 
     from orchestrator.registry.versions import register_generator
@@ -32,8 +40,9 @@ def register_untrained(client: MlflowClient, name: str, arch: str, vocabulary: l
 
     torch.manual_seed(seed)
     conditioning = "tags" if vocabulary else "none"
-    spec = ModelSpec(arch=arch, z_dim=16, channels=8, channels_max=32, mapping_layers=2, conditioning=conditioning)
-    g, _ = build_models(spec, 16, c_dim=len(vocabulary))
+    spec = ModelSpec(arch=arch, z_dim=16, channels=channels, channels_max=channels_max, mapping_layers=2,
+                     conditioning=conditioning)
+    g, _ = build_models(spec, resolution, c_dim=len(vocabulary))
     meta = GeneratorMetadata(g.config, list(vocabulary), conditioning, step=0)
     exp = client.get_experiment_by_name("serve-tests")
     run_id = client.create_run(exp.experiment_id if exp else client.create_experiment("serve-tests")).info.run_id

@@ -24,9 +24,11 @@ from PIL import Image
 from conftest import ganray
 from orchestrator.stack.processes import free_port
 from specs import COND_DCGAN, write_spec
-from stack_mlflow import mlflow_client, register_untrained
+from stack_mlflow import mlflow_client, register_untrained, serve_token
 
 VOCAB_TAGS = ["hat", "glasses"]
+JSON = {"Content-Type": "application/json"}
+SHA = "0" * 64  # a token's sha256, as the args carry it
 
 
 # -- no stack: the pieces -------------------------------------------------------------------------
@@ -132,9 +134,9 @@ def test_request_checks_turn_every_bad_body_into_a_reason():
     model = LoadedModel("m", 1, "champion", None, meta)
     for body, words in BAD_BODIES:
         with pytest.raises(BadRequest) as err:
-            prepare(model, parse_body(body))
+            prepare(model, parse_body(body), max_pixels=10 ** 6)
         assert words in str(err.value), (body[:60], str(err.value))
-    ok = prepare(model, parse_body(b'{"seed": 3, "n": 2, "tags": "Hat, glasses"}'))
+    ok = prepare(model, parse_body(b'{"seed": 3, "n": 2, "tags": "Hat, glasses"}'), max_pixels=10 ** 6)
     assert ok.rows.shape == (2, 6) and ok.rows[:, 4:].tolist() == [[1.0, 1.0]] * 2
 
 
@@ -143,15 +145,18 @@ def test_the_serve_config_round_trips_through_its_args_and_refuses_what_cannot_w
     from trainers.errors import UsageError
     from trainers.model_ref import ModelRef
 
-    config = ServeConfig(ModelRef("faces", alias="champion"), poll_s=2, max_batch_size=4, num_gpus=1)
+    config = ServeConfig(ModelRef("faces", alias="champion"), poll_s=2, max_batch_size=4, num_gpus=1,
+                         token_sha256=SHA)
     args = config.to_args()
     assert args == {"model": "faces@champion", "poll_s": 2.0, "max_batch_size": 4, "batch_wait_s": 0.01,
-                    "replicas": 1, "num_cpus": 1.0, "num_gpus": 1.0, "rows_per_pass": 64}
+                    "replicas": 1, "num_cpus": 1.0, "num_gpus": 1.0, "rows_per_pass": 64, "max_queued_requests": 32,
+                    "request_timeout_s": 60.0, "max_request_pixels": 64 * 256 * 256, "reload_min_interval_s": 2.0,
+                    "token_file": None, "token_sha256": SHA, "private": False, "allow_origins": []}
     assert ServeConfig.from_args(args) == config and type(args["poll_s"]) is float
     assert ServeConfig.from_args(json.loads(json.dumps(args))) == config  # what the dashboard hands back
-    pinned = ServeConfig.from_args({"model": "models:/faces/3"})
+    pinned = ServeConfig.from_args({"model": "models:/faces/3", "token_sha256": SHA})
     assert pinned.model == ModelRef("faces", version=3) and pinned.to_args()["model"] == "faces/3"
-    assert pinned == ServeConfig(ModelRef("faces", version=3))  # the defaults are the dataclass's
+    assert pinned == ServeConfig(ModelRef("faces", version=3), token_sha256=SHA)  # the defaults are the dataclass's
     for args, words in (({}, "model is required"), ({"model": "faces"}, "names no version: use NAME@ALIAS or "
                                                                         "NAME/VERSION"),
                         ({"model": "faces/0"}, "a model version is a whole number from 1"),
@@ -166,7 +171,7 @@ def test_the_serve_config_round_trips_through_its_args_and_refuses_what_cannot_w
                         ({"model": "f@c", "replicas": True}, "replicas must be an integer"),
                         ({"model": "f@c", "token": "x"}, "unknown argument(s) token"), ([], "must be a mapping")):
         with pytest.raises(ArgsError) as err:
-            ServeConfig.from_args(args)
+            ServeConfig.from_args({"token_sha256": SHA, **args} if isinstance(args, dict) and args else args)
         assert words in str(err.value) and isinstance(err.value, UsageError), (args, str(err.value))
     for model, words in ((ModelRef("faces"), "names no version"), ("faces@champion", "must be a ModelRef"),
                          (ModelRef("faces", version=3, alias="a"), "one version or one alias"),
@@ -180,10 +185,12 @@ def test_the_app_builder_checks_its_args():
     from deploy.app import build_app
     from deploy.serve_config import ArgsError
 
-    assert type(build_app({"model": "faces@champion"})).__name__ == "Application"
-    assert type(build_app({"model": "faces/3", "max_batch_size": 1, "poll_s": 2})).__name__ == "Application"
+    assert type(build_app({"model": "faces@champion", "token_sha256": SHA})).__name__ == "Application"
+    assert type(build_app({"model": "faces/3", "max_batch_size": 1, "poll_s": 2, "token_sha256": SHA})).__name__ == \
+        "Application"
     for args, words in (({}, "model is required"), ({"model": "faces"}, "NAME@ALIAS or NAME/VERSION"),
-                        ({"model": "f@c", "token": "x"}, "unknown argument(s) token")):
+                        ({"model": "f@c", "token": "x"}, "unknown argument(s) token"),
+                        ({"model": "f@c"}, "every application needs a token")):
         with pytest.raises(ArgsError, match=words.replace("(", r"\(").replace(")", r"\)")):
             build_app(args)
 
@@ -194,6 +201,17 @@ def post(url: str, body, fmt: str | None = None, timeout: float = 60) -> request
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     return requests.post(url + "generate" + (f"?format={fmt}" if fmt else ""), data=data, timeout=timeout,
                          headers={"Content-Type": "application/json"})
+
+
+def reload(url: str, home: Path, name: str) -> dict:
+    """POST /reload with the application's token, once more after Retry-After if it came too soon (429)."""
+    headers = {"Authorization": f"Bearer {serve_token(home, name)}"}
+    r = requests.post(url + "reload", headers=headers, timeout=120)
+    if r.status_code == 429:
+        time.sleep(float(r.headers["Retry-After"]))
+        r = requests.post(url + "reload", headers=headers, timeout=120)
+    assert r.status_code == 200, r.text[:300]
+    return r.json()
 
 
 def npz(response: requests.Response) -> np.ndarray:
@@ -276,9 +294,10 @@ def test_every_bad_request_is_a_400_with_its_reason_and_the_replica_goes_on(serv
     for body, words in BAD_BODIES:
         r = post(url, body)
         assert r.status_code == 400 and words in r.json()["error"], (body[:60], r.status_code, r.text[:300])
-    r = requests.post(url + "generate", data=b"x" * (200 * 1024), timeout=30)  # declared length over 64 KB
+    r = requests.post(url + "generate", data=b"x" * (200 * 1024), headers=JSON, timeout=30)  # declared over 64 KB
     assert r.status_code == 400 and r.json() == {"error": "request body over 64 KB"}
-    chunked = requests.post(url + "generate", data=iter([b"{" + b" " * 4096] * 20), timeout=30)  # streamed
+    chunked = requests.post(url + "generate", data=iter([b"{" + b" " * 4096] * 20), headers=JSON,
+                            timeout=30)  # streamed
     assert chunked.status_code == 400 and chunked.json() == {"error": "request body over 64 KB"}
     r = requests.post(url + "generate?format=gif", json={"tags": ["hat"]}, timeout=30)
     assert r.status_code == 400 and "format must be one of png, npz" in r.json()["error"]
@@ -334,9 +353,9 @@ def test_a_promotion_and_a_rollback_reach_the_endpoint_without_dropping_requests
         refused = ganray(ganray_home, "promote", "srv", "--version", str(v2), "--alias",
                          "champion", "--require", "tag_accuracy>=0.9", check=False)
         assert refused.returncode == 1 and "tag_acc" in refused.stderr  # no metric: the gate never passes
-        assert requests.post(url + "reload", timeout=120).json() == {"version": 1}
+        assert reload(url, ganray_home, "srv") == {"version": 1}
         ganray(ganray_home, "promote", "srv", "--version", str(v2), "--alias", "champion")
-        assert requests.post(url + "reload", timeout=120).json() == {"version": 2}
+        assert reload(url, ganray_home, "srv") == {"version": 2}
         assert requests.get(url + "model", timeout=10).json()["version"] == 2
         time.sleep(1.0)
     finally:
@@ -395,13 +414,15 @@ def test_the_deployed_config_carries_the_tracking_uri_and_no_secret(served, ganr
                            timeout=30).json()
     config = details["applications"]["srv"]["deployed_app_config"]
     assert config["import_path"] == "deploy.app:build_app" and config["route_prefix"] == "/srv"
-    from deploy.serve_config import ServeConfig
+    from deploy.serve_config import ServeConfig, token_digest
     from trainers.model_ref import parse_ref
 
-    assert config["args"] == ServeConfig(parse_ref("srv@champion"), poll_s=2.0).to_args()  # what the replicas read
+    bearer_token = serve_token(ganray_home, "srv")  # the endpoint's bearer token: only its sha256 is an arg
+    assert config["args"] == ServeConfig(parse_ref("srv@champion"), poll_s=2.0,
+                                         token_sha256=token_digest(bearer_token)).to_args()  # what the replicas read
     assert config["runtime_env"] == {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}
     blob = json.dumps(details) + served["proc"].stdout + served["proc"].stderr
-    assert token not in blob and secret not in blob
+    assert token not in blob and secret not in blob and bearer_token not in blob
 
 
 def test_serve_refuses_what_it_cannot_serve(served, ganray_home):

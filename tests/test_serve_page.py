@@ -2,8 +2,9 @@
 Selenium with the driver given explicitly: nothing is downloaded at run time).
 
 A cond-dcgan version is registered straight into the session stack's MLflow (no training: the page
-only needs images) and served with `ganray serve NAME@champion`. The screenshot is kept under
-test-artifacts/ at the repository root.
+only needs images) and served with `ganray serve NAME@champion`, then, as a second application, with
+`--private`: the page asks for the token once and keeps it for the session. The screenshots are kept
+under test-artifacts/ at the repository root.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import requests
 
 from conftest import ROOT, ganray
 from orchestrator.stack.processes import free_port
-from stack_mlflow import mlflow_client, register_untrained
+from stack_mlflow import mlflow_client, register_untrained, serve_token
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -103,3 +104,54 @@ def test_the_page_picks_tags_generates_and_shows_the_version(page_url, browser):
     browser.find_element(By.ID, "generate").click()
     wait.until(lambda d: d.find_element(By.ID, "error").text)
     assert "n must be between 1 and 64" in browser.find_element(By.ID, "error").text
+
+
+@pytest.fixture(scope="module")
+def private_url(page_url, ganray_home):
+    c = mlflow_client(ganray_home)
+    version = register_untrained(c, "page-private", "cond-dcgan", VOCABULARY, seed=6)
+    proc = ganray(ganray_home, "serve", f"page-private/{version}", "--private", timeout=400)
+    try:
+        yield proc.stdout.strip().splitlines()[-1], version, serve_token(ganray_home, "page-private")
+    finally:
+        ganray(ganray_home, "serve", "--stop", "page-private", check=False, timeout=180)
+
+
+def test_a_private_page_asks_the_token_once_and_keeps_it_for_the_session(private_url, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, version, token = private_url
+    assert requests.get(url + "model", timeout=30).status_code == 401  # what the page's first call gets
+    browser.get(url)
+    wait = WebDriverWait(browser, 60)
+    box = wait.until(ec.visibility_of_element_located((By.ID, "token-box")))
+    assert not browser.find_element(By.ID, "generate").is_enabled()
+    assert browser.find_elements(By.CSS_SELECTOR, "#tags input") == []  # no model data without the token
+    field = browser.find_element(By.ID, "token")
+    field.send_keys("z" * 43)  # a wrong token: refused, and not kept
+    browser.find_element(By.ID, "token-save").click()
+    wait.until(lambda d: "refused (403)" in d.find_element(By.ID, "token-error").text)
+    assert browser.execute_script("return sessionStorage.length") == 0
+    field.send_keys(token)
+    browser.find_element(By.ID, "token-save").click()
+    wait.until(ec.element_to_be_clickable((By.ID, "generate")))
+    assert not box.is_displayed() and f"page-private version {version}" in browser.find_element(By.ID,
+                                                                                                "model-info").text
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#tags input[type=checkbox]")
+    boxes[VOCABULARY.index("glasses")].click()
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda d: d.find_element(By.ID, "answered").get_attribute("data-version") == str(version))
+    # Reloaded, the tab keeps its token for the session: no second prompt; it never is in the URL.
+    browser.refresh()
+    wait.until(ec.element_to_be_clickable((By.ID, "generate")))
+    assert not browser.find_element(By.ID, "token-box").is_displayed() and token not in browser.current_url
+    assert browser.execute_script("return Object.values(sessionStorage)") == [token]
+    browser.find_elements(By.CSS_SELECTOR, "#tags input[type=checkbox]")[VOCABULARY.index("hat")].click()
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda d: d.find_element(By.ID, "answered").get_attribute("data-version") == str(version))
+    assert browser.find_element(By.ID, "error").text == ""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "serve_page_private.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000

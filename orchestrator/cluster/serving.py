@@ -11,25 +11,39 @@ per registered model, named after it, under ``/NAME/``.
 The replicas reach MLflow through ``MLFLOW_TRACKING_URI`` in the application's runtime_env
 (an endpoint, no secret; a URI with credentials in it is refused) and whatever credentials
 the cluster's nodes hold in their environment.
+
+Every application has a bearer token (``POST /reload`` needs it; with ``--private``, ``/generate`` and
+``/model`` too): ``--token-file``'s, or one generated once per model name under
+``$GANRAY_HOME/serve/NAME.token`` (0600 from its first byte, in a 0700 folder; reused by the next
+``ganray serve`` of that name, so its clients keep working). Only its sha256 goes into the args
+(:func:`serve_token`); the token is never printed, logged or sent to the dashboard. Serve's HTTP
+proxy binds loopback on the local stack and 0.0.0.0 elsewhere unless ``--host`` says otherwise;
+:func:`reach_notice` is the line a bind beyond loopback prints.
 """
 from __future__ import annotations
 
+import ipaddress
+import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
 from deploy.loader import named_version, registry_client
-from deploy.serve_config import ServeConfig
+from deploy.serve_config import ServeConfig, read_token
 from orchestrator.cluster.endpoints import is_local_stack
 from orchestrator.cluster.tokens import ray_headers, ray_token
+from orchestrator.stack.private_files import private_dir, tighten, write_secret
 from trainers.errors import GanrayError, UsageError
+from trainers.settings import ganray_home
 
 IMPORT_PATH = "deploy.app:build_app"
 DEFAULT_PORT = 8000  # Ray Serve's
 LOCAL_HOST = "127.0.0.1"
+PROXY_TIMEOUT_SLACK_S = 5.0  # Serve's proxy gives up this long after the replica's request_timeout_s
 
 
 class ServeError(GanrayError, RuntimeError):
@@ -40,6 +54,7 @@ class ServeError(GanrayError, RuntimeError):
 class ServeRequest:
     config: ServeConfig  # what the application serves and how: its args
     port: int | None = None  # Serve's HTTP port, when this starts Serve
+    host: str | None = None  # the address Serve's HTTP proxy binds, when this starts Serve
 
     @property
     def name(self) -> str:
@@ -81,22 +96,71 @@ def running(details: dict[str, Any]) -> bool:
     return bool(details.get("controller_info"))
 
 
-def http_options(details: dict[str, Any], port: int | None, local: bool) -> dict[str, Any]:
-    """Serve's HTTP options: those it runs with (a different --port is an error), or the ones to start it with."""
+def serve_token(name: str, token_file: str | None = None) -> tuple[Path, str]:
+    """(where the token is, the token) of application name: token_file's (tightened to 0600 if it was looser),
+    or the one kept under $GANRAY_HOME/serve, generated the first time. Never print the token: print the path."""
+    if token_file is not None:
+        path = Path(token_file).expanduser()
+        tighten(path)
+        return path, read_token(path)
+    path = private_dir(private_dir(ganray_home()) / "serve") / f"{name}.token"
+    tighten(path)
+    if not path.exists():
+        write_secret(path, secrets.token_urlsafe(32) + "\n")
+    return path, read_token(path)
+
+
+def current_options(details: dict[str, Any]) -> dict[str, Any]:
+    """The HTTP options Serve runs with, as deploy sends them back (so Serve sees nothing to change)."""
+    current = details.get("http_options") or {}
+    options = {"host": current.get("host", LOCAL_HOST), "port": int(current.get("port", DEFAULT_PORT))}
+    if current.get("request_timeout_s") is not None:
+        options["request_timeout_s"] = current["request_timeout_s"]
+    return options
+
+
+def http_options(details: dict[str, Any], req: ServeRequest, local: bool) -> dict[str, Any]:
+    """Serve's HTTP options: those it runs with (a different --port or --host is an error), or the ones to start
+    it with (loopback on the local stack, 0.0.0.0 elsewhere, unless req.host)."""
     if running(details):
-        current = details.get("http_options") or {}
-        have = int(current.get("port", DEFAULT_PORT))
-        if port is not None and port != have:
+        current = current_options(details)
+        have, bound = current["port"], current["host"]
+        if req.port is not None and req.port != have:
             raise UsageError(f"Ray Serve already runs on this cluster with HTTP port {have}: serve there "
                              f"(--port {have}, or no --port), or stop its applications first to choose another")
-        return {"host": current.get("host", LOCAL_HOST), "port": have}
-    want = port or DEFAULT_PORT
+        if req.host is not None and req.host != bound:
+            raise UsageError(f"Ray Serve already runs on this cluster bound to {bound}: serve there (--host {bound}, "
+                             "or no --host), or stop its applications first to bind another address")
+        proxy_s = current.get("request_timeout_s")
+        if proxy_s is not None and req.config.request_timeout_s + PROXY_TIMEOUT_SLACK_S > proxy_s:
+            raise UsageError(f"Ray Serve's proxy on this cluster gives up on a request after {proxy_s:g} s: give "
+                             f"--request-timeout-s {max(proxy_s - PROXY_TIMEOUT_SLACK_S, 0.5):g} or less, or stop its "
+                             "applications first to start it with a longer one")
+        return current
+    want = req.port or DEFAULT_PORT
     if local:
         from orchestrator.stack.processes import port_free
 
         if not port_free(want):
             raise UsageError(f"port {want} is taken on this machine: choose another with --port")
-    return {"host": LOCAL_HOST if local else "0.0.0.0", "port": want}
+    return {"host": req.host or (LOCAL_HOST if local else "0.0.0.0"), "port": want,
+            "request_timeout_s": req.config.request_timeout_s + PROXY_TIMEOUT_SLACK_S}
+
+
+def reach_notice(options: dict[str, Any], private: bool) -> str | None:
+    """The line ganray serve prints when Serve's proxy listens beyond loopback (None on loopback)."""
+    host = options.get("host") or LOCAL_HOST
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    needs = ("POST /reload, POST /generate and GET /model need the token" if private else
+             "POST /reload needs the token; /generate, /model and the page answer anyone (--private asks the "
+             "token for them too)")
+    return (f"the endpoint listens on {host}:{options.get('port')}: it is reachable from the network, by anyone "
+            f"who can reach that port; {needs}")
 
 
 def other_apps(details: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -143,12 +207,14 @@ def wait_running(api: ServeApi, name: str, timeout: float, not_deployed_at: floa
     raise ServeError(f"application {name} not running after {timeout:.0f}s (status {status}) {_last_lines(message)}")
 
 
-def wait_healthy(url: str, timeout: float) -> dict[str, Any]:
-    """Until GET healthz answers 200 (the model is loaded); ServeError with the replica's last error otherwise."""
+def wait_healthy(url: str, timeout: float, token: str | None = None) -> dict[str, Any]:
+    """Until GET healthz answers 200 (the model is loaded); ServeError with the replica's last error otherwise
+    (a private application tells it to the token only)."""
     deadline, last = time.time() + timeout, "no answer"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     while time.time() < deadline:
         try:
-            r = requests.get(url + "healthz", timeout=10)
+            r = requests.get(url + "healthz", headers=headers, timeout=10)
             if r.status_code == 200:
                 return r.json()
             last = (r.json() or {}).get("error") or f"HTTP {r.status_code}" if r.headers.get(
@@ -168,25 +234,27 @@ def _last_lines(text: str, n: int = 6) -> str:
     return "\n".join(text.strip().splitlines()[-n:])[-1500:]
 
 
-def serve(req: ServeRequest, endpoints, timeout: float = 300.0) -> tuple[str, int]:
-    """Deploys req's application, waits until its replicas have loaded the model; (URL, version). A model
-    the registry does not have is a RegistryError (``deploy.loader``'s) before anything is deployed."""
+def serve(req: ServeRequest, endpoints, timeout: float = 300.0, token: str | None = None
+          ) -> tuple[str, int, dict[str, Any]]:
+    """Deploys req's application, waits until its replicas have loaded the model; (URL, version, Serve's HTTP
+    options). A model the registry does not have is a RegistryError (``deploy.loader``'s) before anything is
+    deployed. token (never sent to Serve): to read a private application's health."""
     uri = endpoints.replica_tracking_uri()
     version = int(named_version(registry_client(uri), req.config.model).version)
     dashboard = endpoints.dashboard_url()
     api = ServeApi(dashboard)
     details = api.details()
-    options = http_options(details, req.port, is_local_stack(dashboard))
+    options = http_options(details, req, is_local_stack(dashboard))
     before = ((details.get("applications") or {}).get(req.name) or {}).get("last_deployed_time_s")
     api.deploy({"http_options": options, "applications": other_apps(details, req.name) + [app_config(req, uri)]})
     url = app_url(options, dashboard, req.name)
     try:
         wait_running(api, req.name, timeout, not_deployed_at=before)
-        wait_healthy(url, timeout)
+        wait_healthy(url, timeout, token)
     except ServeError:
         remove(api, req.name)  # nothing half-deployed stays behind
         raise
-    return url, version
+    return url, version, options
 
 
 def stop(name: str, endpoints, timeout: float = 120.0) -> None:
@@ -208,8 +276,6 @@ def remove(api: ServeApi, name: str, details: dict[str, Any] | None = None) -> N
     details = details if details is not None else api.details()
     rest = other_apps(details, name)
     if rest:
-        current = details.get("http_options") or {}
-        api.deploy({"http_options": {"host": current.get("host", LOCAL_HOST), "port": current.get("port")},
-                    "applications": rest})
+        api.deploy({"http_options": current_options(details), "applications": rest})
     elif running(details):
         api.shutdown()
