@@ -141,6 +141,9 @@ def main() -> None:
         from mlflow.tracking import MlflowClient
 
         uri = json.loads((home / "profile.json").read_text())["mlflow_uri"]
+        creds = json.loads((home / "credentials.json").read_text())  # MLflow runs with authentication
+        os.environ.update(MLFLOW_TRACKING_USERNAME=creds["mlflow_username"],
+                          MLFLOW_TRACKING_PASSWORD=creds["mlflow_password"])
         metrics = MlflowClient(uri).get_run(summary["run_id"]).data.metrics
         result = {
             "bench": "quality_digits",

@@ -156,6 +156,9 @@ def main() -> None:
     runs: list[dict] = []
     try:
         stack.up(s3=True)
+        creds = stack.credentials()  # MLflow runs with authentication: this process reads runs with its login
+        os.environ.update(MLFLOW_TRACKING_USERNAME=creds["mlflow_username"],
+                          MLFLOW_TRACKING_PASSWORD=creds["mlflow_password"])
         env = {**os.environ, "GANRAY_HOME": str(home)}
         write_synthetic_dataset(home / "faces", 240, 16, seed=3)
         sh(["data", "ingest", str(home / "faces"), "s3://ganray/data/recovery"], env)

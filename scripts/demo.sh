@@ -3,6 +3,7 @@
 # 2-worker tag-conditional DCGAN trained by Ray Train and logged to MLflow; its generator
 # registered, promoted to `champion` through a metric gate, drawn one row per tag set, and
 # served with its page. The stack (and the served model) keep running until `ganray local down`.
+# MLflow runs with authentication (the default of `ganray local up`); every ganray command uses its login.
 set -euo pipefail
 OUT=${GANRAY_DEMO_DIR:-ganray-demo}
 MODEL=demo-faces
@@ -20,11 +21,13 @@ python scripts/demo_grid.py "models:/$MODEL@champion" "$OUT" --n 8 \
   --row "red hair, dark background"
 URL=$(ganray serve "$MODEL@champion" | tail -n 1)
 MLFLOW=$(python -c 'from trainers.settings import read_profile; print(read_profile()["mlflow_uri"])')
+LOGIN=$(python -c 'from trainers.settings import ganray_home, read_profile; print("user ganray, its password is mlflow_password in %s" % (ganray_home() / "credentials.json") if read_profile().get("mlflow_auth") else "none: MLflow runs without authentication")')
 cat "$OUT/summary.json"
 echo
 echo "demo finished in $(( $(date +%s) - start )) s"
 echo "  page (pick tags, press Generate): $URL"
 echo "  MLflow UI:      $MLFLOW  (experiment 'ganray', model $MODEL, alias champion = version $VERSION)"
+echo "  MLflow login:   $LOGIN"
 echo "  sample grid:    $OUT/grid.png  (one row per tag set; the tags in $OUT/grid.txt)"
 echo "  summary:        $OUT/summary.json"
 echo "  stop serving:   $(dirname "$(command -v ganray)")/ganray serve --stop $MODEL"

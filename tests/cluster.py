@@ -3,7 +3,10 @@
 Every node is its own ``ray start --block`` process in its own process group, so a
 test can make one vanish (SIGKILL the group) exactly as a reclaimed spot VM does.
 Token auth stays on; every port is explicit; the temp dir is short and private.
-Nothing here uses ``ray stop`` (it would stop every cluster on the machine).
+Nothing here uses ``ray stop`` (it would stop every cluster on the machine). Each node carries a
+marker of its own in its environment (inherited by its raylet and workers), and the processes that
+leave its group (Ray's workers) are found from its descendants and Ray's records, never from
+command lines (``orchestrator/stack/processes.py``).
 """
 from __future__ import annotations
 
@@ -17,9 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.stack.processes import free_port, kill_strays
+from orchestrator.stack.processes import Owner, descendants, free_port, ray_recorded_pids, stop_strays
 
 BIN = Path(sys.executable).parent
+NODE_MARKER = "ganray_test_node"  # in each node's environment: what its processes inherit
 
 # Tuned so a dead node is noticed in ~3 s and a drain in ~1 s (defaults: ~15 s and 5 s).
 FAST_DETECTION = {
@@ -36,6 +40,7 @@ class Node:
     name: str
     proc: subprocess.Popen
     log: Path
+    owner: Owner
     node_id: str | None = None
 
     def alive(self) -> bool:
@@ -69,9 +74,10 @@ class LocalCluster:
                  "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--runtime-env-agent-port"]
         port_args = [a for p in ports for a in (p, str(free_port()))]
         cmd = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *args, *port_args]
+        marker, started = f"{secrets.token_hex(8)}-{name}", time.time()
         proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=self.env, start_new_session=True, cwd=self.root)
-        node = Node(name, proc, log)
+                                env={**self.env, NODE_MARKER: marker}, start_new_session=True, cwd=self.root)
+        node = Node(name, proc, log, Owner(f"{NODE_MARKER}={marker}", started))
         self.nodes[name] = node
         return node
 
@@ -115,17 +121,24 @@ class LocalCluster:
             time.sleep(1)
         raise TimeoutError(f"node {name} never appeared in ray.nodes()")
 
+    def _strays(self, node: Node) -> set[int]:
+        """The node's processes that may have left its group: its descendants, and what Ray recorded."""
+        return descendants({node.proc.pid}) | ray_recorded_pids(self.temp_dir)
+
     def kill_node(self, name: str) -> None:
-        """The node vanishes: SIGKILL to its whole process group, as when a VM is reclaimed."""
+        """The node vanishes: SIGKILL to its whole process group and to its workers (each in a group of
+        its own), as when a VM is reclaimed."""
         node = self.nodes[name]
+        strays = self._strays(node)  # before its group goes: whom it started
         try:
             os.killpg(node.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         node.proc.wait(timeout=30)
-        kill_strays(f"gr_{name}")
+        stop_strays(strays, node.owner)
 
     def stop(self) -> None:
+        strays = {name: self._strays(node) for name, node in self.nodes.items()}
         for name in list(self.nodes)[::-1]:
             node = self.nodes[name]
             try:
@@ -136,6 +149,7 @@ class LocalCluster:
                 node.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 pass
-        kill_strays(self.temp_dir)
+        for name, pids in strays.items():
+            stop_strays(pids, self.nodes[name].owner)
         subprocess.run(["rm", "-rf", self.temp_dir], check=False)
 

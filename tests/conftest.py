@@ -1,8 +1,10 @@
 """Shared fixtures: a private GANRAY_HOME and one real embedded stack per test session, the session's
 small dataset, a private cache per test, and a check that the session wrote nothing into the repository.
 
-The stack is real: a local Ray head (token auth on), an MLflow server on SQLite
-and moto's S3 server on loopback, started and stopped here by PID.
+The stack is real: a local Ray head (token auth on), an MLflow server on SQLite with authentication
+(as a default `ganray local up` starts it) and moto's S3 server on loopback, started and stopped here by
+PID. This process holds the stack's MLflow login in its environment, as a user's shell would; the CLI
+processes that ``ganray()`` starts take it from the stack themselves.
 
 Test modules import this module as ``conftest`` and the helper modules beside it by their own names
 (``reporters``, ``specs``, ``stack_mlflow``, ``cluster``, ...): pytest puts tests/ on sys.path, and
@@ -61,17 +63,32 @@ def ganray_home():
     shutil.rmtree(home, ignore_errors=True)
 
 
+LOGIN_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
 @pytest.fixture(scope="session")
 def stack(ganray_home):
-    """The embedded stack with its S3 server, up for the whole session."""
+    """The embedded stack with its S3 server, up for the whole session, MLflow with authentication (the
+    default); its login in this process's environment, so that a test's own MlflowClient(tracking_uri) works."""
     from orchestrator.stack.local_stack import LocalStack
 
     s = LocalStack(ganray_home)
     try:
-        s.up(s3=True)
+        profile = s.up(s3=True)
+        assert profile["mlflow_auth"], "the session's stack runs MLflow without authentication"
+        creds = s.credentials()
+        os.environ.update(zip(LOGIN_VARS, (creds["mlflow_username"], creds["mlflow_password"])))
         yield s
     finally:  # a start that failed halfway leaves services to stop too
+        for name in LOGIN_VARS:
+            os.environ.pop(name, None)
         s.down()
+
+
+def mlflow_login() -> dict[str, str]:
+    """The session stack's MLflow login as environment variables ({} before the stack is up): what a
+    process that reaches the tracking server from "another machine" needs as well as the URI."""
+    return {k: os.environ[k] for k in LOGIN_VARS if k in os.environ}
 
 
 def cli_env(home: Path) -> dict[str, str]:
@@ -159,11 +176,12 @@ def repository_left_clean():
 
 
 def ganray_elsewhere(tracking_uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """The CLI on "another machine": a fresh, empty GANRAY_HOME that shares only the tracking URI."""
+    """The CLI on "another machine": a fresh, empty GANRAY_HOME that shares only the tracking URI (and the
+    user's MLflow login)."""
     home = Path(tempfile.mkdtemp(prefix="gre-", dir="/tmp"))
     try:
         env = {k: v for k, v in cli_env(home).items() if not k.startswith(("AWS_", "RAY_", "GANRAY_"))}
-        env.update(GANRAY_HOME=str(home), MLFLOW_TRACKING_URI=tracking_uri)
+        env.update(GANRAY_HOME=str(home), MLFLOW_TRACKING_URI=tracking_uri, **mlflow_login())
         proc = subprocess.run([str(Path(sys.executable).parent / "ganray"), *args], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120)
     finally:

@@ -1,7 +1,7 @@
-"""`ganray local up --s3 --auth`: MLflow behind its basic-auth app, on a stack of this module's own. A job
-runs and registers with the stack's login, a wrong password is refused clearly, and no secret of the stack
-(S3 keys, Ray token, MLflow login, presigned signatures) is in any file the stack and the job wrote, in
-the run's params and tags, the registered model or any process's command line."""
+"""`ganray local up --s3` (authentication is the default): MLflow behind its basic-auth app, on a stack of
+this module's own. A job runs and registers with the stack's login, a wrong password is refused clearly,
+and no secret of the stack (S3 keys, Ray token, MLflow login, presigned signatures) is in any file the
+stack and the job wrote, in the run's params and tags, the registered model or any process's command line."""
 from __future__ import annotations
 
 import json
@@ -60,7 +60,7 @@ def cmdline_hits(needles: list[str]) -> list[str]:
 def auth_home():
     home = Path(tempfile.mkdtemp(prefix="gau-", dir="/tmp"))
     try:
-        up = cli(home, "local", "up", "--s3", "--auth", timeout=900)
+        up = cli(home, "local", "up", "--s3", timeout=900)  # no flag: MLflow with authentication
         yield home, up
     finally:
         cli(home, "local", "down", check=False)

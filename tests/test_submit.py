@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, cli_env, ganray
+from conftest import ROOT, cli_env, ganray, mlflow_login
 from specs import DCGAN, write_spec
 
 pytestmark = pytest.mark.ray
 
-SECRET, PASSWORD = "sentinel-secret-3f9a1c77e2", "sentinel-password-8b20d4e1"
+SECRET = "sentinel-secret-3f9a1c77e2"
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,13 @@ def elsewhere(*args: str, env: dict, timeout: float = 300) -> subprocess.Complet
 
 def via_dashboard(cluster) -> dict:
     return {"RAY_ADDRESS": cluster["dashboard_url"], "RAY_AUTH_TOKEN": cluster["token"],
-            "MLFLOW_TRACKING_URI": cluster["mlflow_uri"]}
+            "MLFLOW_TRACKING_URI": cluster["mlflow_uri"], **mlflow_login()}
 
 
 def via_gcs(cluster) -> dict:
     """What a driver on another host has: the cluster's GCS address, the token, the tracking server."""
     return {"RAY_ADDRESS": cluster["ray_address"], "RAY_AUTH_TOKEN": cluster["token"],
-            "MLFLOW_TRACKING_URI": cluster["mlflow_uri"]}
+            "MLFLOW_TRACKING_URI": cluster["mlflow_uri"], **mlflow_login()}
 
 
 def submissions(cluster, name: str) -> list:
@@ -130,7 +130,8 @@ def test_submit_logs_status_resubmit_and_a_refused_change(cluster, ganray_home, 
     spec = write_spec(tmp_path / "a.yaml", "sub-a", cluster["url"], model=DCGAN, train={"steps": 24, "batch_size": 16},
                       scaling={"workers": 2}, checkpoint={"every_steps": 8, "keep": 2})
     sid = f"sub-a-{digest(spec)}"
-    env = {"AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": PASSWORD, "GANRAY_DATA_CACHE_MB": "64",
+    password = mlflow_login()["MLFLOW_TRACKING_PASSWORD"]  # the submitter's own login, which must not travel
+    env = {"AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": password, "GANRAY_DATA_CACHE_MB": "64",
            "GANRAY_STORAGE_ROOT": "s3://ganray/elsewhere"}
     first = submit(ganray_home, spec, "--working-dir", str(ROOT), env=env)
     assert last_line(first) == sid
@@ -146,7 +147,7 @@ def test_submit_logs_status_resubmit_and_a_refused_change(cluster, ganray_home, 
     assert info.runtime_env["env_vars"] == {"GANRAY_DATA_CACHE_MB": "64"}
     shipped = json.dumps(info.runtime_env) + info.entrypoint + json.dumps(info.metadata) + follow.stdout
     stack_secret = json.loads((ganray_home / "credentials.json").read_text())["secret_key"]
-    assert all(s not in shipped for s in (SECRET, PASSWORD, stack_secret, cluster["token"]))
+    assert all(s not in shipped for s in (SECRET, password, stack_secret, cluster["token"]))
     assert info.entrypoint.endswith("ganray run ganray-submitted-job.yaml")
     assert info.runtime_env["working_dir"].startswith("gcs://_ray_pkg_")  # the spec and the working tree
     # The same spec again: its id, nothing submitted. A changed spec: refused, nothing submitted.

@@ -3,18 +3,34 @@
 All state lives under ``$GANRAY_HOME`` (0700, as are its ``mlflow/``, ``storage/``, ``logs/``
 and ``ray/``; ``orchestrator/stack/private_files.py`` keeps them private):
 
-- ``stack.json``: the services we started (PID, port, log file); only ours are stopped.
+- ``stack.json``: the services we started (PID, start time, port, log file, marker); only ours are
+  stopped (see "Stopping" below).
 - ``profile.json``: endpoints the other commands use (no secrets).
-- ``credentials.json`` (0600): the local S3 server's keys and, with ``--auth``, MLflow's admin
+- ``credentials.json`` (0600): the local S3 server's keys and, with authentication, MLflow's admin
   login; ``ray/auth_token`` (0600).
 - ``mlflow/``: the tracking database and artifacts, so registered models survive restarts;
-  with ``--auth`` also the auth app's configuration and user store.
+  with authentication also the auth app's configuration and user store.
 - ``storage/``: the default object storage, a folder reached through fsspec.
+
+MLflow runs its basic-auth app unless asked not to (``auth=False``): a new home, or a stopped one,
+starts with it, and once on it stays on; a home whose MLflow already runs without it keeps running
+so until ``down`` (:meth:`LocalStack.up`).
 
 With ``s3=True`` a moto S3 server on loopback is started as well and the defaults point at
 it; it keeps objects in memory only while it runs, and logs no query strings
-(``orchestrator/stack/s3_server.py``). Ports are picked free and then used; a service that finds
-its port taken in between is started again on fresh ports (up to :data:`PORT_ATTEMPTS`).
+(``orchestrator/stack/s3_server.py``). It checks no signatures: every local user can read, write
+and delete its objects (moto's IAM mode refuses presigned GETs, and its ``/moto-api/`` turns it off
+for anyone), which ``local up`` and the README say. Ports are picked free and then used; a service
+that finds its port taken in between is started again on fresh ports (up to :data:`PORT_ATTEMPTS`).
+
+Stopping: every service leads its own process group and carries a random marker
+(``ganray_stack_run=...``, :data:`MARKER_VARIABLE`) in its environment, which its children inherit.
+A service is signalled only while its PID is still that process (our user, started when we
+started it, the marker in its environment: ``processes.owned``); a stale record whose PID now
+belongs to someone else is left alone. Ray's workers and job drivers leave the Ray group: ``down``
+finds them from the PIDs Ray writes into its log file names under the stack's private temp dir and
+from the descendants of the Ray head and of those, and stops those that carry the Ray service's
+marker: never a process found by its command line (a ``tail -f`` of a Ray log survives).
 """
 from __future__ import annotations
 
@@ -23,6 +39,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -34,12 +51,14 @@ from typing import Any, Callable
 import requests
 
 from orchestrator.stack import private_files
-from orchestrator.stack.processes import free_port, group_alive, kill_strays, pid_alive, port_free, stop_group
+from orchestrator.stack.processes import (Owner, descendants, free_port, group_members, owned, pid_alive, port_free,
+                                          ray_recorded_pids, select_strays, stop_group, stop_strays)
 from orchestrator.tracking_server import QUICK_REQUESTS
 from trainers.errors import GanrayError
 from trainers.settings import ganray_home
 
 LOCAL_BUCKET = "ganray"
+MARKER_VARIABLE = "ganray_stack_run"  # a marker in the services' environments, not a setting
 PORT_ATTEMPTS = 4
 RAY_PORTS = ("gcs", "dashboard", "node_manager", "object_manager", "client", "metrics", "agent_grpc",
              "agent_http", "runtime_env_agent")
@@ -67,9 +86,20 @@ class Service:
     port: int
     log: str
     log_offset: int = 0  # where this start's lines begin in log
+    started: float = 0.0  # epoch seconds, taken just before the start (0: a record from before markers)
+    marker: str = ""  # MARKER_VARIABLE=... in its environment ("": a record from before markers)
+
+    def owner(self) -> Owner:
+        """What this service's processes (and their children) have: its marker, a start after it."""
+        return Owner(self.marker or None, self.started)
 
     def alive(self) -> bool:
-        return pid_alive(self.pid)
+        """Whether its PID is still the process we started (not a reused PID, not another user's)."""
+        return pid_alive(self.pid) and owned(self.pid, self.owner())
+
+    def group_ours(self) -> bool:
+        """Whether it, or a process of ours in the group it led, still runs (what stopping it signals)."""
+        return self.alive() or any(owned(pid, self.owner()) for pid in group_members(self.pid))
 
 
 def ray_temp_dir(home: Path) -> str:
@@ -148,6 +178,17 @@ class LocalStack:
         """Whether this stack runs MLflow with authentication (once started so, always so)."""
         return (self.home / "mlflow" / "basic_auth.ini").exists()
 
+    def auth_for(self, wanted: bool | None, mlflow_running: bool) -> bool:
+        """Whether MLflow runs with authentication after an ``up`` that asked for wanted (see up)."""
+        if self.auth():
+            return True
+        if mlflow_running:
+            if wanted:
+                raise StackError("MLflow already runs without authentication; `ganray local down` first, then "
+                                 "`ganray local up`")
+            return False
+        return wanted is not False
+
     def ray_env(self) -> dict[str, str]:
         """Environment that makes a process talk to this stack's Ray with its token."""
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.home / "ray" / "auth_token")}
@@ -165,14 +206,13 @@ class LocalStack:
         private_files.ensure_credentials(self.home, s3=s3, auth=auth)
 
     # -- lifecycle -------------------------------------------------------
-    def up(self, s3: bool = False, auth: bool = False, timeout: float = 120.0) -> dict[str, Any]:
-        """Starts whatever of the stack is not running; idempotent. Returns the profile."""
+    def up(self, s3: bool = False, auth: bool | None = None, timeout: float = 120.0) -> dict[str, Any]:
+        """Starts whatever of the stack is not running; idempotent. Returns the profile (its ``mlflow_auth``
+        says how MLflow runs). auth: None (the default) starts MLflow with authentication unless it already
+        runs without; False without it (unless this home has it: once on, it stays on); True with it."""
         running = {k: v for k, v in self.services().items() if v.alive()}
         want_s3 = s3 or "s3" in running
-        if auth and "mlflow" in running and not self.auth():
-            raise StackError("MLflow already runs without authentication; `ganray local down` first, then "
-                             "`ganray local up --auth`")
-        auth = auth or self.auth()
+        auth = self.auth_for(auth, "mlflow" in running)
         self.prepare(want_s3, auth)
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
@@ -227,12 +267,14 @@ class LocalStack:
         log_path = self.logs / f"{name}.log"
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         offset = os.lseek(fd, 0, os.SEEK_END)
+        marker, started = f"{MARKER_VARIABLE}={secrets.token_hex(8)}", time.time()
         try:
             p = subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, **(env or {})}, start_new_session=True, cwd=self.home)
+                                 env={**os.environ, **(env or {}), MARKER_VARIABLE: marker.split("=", 1)[1]},
+                                 start_new_session=True, cwd=self.home)
         finally:
             os.close(fd)
-        return Service(name, p.pid, port, str(log_path), offset)
+        return Service(name, p.pid, port, str(log_path), offset, started, marker)
 
     def _start_s3(self, ports: dict[str, int]) -> Service:
         return self._spawn("s3", [sys.executable, "-m", "orchestrator.stack.s3_server", "-H", "127.0.0.1",
@@ -297,7 +339,8 @@ class LocalStack:
                 time.sleep(0.5)
 
     def _failed(self, name: str, svc: Service) -> None:
-        stop_group(svc.pid, 5.0)  # whatever it started before it died
+        if svc.group_ours():
+            stop_group(svc.pid, 5.0)  # whatever it started before it died
         ports = {svc.port} | (set(self._state().get("ray_ports", {}).values()) if name == "ray" else set())
         text = _since(svc.log, svc.log_offset)
         taken = {p for p in ports if not port_free(p)}
@@ -351,7 +394,8 @@ class LocalStack:
         services = self.services()
         if name not in services:
             raise StackError(f"the stack has no {name} service")
-        stop_group(services[name].pid, timeout)
+        if services[name].group_ours():
+            stop_group(services[name].pid, timeout)
         return services[name]
 
     def start_service(self, name: str, timeout: float = 120.0) -> Service:
@@ -375,22 +419,41 @@ class LocalStack:
         return self.start_service(name, timeout)
 
     def down(self, timeout: float = 30.0) -> list[str]:
-        """Stops exactly the processes this stack started (by PID and process group)."""
+        """Stops exactly the processes this stack started (module doc, "Stopping")."""
         stopped = []
         services = self.services()
+        ray = services.get("ray")
+        strays = self.ray_strays()  # before the head goes: whom it started
         # Ray first: its workers may still talk to the others.
         for name in sorted(services, key=lambda n: n != "ray"):
             svc = services[name]
-            if svc.alive() or group_alive(svc.pid):
+            if svc.group_ours():
                 # `ray start --block` spends ~30 s on a graceful SIGTERM; a local head
                 # has nothing to save, so it gets a short grace before SIGKILL.
                 stop_group(svc.pid, min(timeout, 5.0) if name == "ray" else timeout)
                 stopped.append(name)
-        kill_strays(ray_temp_dir(self.home))
+        if ray:
+            stop_strays(strays, self._stray_owner(ray))
         if self.state_file.exists():
             self._save({})
         shutil.rmtree(ray_temp_dir(self.home), ignore_errors=True)
         return stopped
+
+    def ray_strays(self) -> list[int]:
+        """The live processes of the Ray head (module doc, "Stopping"): the PIDs Ray recorded under the
+        stack's temp dir and the descendants of the head and of those, each with the head's marker."""
+        ray = self.services().get("ray")
+        if ray is None:
+            return []
+        owner = self._stray_owner(ray)
+        recorded = {pid for pid in ray_recorded_pids(ray_session_root(self.home)) if owned(pid, owner)}
+        return select_strays(recorded | descendants(recorded | ({ray.pid} if ray.alive() else set())), owner)
+
+    def _stray_owner(self, ray: Service) -> Owner:
+        """The Ray head's marker; for a record from before markers, its Ray token path (set for it alone)."""
+        if ray.marker:
+            return ray.owner()
+        return Owner(f"RAY_AUTH_TOKEN_PATH={self.ray_env()['RAY_AUTH_TOKEN_PATH']}", ray.started)
 
     def status(self) -> dict[str, Any]:
         """What runs where: per service, pid, port, alive."""

@@ -7,8 +7,9 @@
   one with a looser mode is tightened to 0600 (and the tightening logged); one owned by
   another user is refused.
 - ``credentials.json`` holds the S3 server's keys (``access_key``, ``secret_key``) and, for a
-  stack started with ``--auth``, MLflow's admin login (``mlflow_username``,
-  ``mlflow_password``) and the Flask secret of its auth app (``mlflow_flask_secret``).
+  stack whose MLflow runs with authentication (the default), MLflow's admin login
+  (``mlflow_username``, ``mlflow_password``) and the Flask secret of its auth app
+  (``mlflow_flask_secret``).
 - The Ray temp dir is made 0700 before Ray starts; one that exists with another owner (or as
   a symlink) is refused.
 """
@@ -26,6 +27,7 @@ from trainers.errors import GanrayError
 
 log = logging.getLogger("ganray.stack")
 MLFLOW_ADMIN = "ganray"
+AUTH_CACHE_S = 300
 
 
 class PrivateFileError(GanrayError, PermissionError):
@@ -124,14 +126,18 @@ def ensure_credentials(home: Path, s3: bool, auth: bool) -> dict[str, str]:
 
 def auth_config(home: Path) -> Path:
     """MLflow's basic-auth configuration for the stack (its own SQLite user store under mlflow/); no
-    password in it: the admin's is given once, in the environment of the server's first start."""
+    password in it: the admin's is given once, in the environment of the server's first start.
+    A login the server accepted is remembered for AUTH_CACHE_S (keyed by an HMAC of the password
+    with a per-process key): without it every request pays a scrypt hash (~0.1-0.5 s a request
+    here); the cost is that a changed or removed login keeps working that long."""
     root = Path(home) / "mlflow"
     path = root / "basic_auth.ini"
     write_secret(path, "[mlflow]\n"
                        "default_permission = NO_PERMISSIONS\n"
                        f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
                        f"admin_username = {MLFLOW_ADMIN}\n"
-                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                       f"auth_cache_ttl_seconds = {AUTH_CACHE_S}\n")
     return path
 
 
