@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from k8s_manifests import K8S, RAY_KINDS, TARGETS, cluster_spec, containers, find, pod_templates, render
+from k8s_manifests import K8S, RAY_KINDS, TARGETS, cluster_spec, find, pod_templates, render, secret_reads
 
 # Kubernetes minors to validate against: one EKS and GKE both offered when this was written, and the
 # newest kubernetes-validate knows.
@@ -59,8 +59,8 @@ def errors_of(doc: dict) -> list[str]:
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_rendered_object_validates(target):
     docs = render(target)
-    assert {"RayCluster", "RayJob", "RayService", "DaemonSet", "Deployment", "StatefulSet"} <= {
-        d["kind"] for d in docs}
+    assert {"RayCluster", "RayJob", "RayService", "DaemonSet", "Deployment", "StatefulSet", "Job", "ServiceAccount",
+            "NetworkPolicy"} <= {d["kind"] for d in docs}
     assert [e for d in docs for e in errors_of(d)] == []
 
 
@@ -101,7 +101,8 @@ def _secret_templates() -> list[dict]:
 def test_secret_templates_have_keys_and_no_values():
     templates = _secret_templates()
     assert {t["metadata"]["name"] for t in templates} == {
-        "ganray-ray-token", "ganray-s3", "ganray-mlflow", "ganray-postgres"}
+        "ganray-ray-token", "ganray-train-ray-token", "ganray-serve-ray-token", "ganray-serve-token", "ganray-s3",
+        "ganray-mlflow", "ganray-mlflow-train", "ganray-mlflow-serve", "ganray-postgres"}
     for t in templates:
         assert t["kind"] == "Secret" and "data" not in t and t["stringData"]
         assert set(t["stringData"].values()) == {""}, t["metadata"]["name"]
@@ -113,19 +114,28 @@ def test_secrets_are_referenced_never_written(target):
     assert not [d for d in docs if d["kind"] == "Secret"]  # created by hand, never applied from here
     keys = {(t["metadata"]["name"], k) for t in _secret_templates() for k in t["stringData"]}
     used = set()
-    for where, c in containers(docs):
-        for env in c.get("env", []):
-            ref = env.get("valueFrom", {}).get("secretKeyRef")
-            if ref:
-                used.add((ref["name"], ref["key"]))
-            elif re.search(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY|KEY_ID", env["name"]):
-                raise AssertionError(f"{where}: {env['name']} is not read from a Secret")
+    for doc in docs:
+        for where, template in pod_templates(doc):
+            for c in template["spec"]["containers"] + template["spec"].get("initContainers", []):
+                used |= secret_reads(template, c)
+                for env in c.get("env", []):
+                    if "valueFrom" in env or not re.search(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY|KEY_ID", env["name"]):
+                        continue
+                    # Not from a Secret: empty (a placeholder), or the path of a file a Secret volume holds.
+                    assert env.get("value") == "" or _in_a_secret_mount(template, c, env), f"{where}: {env['name']}"
     assert used and used <= keys, sorted(used - keys)
     for d in docs:
         if d["kind"] == "ConfigMap":
             assert not [k for k in d["data"] if re.search(r"TOKEN|PASSWORD|SECRET|KEY_ID", k)], d["data"]
-    ray_auth = {cluster_spec(d)["authOptions"]["secretName"] for d in docs if d["kind"] in RAY_KINDS}
-    assert ray_auth == {"ganray-ray-token"} and ("ganray-ray-token", "auth_token") in keys
+    ray_auth = [cluster_spec(d)["authOptions"]["secretName"] for d in docs if d["kind"] in RAY_KINDS]
+    assert len(set(ray_auth)) == 3 and {(s, "auth_token") for s in ray_auth} <= keys
+
+
+def _in_a_secret_mount(template: dict, container: dict, env: dict) -> bool:
+    secret_volumes = {v["name"] for v in template["spec"].get("volumes", []) if "secret" in v}
+    return re.search(r"_(PATH|FILE)$", env["name"]) is not None and any(
+        env.get("value", "").startswith(m["mountPath"] + "/") for m in container.get("volumeMounts", [])
+        if m["name"] in secret_volumes)
 
 
 LITERAL_SECRETS = [

@@ -4,6 +4,7 @@ missing required option fails), every ganray container runs the image the root D
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import shlex
 import tomllib
@@ -39,10 +40,10 @@ def ganray_command_lines(docs) -> list[tuple[str, list[str]]]:
     lines = []
     for where, c in containers(docs):
         argv = c.get("command", []) + c.get("args", [])
-        if "ganray" in argv:
-            lines.append((where, argv[argv.index("ganray") + 1:]))
+        if argv[:1] == ["ganray"]:
+            lines.append((where, argv[1:]))
         elif any(a.endswith("/notice-agent.sh") for a in argv):
-            script = [ln for ln in AGENT_SCRIPT.read_text().splitlines() if ln.startswith("ganray ")]
+            script = [ln.strip() for ln in AGENT_SCRIPT.read_text().splitlines() if ln.strip().startswith("ganray ")]
             assert len(script) == 1, "notice-agent.sh runs ganray once"
             words = [w for w in shlex.split(script[0]) if w != "&"]
             lines.append((where, [*words[1:words.index("$@")], *c.get("args", [])]))
@@ -122,3 +123,34 @@ def test_the_console_script_is_the_cli_the_manifests_call():
     assert getattr(importlib.import_module(module), attr) is main
     assert "ganray --help" in DOCKERFILE  # the build fails unless the console script runs
     assert re.search(r'"mlflow\[auth\]"', DOCKERFILE) and "psycopg2" in DOCKERFILE  # basic-auth, postgresql://
+
+
+def _users_script():
+    spec = importlib.util.spec_from_file_location("mlflow_users", K8S / "base" / "mlflow_users.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_mlflow_users_job_command_parses_with_the_script():
+    job = next(d for d in render("overlays/aws") if d["kind"] == "Job" and d["metadata"]["name"] == "ganray-mlflow-users")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    python, path, *argv = container["command"] + container.get("args", [])
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert python == "python" and path.endswith("/mlflow_users.py") and volume["configMap"]["name"] == "ganray-mlflow-users"
+    parser = _users_script().parser()
+    assert parser.parse_args(argv).command == "setup"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*argv, "--experimnt", "x"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["person", "alice", "--permission", "ADMIN"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_mlflow_logins_are_mounted_where_mlflow_reads_them(target):
+    # MLflow's client reads ~/.mlflow/credentials; the image's user is ganray, its home /home/ganray.
+    assert "useradd --uid 1000 --user-group --create-home" in DOCKERFILE and "WORKDIR /home/ganray" in DOCKERFILE
+    mounts = {m["mountPath"] for _, c in containers(render(target)) for m in c.get("volumeMounts", [])
+              if m["mountPath"].endswith("/.mlflow")}
+    assert mounts == {"/home/ganray/.mlflow"}

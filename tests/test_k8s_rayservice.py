@@ -37,3 +37,25 @@ def test_the_rayservice_args_are_exactly_a_serve_config_the_replicas_accept():
         config = ServeConfig.from_args(args)
         assert config.model == ModelRef("anime-gen", alias="champion") and config.model.name == app["name"]
         assert config.to_args() == args  # what `ganray serve` would send for the same settings
+
+
+SERVE_TOKEN = "/var/run/secrets/ganray/serve/token"
+
+
+def test_the_serve_token_is_a_file_from_its_secret_never_an_arg():
+    """The replicas read the bearer token of POST /reload from a file on their node; the args, which Serve's
+    REST API hands to whoever reaches the dashboard and KubeRay sends on every deploy, carry only its path."""
+    from deploy.serve_config import ServeConfig
+
+    for target in TARGETS:
+        service = find(render(target), "RayService", "ganray-serve")
+        args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
+        assert ServeConfig.from_args(args).token_file == SERVE_TOKEN
+        assert not [k for k in args if "token" in k and k != "token_file" and args[k] is not None]
+        spec = service["spec"]["rayClusterConfig"]
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:  # a replica may land on any node
+            pod = group["template"]["spec"]
+            mount = next(m for m in pod["containers"][0]["volumeMounts"] if SERVE_TOKEN.startswith(m["mountPath"] + "/"))
+            volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+            assert volume["secret"]["secretName"] == "ganray-serve-token" and mount["readOnly"] is True
+            assert {"key": "token", "path": SERVE_TOKEN.rsplit("/", 1)[1]} in volume["secret"]["items"]
