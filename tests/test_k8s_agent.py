@@ -11,6 +11,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from k8s_manifests import (RECORDING_AGENT, alive, find, ray_session, render, start_agent_script, stop_agent_script,
                            until)
 
@@ -47,6 +49,16 @@ def test_the_agent_runs_for_the_ray_node_of_this_vm_and_follows_the_vm_to_its_ne
         log = stop_agent_script(script)
     assert f"Ray cluster at '{HEAD}'" in log and f"Ray cluster at '{TRAIN_HEAD}'" in log
     assert "token-of" not in log  # the token is a file the agent reads, never a logged value
+
+
+@pytest.mark.parametrize("address", ["10.1.2.3:6379", "[fd00::12]:6379"])
+def test_ip_addresses_are_addresses_too(tmp_path, address):
+    ray_session(tmp_path / "ray", address)
+    script = start_agent_script(tmp_path, RECORDING_AGENT, "--provider", "gcp")
+    try:
+        assert until(lambda: _called(tmp_path) == f"agent --address {address} --provider gcp")
+    finally:
+        stop_agent_script(script)
 
 
 def test_a_restarted_raylet_restarts_the_agent_for_the_new_node(tmp_path):

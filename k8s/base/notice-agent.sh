@@ -42,10 +42,16 @@ private() {  # private PATH TYPE: owned by this user or root, not a link, writab
   case "$mode" in "$2"????-??-?) ;; *) refuse "$1: mode $mode, others can write it"; return 1 ;; esac
 }
 
-host_port() {  # whether $1 is exactly HOST:PORT: a DNS name or an IPv4 address, a port of 1 to 5 digits
-  case "$1" in "" | *[!A-Za-z0-9.:-]* | [.:-]* | *:*:*) return 1 ;; esac
+host_port() {  # whether $1 is exactly HOST:PORT (a DNS name, an IPv4 or a [IPv6] address; 1 to 5 digits)
+  case "$1" in
+    \[*\]:*)
+      host=${1%]:*}
+      case "${host#\[}" in "" | *[!0-9A-Fa-f:.]*) return 1 ;; esac ;;
+    *)
+      case "$1" in "" | *[!A-Za-z0-9.:-]* | [.:-]* | *:*:*) return 1 ;; esac
+      [ "${1##*:}" != "$1" ] || return 1 ;;
+  esac
   port=${1##*:}
-  [ "$port" != "$1" ] || return 1
   case "$port" in "" | *[!0-9]* | ??????*) return 1 ;; esac
 }
 
