@@ -27,6 +27,17 @@ def test_the_rayservice_import_path_names_the_serve_app_builder():
                                                     inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
+def test_the_proxy_outlasts_the_replicas_request_timeout():
+    """Serve's proxy answers a 408 of its own at http_options.request_timeout_s: it must come after the
+    app's request_timeout_s (whose answer is a 503 with Retry-After), as `ganray serve` sets it locally."""
+    from deploy.serve_config import ServeConfig
+
+    for target in TARGETS:
+        config = yaml.safe_load(find(render(target), "RayService", "ganray-serve")["spec"]["serveConfigV2"])
+        app_timeout = ServeConfig.from_args(config["applications"][0]["args"]).request_timeout_s
+        assert config["http_options"]["request_timeout_s"] >= app_timeout + 5
+
+
 def test_the_rayservice_args_are_exactly_a_serve_config_the_replicas_accept():
     from deploy.serve_config import ServeConfig
     from trainers.model_ref import ModelRef
