@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,15 @@ def pytest_configure(config):
     _SESSION_TMP.update(path=tmp, saved=os.environ.get("TMPDIR", ""))
     os.environ["TMPDIR"] = tmp
     tempfile.tempdir = tmp
+    signal.signal(signal.SIGTERM, _interrupted)
+
+
+def _interrupted(signum, frame):
+    """SIGTERM (a `timeout`, a CI runner giving up, `kill PID`) ends the session as Ctrl-C does: pytest then
+    runs every fixture's teardown, so the stack, the chaos clusters and the temp dirs are stopped and removed
+    by their owners instead of being left behind with the killed process."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_unconfigure(config):
