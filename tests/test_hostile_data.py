@@ -162,6 +162,26 @@ def test_a_hostile_dataset_hash_is_refused_and_nothing_outside_the_cache_is_writ
     assert {k: v for k, v in tree(tmp_path).items() if not k.startswith(str(cache))} == before_tmp
 
 
+def test_ganray_run_refuses_a_hostile_manifest_before_anything_runs(stack, ganray_home, tmp_path, monkeypatch,
+                                                                   victim):
+    """The same manifest through the CLI, as a user would meet it: `ganray run` exits 1 naming the field,
+    before any run, checkpoint or cache entry exists, and the user's file is untouched."""
+    from conftest import ganray
+    from specs import DCGAN, write_spec
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GANRAY_DATA_CACHE", str(cache))
+    ds = tmp_path / "ds"
+    write_local(ds, [(SHARD_AIMED, shard_tar(honest(2)), 2)], dataset_hash=str(victim))
+    before = tree(victim)
+    spec = write_spec(tmp_path / "job.yaml", "hostile-manifest", str(ds), model=DCGAN, train={"steps": 2, "batch_size": 2})
+    proc = ganray(ganray_home, "run", str(spec), check=False)
+    assert proc.returncode == 1 and "`dataset_hash`" in proc.stderr and "64 lowercase hex digits" in proc.stderr, \
+        proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and tree(victim) == before and not cache.exists()
+    assert not (ganray_home / "jobs" / "hostile-manifest.json").exists()
+
+
 @pytest.mark.parametrize("value, shown", [
     ("ABCDEF0123456789" * 4, "'ABCDEF"), ("ab" * 31, "'abab"), ("a" * 64 + "\n", "'aaaa"),
     ("../" * 21 + "x", "'../"), (7, "got a number"), ("", "got ''"),
