@@ -1,11 +1,12 @@
 """Chaos: spot notices, vanished nodes, a killed driver and a cluster that shrinks.
 
-Each test builds a head and two worker nodes (separate `ray start` processes, one
-Train worker each), runs a job through `ganray run` against the session's MLflow
-and S3 servers, and breaks something. Truth comes from the sample-key log that
-every worker writes (GANRAY_SAMPLE_LOG): which steps were computed, in which
-process, on which samples. Ray's node-death detection and drain polling are tuned
-down (tests/cluster.py FAST_DETECTION) to keep the suite short.
+The module shares one cluster: a head and two worker nodes (separate `ray start` processes, one
+Train worker each). Each test runs a job through `ganray run` against the session's MLflow and S3
+servers and breaks something; a node it kills is replaced (or, for the elastic job, the last test,
+not). Truth comes from the sample-key log that every worker writes (GANRAY_SAMPLE_LOG, one file per
+job, rank and process): which steps were computed, in which process, on which samples. Ray's
+node-death detection and drain polling are tuned down (tests/cluster.py FAST_DETECTION) to keep the
+suite short.
 """
 from __future__ import annotations
 
@@ -37,18 +38,44 @@ def chaos_data(stack, ganray_home, faces):
     return "s3://ganray/data/chaos"
 
 
-@pytest.fixture
-def cluster(stack, ganray_home, tmp_path):
+@pytest.fixture(scope="module")
+def shared_cluster(stack, ganray_home, tmp_path_factory):
     from orchestrator.cluster.endpoints import stack_env
 
+    root = tmp_path_factory.mktemp("chaos")
     env = {**stack_env(ganray_home, stack.profile(), stack.credentials(), ray=False), "GANRAY_HOME": str(ganray_home),
-           "GANRAY_SAMPLE_LOG": str(tmp_path / "samples")}
-    c = LocalCluster(tmp_path / "cluster", env)
-    c.start_head()
-    c.add_node("a")
-    c.add_node("b")
-    yield c
-    c.stop()
+           "GANRAY_SAMPLE_LOG": str(root / "samples")}
+    c = LocalCluster(root / "cluster", env)
+    try:
+        c.start_head()
+        c.add_node("a")
+        c.add_node("b")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def cluster(shared_cluster):
+    """The module's cluster with two live worker nodes (a test before may have left one)."""
+    while len(live_workers(shared_cluster)) < 2:
+        replace_node(shared_cluster)
+    return shared_cluster
+
+
+def live_workers(cluster: LocalCluster) -> list[str]:
+    return [name for name, node in cluster.nodes.items() if name != "head" and node.alive()]
+
+
+def replace_node(cluster: LocalCluster) -> str:
+    """A replacement node joins (a fresh name: Ray keeps the dead one's record)."""
+    name = f"n{len(cluster.nodes)}"
+    cluster.add_node(name)
+    return name
+
+
+def sample_dir(cluster: LocalCluster) -> Path:
+    return Path(cluster.env["GANRAY_SAMPLE_LOG"])
 
 
 def start_job(cluster: LocalCluster, spec: Path) -> subprocess.Popen:
@@ -62,20 +89,20 @@ def finish(proc: subprocess.Popen, timeout: float = 400) -> dict:
     return json.loads(out)
 
 
-def computed_steps(log_dir: Path) -> dict[int, list[dict]]:
-    """step -> the log entries of every process that computed it."""
+def computed_steps(log_dir: Path, job: str) -> dict[int, list[dict]]:
+    """step -> the log entries of every process of job that computed it."""
     steps = defaultdict(list)
-    for f in sorted(log_dir.glob("*.jsonl")):
+    for f in sorted(log_dir.glob(f"{job}-rank*.jsonl")):
         for line in f.read_text().splitlines():
             e = json.loads(line)
             steps[e["step"]].append({**e, "proc": f.name})
     return steps
 
 
-def wait_for_step(log_dir: Path, at_least: int, timeout: float = 180) -> None:
+def wait_for_step(log_dir: Path, job: str, at_least: int, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if log_dir.exists() and max(computed_steps(log_dir) or [0]) >= at_least:
+        if log_dir.exists() and max(computed_steps(log_dir, job) or [0]) >= at_least:
             return
         time.sleep(0.3)
     raise TimeoutError(f"training never reached step {at_least}")
@@ -115,10 +142,11 @@ def run_timeline(ganray_home: Path, run_id: str) -> list[dict]:
 
 
 def test_spot_notice_costs_no_step(cluster, chaos_data, ganray_home, tmp_path):
+    victim = live_workers(cluster)[0]
     server, state = serve()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     agent = subprocess.Popen([str(Path(sys.executable).parent / "ganray"), "agent", "--provider", "aws",
-                              "--metadata-url", url, "--node-id", cluster.nodes["a"].node_id, "--margin-s", "5",
+                              "--metadata-url", url, "--node-id", cluster.nodes[victim].node_id, "--margin-s", "5",
                               "--poll-s", "0.5", "--address", cluster.address],
                              env=cluster.client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     steps = 400
@@ -127,12 +155,11 @@ def test_spot_notice_costs_no_step(cluster, chaos_data, ganray_home, tmp_path):
                       checkpoint={"every_steps": 1000, "keep": 2}, preemption=PREEMPTION)
     job = start_job(cluster, spec)
     try:
-        log_dir = tmp_path / "samples"
-        wait_for_step(log_dir, 20)
+        wait_for_step(sample_dir(cluster), "chaos-notice", 20)
         state.terminate_at = time.time() + 20  # AWS would say 120 s; the agent drains 5 s earlier
         time.sleep(21)
-        cluster.kill_node("a")
-        cluster.add_node("c")
+        cluster.kill_node(victim)
+        replace_node(cluster)
         summary = finish(job)
     finally:
         agent.terminate()
@@ -140,7 +167,7 @@ def test_spot_notice_costs_no_step(cluster, chaos_data, ganray_home, tmp_path):
         server.shutdown()
     assert "preemption notice 'aws:terminate'" in agent_log and "node drained" in agent_log
     assert summary["steps"] == steps and summary["state"] == "finished"
-    computed = computed_steps(tmp_path / "samples")
+    computed = computed_steps(sample_dir(cluster), "chaos-notice")
     assert sorted(computed) == list(range(1, steps + 1))
     twice = [s for s, es in computed.items() if len({e["proc"] for e in es}) > 2 or len(es) != 2]
     assert not twice, f"steps computed twice (lost work): {twice[:10]}"
@@ -158,30 +185,6 @@ def lost_steps(computed: dict[int, list[dict]]) -> list[int]:
     return [s for s, es in computed.items() if len({e["proc"] for e in es}) > len({e["rank"] for e in es})]
 
 
-def test_a_node_killed_without_notice_loses_at_most_one_checkpoint_interval(cluster, chaos_data, ganray_home,
-                                                                            tmp_path):
-    # The kill comes once the job's MLflow run shows checkpoint `every` committed, which trails the workers
-    # by 2-4 s (the controller drains reports every 2 s); the interval must exceed the steps done in that
-    # time (~45 steps/s here when idle), or the kill lands after the next checkpoint was uploaded but
-    # before it was committed, and one interval plus those steps is lost.
-    steps, every = 600, 300
-    spec = write_spec(tmp_path / "job.yaml", "chaos-kill", chaos_data, model=MODEL,
-                      train={"steps": steps, "batch_size": BATCH, "report_every_s": 1.0}, scaling={"workers": 2},
-                      checkpoint={"every_steps": every, "keep": 2}, preemption=PREEMPTION)
-    job = start_job(cluster, spec)
-    wait_for_checkpoint(ganray_home, "chaos-kill", every)
-    cluster.kill_node("a")
-    cluster.add_node("c")
-    summary = finish(job)
-    assert summary["steps"] == steps
-    computed = computed_steps(tmp_path / "samples")
-    assert sorted(computed) == list(range(1, steps + 1))
-    lost = lost_steps(computed)
-    assert 0 < len(lost) <= every, lost
-    events = run_timeline(ganray_home, summary["run_id"])
-    assert [e["kind"] for e in events] == ["failure"] and events[0]["steps_lost"] <= every
-
-
 def test_a_killed_driver_is_recovered_by_running_the_job_again(cluster, chaos_data, ganray_home, tmp_path):
     steps, every = 200, 30
     spec = write_spec(tmp_path / "job.yaml", "chaos-driver", chaos_data, model=MODEL,
@@ -195,7 +198,7 @@ def test_a_killed_driver_is_recovered_by_running_the_job_again(cluster, chaos_da
     time.sleep(3)  # Ray notices the driver is gone and removes its actors
     summary = finish(start_job(cluster, spec))
     assert summary["steps"] == steps and summary["run_id"] == run_id  # the same MLflow run continues
-    computed = computed_steps(tmp_path / "samples")
+    computed = computed_steps(sample_dir(cluster), "chaos-driver")
     assert sorted(computed) == list(range(1, steps + 1))
     first_of_rerun = min(s for s, es in computed.items() if len({e["proc"] for e in es}) > 2 or
                          all(e["proc"] not in {x["proc"] for x in computed[1]} for e in es))
@@ -203,19 +206,30 @@ def test_a_killed_driver_is_recovered_by_running_the_job_again(cluster, chaos_da
     assert [e["kind"] for e in run_timeline(ganray_home, run_id)] == ["rerun"]
 
 
-def test_without_a_replacement_an_elastic_job_finishes_on_fewer_workers(cluster, chaos_data, ganray_home,
-                                                                          tmp_path):
-    steps, every = 200, 40
-    spec = write_spec(tmp_path / "job.yaml", "chaos-elastic", chaos_data, model=MODEL,
+def test_a_node_killed_without_notice_loses_at_most_one_interval_and_an_elastic_job_goes_on_with_fewer(
+        cluster, chaos_data, ganray_home, tmp_path):
+    """No notice and no replacement: the job falls back to its last committed checkpoint (losing at most
+    one checkpoint interval) and, elastic (workers [1, 2]), finishes on the one worker left with the same
+    global batch. It runs last: the node it kills is not replaced."""
+    # The kill comes once the job's MLflow run shows checkpoint `every` committed, which trails the workers
+    # by 2-4 s (the controller drains reports every 2 s); the interval must exceed the steps done in that
+    # time (~45 steps/s here when idle), or the kill lands after the next checkpoint was uploaded but
+    # before it was committed, and one interval plus those steps is lost.
+    steps, every = 600, 300
+    spec = write_spec(tmp_path / "job.yaml", "chaos-kill", chaos_data, model=MODEL,
                       train={"steps": steps, "batch_size": BATCH, "report_every_s": 1.0}, scaling={"workers": [1, 2]},
                       checkpoint={"every_steps": every, "keep": 2}, preemption=PREEMPTION)
     job = start_job(cluster, spec)
-    wait_for_checkpoint(ganray_home, "chaos-elastic", every)
-    cluster.kill_node("a")
+    wait_for_checkpoint(ganray_home, "chaos-kill", every)
+    cluster.kill_node(live_workers(cluster)[0])
     summary = finish(job)
     assert summary["steps"] == steps
-    computed = computed_steps(tmp_path / "samples")
+    computed = computed_steps(sample_dir(cluster), "chaos-kill")
     assert sorted(computed) == list(range(1, steps + 1))
+    lost = lost_steps(computed)
+    assert 0 < len(lost) <= every, lost
+    events = run_timeline(ganray_home, summary["run_id"])
+    assert [e["kind"] for e in events] == ["failure"] and events[0]["steps_lost"] <= every
     last = computed[steps]
     assert len(last) == 1 and len(last[0]["keys"]) == BATCH  # one worker, the same global batch
     client = mlflow_client(ganray_home)

@@ -241,11 +241,11 @@ def test_the_sample_log_hook_records_the_keys_of_every_step(dataset, tmp_path, m
     from trainers.sample_log import open_sample_log
 
     monkeypatch.delenv("GANRAY_SAMPLE_LOG", raising=False)
-    assert open_sample_log(0) is None
+    assert open_sample_log("t", 0) is None
     monkeypatch.setenv("GANRAY_SAMPLE_LOG", str(tmp_path / "log"))
     spec = job_spec("t", dataset, model=DCGAN, train={"steps": 3, "batch_size": 8}, checkpoint={"every_steps": 3})
     GanLoop(spec).run(DirectoryReporter(tmp_path / "ck"))
-    (log,) = (tmp_path / "log").glob("rank0-*.jsonl")
+    (log,) = (tmp_path / "log").glob("t-rank0-*.jsonl")
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["step"] for e in lines] == [1, 2, 3] and all(e["rank"] == 0 and len(e["keys"]) == 8 for e in lines)
     assert len({k for e in lines for k in e["keys"]}) == 24  # no sample twice within the epoch

@@ -391,7 +391,7 @@ class GanLoop:
         stream = batches(self.stream, self.local_batch)
         window = _Window()
         last_report, metrics = time.monotonic(), {}
-        sample_log = open_sample_log(self.rank)
+        sample_log = open_sample_log(self.spec.name, self.rank)
         first_step_at = None
         while self.step < t.steps:
             t0 = time.perf_counter()
