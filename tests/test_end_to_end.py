@@ -245,7 +245,7 @@ def test_ctrl_c_stopped_aborted_and_fresh_states_agree_everywhere(demo, s3_datas
     assert run.data.tags["ganray.state"] == "interrupted" and run.data.metrics["resumed_from_step"] == stopped["steps"]
     images = [m.value for m in c.get_metric_history(stopped["run_id"], "images_seen")]
     assert images == sorted(images) and images[-1] > stopped["steps"] * 16  # resumed, never from zero
-    keys = [json.loads(line) for f in sample_log.glob("rank*.jsonl") for line in f.read_text().splitlines()]
+    keys = [json.loads(line) for f in sample_log.glob(f"{name}-rank*.jsonl") for line in f.read_text().splitlines()]
     assert {k["rank"] for k in keys} == {0, 1} and min(k["step"] for k in keys) == stopped["steps"] + 1
     # 3. --fresh (a changed spec is allowed with it): a new run from step 0; the old one superseded, and the
     #    checkpoint it recorded deleted.
