@@ -30,6 +30,7 @@ from trainers.checkpoints.layout import checkpoint_name
 from trainers.conditioning import TagConditioning, build_conditioning
 from trainers.data.stream.shard_stream import ShardStream, batches
 from trainers.distributed import average_gradients, broadcast_module, distributed_ready
+from trainers.freezing import Frozen
 from trainers.grid import from_uint8, make_grid, to_uint8
 from trainers.loss import GanLoss
 from trainers.networks import build_models, generate_images
@@ -122,6 +123,7 @@ class GanLoop:
         if self.ddp:  # the same seed gives the same weights; this makes sure of it
             broadcast_module(self.g)
             broadcast_module(self.d)
+        self.frozen = Frozen(self.g, self.d, t, self.resolution)  # train.freeze_d, freeze_g_mapping
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False) if t.ema else None
         torch.manual_seed(t.seed * 7919 + rank + 1)  # per-rank noise inputs from here on
         self.noise = torch.Generator(self.device).manual_seed(t.seed * 7919 + rank)
@@ -143,6 +145,7 @@ class GanLoop:
         self.evaluations: list[dict[str, Any]] = []
         self._grid_c: torch.Tensor | None = None
         self.evaluator = None
+        self._counts_reported = False
         if rank == 0 and self.spec.eval.metrics:
             from trainers.evaluation import Evaluator
 
@@ -163,7 +166,7 @@ class GanLoop:
         phases = []
         for name, module, lr, reg in (("D", self.d, t.lr_d, d_reg), ("G", self.g, t.lr_g, g_reg)):
             lazy = reg if reg and reg > 1 else None
-            opt = lazy_adam(module.parameters(), lr, betas, lazy)
+            opt = lazy_adam(self.frozen.trainable(module), lr, betas, lazy)
             scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
             if reg is None:
                 phases.append(Phase(f"{name}main", module, opt, scaler))
@@ -274,7 +277,7 @@ class GanLoop:
             if real_c is not None:
                 gen_c = real_c[torch.randperm(n, generator=self.noise, device=self.device)]
             for module in (self.g, self.d):
-                module.requires_grad_(module is phase.module)
+                self.frozen.require_grad(module, module is phase.module)
             phase.opt.zero_grad(set_to_none=True)
 
             def backward(loss: torch.Tensor, scaler=phase.scaler) -> None:
@@ -294,7 +297,7 @@ class GanLoop:
             phase.scaler.step(phase.opt)
             phase.scaler.update()
         for module in (self.g, self.d):
-            module.requires_grad_(True)
+            self.frozen.require_grad(module, True)
         self._update_ema()
         if self.augment is not None:
             self.augment.update(self.step + 1)
@@ -452,6 +455,9 @@ class GanLoop:
             extra["augment_p"] = self.augment.p
             if self.augment.last_rt is not None:
                 extra["ada_rt"] = self.augment.last_rt
+        if not self._counts_reported:  # once per start: what trains (trainable_params_g/_d, frozen_blocks_d)
+            extra.update(self.frozen.counts)
+            self._counts_reported = True
         return {
             "step": self.step, "total_steps": self.spec.train.steps, "kimg": self.images_seen / 1000,
             "epoch": self.stream.epoch, "images_seen": self.images_seen, "train_seconds": self.train_seconds,

@@ -140,6 +140,8 @@ class GanLoss:
             if cutoff < ws.shape[1]:
                 z2 = torch.randn(z.shape, generator=self.noise, device=self.noise.device).to(z)
                 ws = torch.cat([ws[:, :cutoff], self.G.mapping(z2, c)[:, cutoff:]], dim=1)
+        if torch.is_grad_enabled() and not ws.requires_grad:  # a frozen mapping (train.freeze_g_mapping):
+            ws.requires_grad_(True)  # the path length is still a gradient with respect to ws
         with self.autocast():
             return self.G.synthesis(ws), ws, kl
 

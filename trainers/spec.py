@@ -43,6 +43,20 @@ def check_resolution(resolution: Any) -> None:
         raise ValueError(f"resolution must be {RESOLUTION_RULE}, got {resolution}")
 
 
+def discriminator_blocks(resolution: int) -> int:
+    """How many blocks D has at resolution, every arch alike: one per halving from R down to 4x4, block 0
+    reading the image (what ``train.freeze_d`` counts; ``trainers/freezing.py``)."""
+    return resolution.bit_length() - 3
+
+
+def check_freeze_d(freeze_d: int, resolution: int) -> None:
+    """Raises ValueError naming train.freeze_d unless D at resolution has at least freeze_d blocks."""
+    blocks = discriminator_blocks(resolution)
+    if freeze_d > blocks:
+        raise ValueError(f"train.freeze_d={freeze_d} but D has {blocks} blocks at {resolution}x{resolution} "
+                         f"(one per halving down to 4x4): freeze at most {blocks}")
+
+
 def check_storage_url(url: str | None) -> str | None:
     """A storage URL field's validator: no credentials in it, a known scheme (the error never echoes a secret)."""
     if url is not None:
@@ -160,6 +174,10 @@ class TrainSpec(_Strict):
     ada_interval: int = Field(4, ge=1, description="steps between augment_p adjustments")
     ada_kimg: float = Field(500, gt=0, description="kimg for augment_p to go from 0 to 1")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    freeze_d: int = Field(0, ge=0, description="FreezeD: D's first K blocks from the input side keep their weights "
+                                               "for the whole job (0: none)")
+    freeze_g_mapping: bool = Field(False, description="stylegan2: the mapping network's layers keep their weights "
+                                                      "(the condition's embedding still trains)")
     seed: int = 0
     report_every_s: float = Field(2.5, gt=0, description="metrics cadence; Train v2 drains reports every 2 s")
 
@@ -335,6 +353,16 @@ class JobSpec(_Strict):
         if "text_agreement" in self.eval.metrics and self.model.conditioning != "text":
             raise ValueError(f"eval.metrics has text_agreement but model.conditioning={self.model.conditioning} "
                              "(it needs text)")
+        return self
+
+    @model_validator(mode="after")
+    def _freezing_fits_model(self):
+        t = self.train
+        if t.freeze_g_mapping and self.model.arch != "stylegan2":
+            raise ValueError(f"train.freeze_g_mapping is for model.arch=stylegan2 (its mapping network); "
+                             f"model.arch={self.model.arch} has no mapping network")
+        if t.freeze_d and self.data.resolution is not None:  # else the dataset's resolution decides, at model build
+            check_freeze_d(t.freeze_d, self.data.resolution)
         return self
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from trainers.networks.common import ConditioningAugmentation
-from trainers.networks.dcgan import DcganGenerator, DcganTrunk
+from trainers.networks.dcgan import DcganGenerator, DcganTrunk, trunk_blocks
 
 
 class CondDcganGenerator(nn.Module):
@@ -66,6 +66,10 @@ class CondDcganDiscriminator(nn.Module):
         self.head = nn.Linear(self.trunk.features, 1)
         self.project = nn.Linear(c_dim, self.trunk.features, bias=False)
         self.aux = nn.Linear(self.trunk.features, c_dim)
+
+    def input_blocks(self) -> list[nn.Module]:
+        """D's blocks from the input side (what train.freeze_d counts): the trunk's; no head is one of them."""
+        return trunk_blocks(self.trunk.body)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if c is None:

@@ -37,6 +37,12 @@ class DcganGenerator(nn.Module):
         return self.body(self.fc(z).view(-1, self.c4, 4, 4))
 
 
+def trunk_blocks(body: nn.Sequential) -> list[nn.Module]:
+    """The DCGAN trunk's blocks from the input side, one per halving: block 0 is the RGB conv with the first
+    halving conv, each later one a halving conv (each conv with its activation); they share body's layers."""
+    return [body[0:4]] + [body[i:i + 2] for i in range(4, len(body), 2)]
+
+
 class DcganTrunk(nn.Module):
     """The DCGAN discriminator's convolutions: RGB -> flattened 4x4 features."""
 
@@ -64,6 +70,10 @@ class DcganDiscriminator(nn.Module):
         trunk = DcganTrunk(resolution, channels, channels_max)
         self.body = trunk.body  # the state_dict keys of the first ganray checkpoints: body.*, head.*
         self.head = nn.Linear(trunk.features, 1)
+
+    def input_blocks(self) -> list[nn.Module]:
+        """D's blocks from the input side (what train.freeze_d counts); the head is none of them."""
+        return trunk_blocks(self.body)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
         return self.head(self.body(x).flatten(1)).squeeze(1), None

@@ -323,6 +323,11 @@ class StyleGan2Discriminator(nn.Module):
         self.fc = EqLinear(c4 * 16, c4, activation="lrelu")
         self.out = EqLinear(c4, self.cmap_dim or 1)
 
+    def input_blocks(self) -> list[nn.Module]:
+        """D's residual blocks from the input side (what train.freeze_d counts); the 4x4 epilogue and the
+        condition's mapping are none of them."""
+        return list(self.blocks)
+
     def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
         x = None
         for block in self.blocks:
