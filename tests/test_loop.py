@@ -210,10 +210,11 @@ def test_tag_accuracy_is_evaluated_and_kept_with_the_checkpoint(dataset, tmp_pat
     assert info["evaluation"]["step"] == 4 and info["evaluation"]["tag_acc"] == m["tag_acc"]
 
 
-def test_fid_without_weights_is_a_clear_error_at_start(dataset):
+def test_fid_without_weights_is_a_clear_error_at_start(dataset, monkeypatch):
     run = {"model": DCGAN, "train": {"steps": 12, "batch_size": 8}, "checkpoint": {"every_steps": 6}}
     spec = job_spec("t", dataset, **run, eval={"metrics": ["fid", "kid"]})
-    with pytest.raises(ValueError, match="eval.fid_weights.*GANRAY_FID_WEIGHTS"):
+    monkeypatch.setenv("GANRAY_FID_WEIGHTS_URL", "http://127.0.0.1:9/pt_inception-2015-12-05-6726825d.pth")
+    with pytest.raises(ValueError, match="eval.fid_weights nor GANRAY_FID_WEIGHTS.*downloaded them and failed"):
         GanLoop(spec)
     spec = job_spec("t", dataset, **run, eval={"metrics": ["fid"], "fid_weights": "/nonexistent/pt_inception.pth"})
     with pytest.raises(ValueError, match="no such file"):

@@ -6,7 +6,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from specs import DCGAN, job_spec
 from trainers.generator_metadata import GeneratorMetadata, MetadataError, read_metadata
+from trainers.grid import from_uint8
 from trainers.sampling import SamplingError, condition_vector
 from trainers.conditioning import TagEncoder, UnknownTagError
 from trainers.metrics.fid import RealStatistics, feature_stats, frechet_distance, kernel_inception_distance
@@ -83,8 +85,10 @@ def test_images_are_resized_with_pil_bicubic_to_299():
 
 
 def test_no_weights_is_a_clear_error_never_a_substitute(tmp_path, monkeypatch):
-    with pytest.raises(WeightsError, match="eval.fid_weights.*GANRAY_FID_WEIGHTS.*never downloads"):
-        resolve_weights(None)
+    monkeypatch.setenv("GANRAY_FID_WEIGHTS_URL", "http://127.0.0.1:9/w/pt_inception-2015-12-05-6726825d.pth")
+    with pytest.raises(WeightsError, match="neither eval.fid_weights nor GANRAY_FID_WEIGHTS names a file, so "
+                                           "ganray downloaded them and failed: http://127.0.0.1:9/"):
+        resolve_weights(None)  # the download itself: tests/test_weights_download.py
     monkeypatch.setenv("GANRAY_FID_WEIGHTS", str(tmp_path / "missing.pth"))
     with pytest.raises(WeightsError, match="GANRAY_FID_WEIGHTS=.*no such file"):
         resolve_weights(None)
@@ -179,3 +183,32 @@ def test_registered_metadata_round_trips_and_older_versions_still_read():
         read_metadata({"other": {}}, "models:/x/1")
     with pytest.raises(MetadataError, match="takes 2 tags but its metadata lists 1"):
         read_metadata({"ganray": {**old["ganray"], "tags": ["hat"], "conditioning": "tags"}}, "models:/x/1")
+
+
+class ReplayGenerator(nn.Module):
+    """Returns the given images in turn, one per z (collapsed: always the first)."""
+
+    def __init__(self, images_: np.ndarray, collapsed: bool = False):
+        super().__init__()
+        self.z_dim, self.images, self.collapsed, self.served = 4, from_uint8(images_), collapsed, 0
+
+    def forward(self, z, c=None):
+        idx = [0] * len(z) if self.collapsed else [(self.served + i) % len(self.images) for i in range(len(z))]
+        self.served += len(z)
+        return self.images[idx]
+
+
+def test_precision_and_recall_through_the_evaluation_find_a_collapsed_generator(dataset, weights):
+    from trainers.data.stream.shard_stream import read_manifest
+    from trainers.evaluation import Evaluator
+    from trainers.stored_order import iter_samples
+
+    spec = job_spec("t", dataset, model=DCGAN, eval={"metrics": ["pr"], "fid_weights": str(weights),
+                                                     "num_samples": 8, "num_real": 8})
+    ev = Evaluator(spec, read_manifest(dataset), None)
+    real = np.stack([s["image"] for s in iter_samples(dataset, 8)])  # the images the real statistics read
+    replay = ev.evaluate(ReplayGenerator(real), 0)
+    assert (replay["precision"], replay["recall"]) == (1.0, 1.0) and "fid" not in replay
+    assert "precision/recall: k=3 nearest neighbours on 8 real and 8 generated" in replay["eval_settings"]
+    collapsed = ev.evaluate(ReplayGenerator(real, collapsed=True), 0)
+    assert collapsed["precision"] == 1.0 and collapsed["recall"] <= 1 / 8  # at most the one image it repeats

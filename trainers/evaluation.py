@@ -1,8 +1,10 @@
-"""Evaluation of a generator during training (rank 0): FID, KID, per-tag accuracy and text agreement.
+"""Evaluation of a generator during training (rank 0): FID, KID, precision/recall, per-tag accuracy and
+text agreement.
 
-What to compute comes from the spec's ``eval`` section. FID/KID need the Inception weights as
-a local file (``eval.fid_weights`` or ``$GANRAY_FID_WEIGHTS``); asking for them without it
-fails when the loop starts, not hours later. Generated images come from fixed seeds (and,
+What to compute comes from the spec's ``eval`` section. FID, KID and precision/recall (``pr``) read
+InceptionV3 features: the weights file is found (``eval.fid_weights``, ``$GANRAY_FID_WEIGHTS``) or
+downloaded into the cache when the loop starts, so a missing file or a failed download fails then,
+not hours later. Generated images come from fixed seeds (and,
 for conditional models, conditions drawn from the dataset's own: tag sets, or caption
 lines), with StyleGAN2's noise fixed, and no draw touches the training run's random streams.
 Every number comes with its settings (``eval_settings``).
@@ -23,6 +25,7 @@ from trainers.spec import JobSpec
 from trainers.stored_order import iter_samples, read_images
 
 EVAL_SEED = 1234567
+INCEPTION_METRICS = frozenset({"fid", "kid", "pr"})
 
 
 class Evaluator:
@@ -31,8 +34,8 @@ class Evaluator:
     def __init__(self, spec: JobSpec, manifest: Manifest, cond: Conditioning | TagEncoder | None,
                  device: torch.device | None = None):
         """cond: the loop's conditioning (a bare TagEncoder is taken as tags). Raises ValueError now (not at
-        the first evaluation) when FID/KID have no Inception weights, tag_accuracy has no tags, or
-        text_agreement has no text model or no tags to judge by."""
+        the first evaluation) when FID/KID/PR have no Inception weights (none named and the download
+        failed), tag_accuracy has no tags, or text_agreement has no text model or no tags to judge by."""
         self.ev, self.url, self.manifest = spec.eval, spec.data.url, manifest
         if isinstance(cond, TagEncoder) and not isinstance(cond, TagConditioning):
             cond = TagConditioning(cond.vocabulary, self.url)
@@ -40,7 +43,7 @@ class Evaluator:
         self.device = device or torch.device("cpu")
         self.metrics = list(self.ev.metrics)
         self.weights = None
-        if "fid" in self.metrics or "kid" in self.metrics:
+        if INCEPTION_METRICS & set(self.metrics):
             from trainers.metrics.inception import resolve_weights
 
             self.weights = resolve_weights(self.ev.fid_weights)
@@ -88,7 +91,7 @@ class Evaluator:
         out: dict[str, Any] = {}
         settings = []
         if self.weights is not None:
-            out.update(self._fid_kid(g, settings))
+            out.update(self._inception_metrics(g, settings))
         if "tag_accuracy" in self.metrics:
             out.update(self._tag_accuracy(g, settings))
         if "text_agreement" in self.metrics:
@@ -97,9 +100,10 @@ class Evaluator:
         out["eval_settings"] = "; ".join(settings)
         return out
 
-    def _fid_kid(self, g, settings: list[str]) -> dict[str, Any]:
+    def _inception_metrics(self, g, settings: list[str]) -> dict[str, Any]:
         from trainers.metrics.fid import RealStatistics, feature_stats, frechet_distance, kernel_inception_distance
         from trainers.metrics.inception import RESIZE_SETTINGS, features, load_inception, weights_digest
+        from trainers.metrics.precision_recall import NEIGHBOURS, precision_recall
 
         if self._net is None:
             self._net = load_inception(self.weights, self.device)
@@ -120,10 +124,15 @@ class Evaluator:
             out["fid"] = frechet_distance(self._real.mu, self._real.sigma, mu, sigma)
         if "kid" in self.metrics:
             out["kid"] = kernel_inception_distance(self._real.features, gen)
+        if "pr" in self.metrics:
+            out["precision"], out["recall"] = precision_recall(self._real.features, gen)
         sha = weights_digest(self.weights)[:12]
-        settings.append(f"FID/KID: {n} generated (G_ema, truncation 1, fixed noise) vs {self._real.num_images} real "
-                        f"of dataset {self.manifest.dataset_hash[:12]}; {RESIZE_SETTINGS}; weights sha256 {sha}; "
-                        f"KID 100 subsets of <= 1000")
+        pr_n = min(n, len(self._real.features))
+        pr_note = (f"; precision/recall: k={NEIGHBOURS} nearest neighbours on {pr_n} real and {pr_n} generated"
+                   if "pr" in self.metrics else "")
+        settings.append(f"FID/KID/PR: {n} generated (G_ema, truncation 1, fixed noise) vs {self._real.num_images} "
+                        f"real of dataset {self.manifest.dataset_hash[:12]}; {RESIZE_SETTINGS}; weights sha256 "
+                        f"{sha}; KID 100 subsets of <= 1000{pr_note}")
         return out
 
     def judge(self):

@@ -32,10 +32,13 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "storage, logs, job records and caches (each Ray node has its own)", "~/.ganray"),
     Variable("GANRAY_STORAGE_ROOT", "object storage root that checkpoint storage defaults to "
              "(`<root>/checkpoints`) when the spec sets none", "the stack's storage (a folder, or s3://ganray)"),
-    Variable("GANRAY_FID_WEIGHTS", "local file of the Inception weights pt_inception-2015-12-05 for FID/KID "
-             "when the spec's eval.fid_weights is unset", None, worker=True),
-    Variable("GANRAY_CACHE_DIR", "where real-image statistics and tag judges are cached",
-             "$GANRAY_HOME/cache", worker=True),
+    Variable("GANRAY_FID_WEIGHTS", "local file of the Inception weights pt_inception-2015-12-05 for FID/KID/PR "
+             "when the spec's eval.fid_weights is unset", "the downloaded copy", worker=True),
+    Variable("GANRAY_FID_WEIGHTS_URL", "where the Inception weights are downloaded from when no file is named "
+             "(once, into $GANRAY_CACHE_DIR/inception; the file name's -<hex>. prefix is the sha256 check)",
+             "pytorch-fid's release, .../fid_weights/pt_inception-2015-12-05-6726825d.pth", worker=True),
+    Variable("GANRAY_CACHE_DIR", "where real-image statistics, tag judges and the downloaded Inception weights "
+             "are cached", "$GANRAY_HOME/cache", worker=True),
     Variable("GANRAY_DECODE_WORKERS", "decode processes per data stream (0: decode in threads)",
              "the cores this process may use", worker=True),
     Variable("GANRAY_DATA_CACHE", "folder of a bounded local cache of downloaded shards", None, worker=True),

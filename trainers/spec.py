@@ -199,12 +199,15 @@ class TrainSpec(_Strict):
 
 
 class EvalSpec(_Strict):
-    metrics: list[Literal["fid", "kid", "tag_accuracy", "text_agreement"]] = Field(
-        default_factory=list, description="what to evaluate; fid/kid need Inception weights")
+    metrics: list[Literal["fid", "kid", "pr", "tag_accuracy", "text_agreement"]] = Field(
+        default_factory=list, description="what to evaluate; fid/kid/pr (precision and recall) use Inception "
+                                          "features")
     every_steps: int | None = Field(None, ge=1, description="evaluate every N steps; None: at the last step only")
-    fid_weights: str | None = Field(None, description="local pt_inception-2015-12-05 weights; or GANRAY_FID_WEIGHTS")
-    num_samples: int = Field(10000, ge=2, description="generated images for FID/KID")
-    num_real: int = Field(50000, ge=2, description="at most this many real images for FID/KID statistics")
+    fid_weights: str | None = Field(None, description="local pt_inception-2015-12-05 weights; or GANRAY_FID_WEIGHTS; "
+                                                      "neither: downloaded once into the cache")
+    num_samples: int = Field(10000, ge=2, description="generated images for FID/KID/PR")
+    num_real: int = Field(50000, ge=2, description="at most this many real images for FID/KID statistics "
+                                                    "(KID and PR use up to 10000 of them)")
     tag_samples: int = Field(1000, ge=1, description="generated images judged for per-tag accuracy")
     judge_epochs: int = Field(15, ge=1, description="epochs of the tag judge's training on the real images")
 
@@ -256,12 +259,19 @@ class PreemptionSpec(_Strict):
     margin_s: float = Field(5.0, ge=0, description="safety margin before the deadline for the JIT checkpoint")
 
 
-# Metric names, one naming: the spec names a measure (eval.metrics, registry.best_by) fid, kid or tag_accuracy;
-# evaluations report it, and the run's MLflow metrics and the registered versions' tags (metric.<name>) carry it,
-# under REPORTED_AS's name (tag_accuracy -> tag_acc, with tag_acc.<tag>, tag_acc_min, ...). Wherever a user types
-# a metric's name, either spelling is accepted.
-REPORTED_AS = {"fid": "fid", "kid": "kid", "tag_accuracy": "tag_acc"}
+# Metric names, one naming: the spec names a measure (registry.best_by) fid, kid, tag_accuracy, precision or
+# recall; evaluations report it, and the run's MLflow metrics and the registered versions' tags (metric.<name>)
+# carry it, under REPORTED_AS's name (tag_accuracy -> tag_acc, with tag_acc.<tag>, tag_acc_min, ...). Wherever a
+# user types a metric's name, either spelling is accepted. eval.metrics lists what to compute: a measure's own
+# name, or MEASURED_BY's entry for it (pr computes precision and recall).
+REPORTED_AS = {"fid": "fid", "kid": "kid", "tag_accuracy": "tag_acc", "precision": "precision", "recall": "recall"}
 LOWER_IS_BETTER = frozenset({"fid", "kid"})
+MEASURED_BY = {"precision": "pr", "recall": "pr"}
+
+
+def measured_by(measure: str) -> str:
+    """The eval.metrics entry that computes a measure of registry.best_by (precision -> pr, fid -> fid)."""
+    return MEASURED_BY.get(measure, measure)
 
 
 def spec_metric(name: str) -> str | None:
@@ -290,9 +300,9 @@ with warnings.catch_warnings():
         register: Literal["best", "last", "every", "none"] = Field(
             "last", description="best: each evaluated checkpoint that beats every earlier one; every: each "
                                 "evaluated checkpoint; last: the final generator; none: nothing")
-        best_by: Literal["fid", "kid", "tag_accuracy"] | None = Field(
-            None, description="the measure of register=best (unused otherwise): fid, kid (lower is better) or "
-                              "tag_accuracy (higher; tag_acc too)")
+        best_by: Literal["fid", "kid", "tag_accuracy", "precision", "recall"] | None = Field(
+            None, description="the measure of register=best (unused otherwise): fid, kid (lower is better), "
+                              "tag_accuracy (tag_acc too), precision or recall (higher is better)")
 
         @field_validator("model_name")
         @classmethod
@@ -310,7 +320,8 @@ with warnings.catch_warnings():
         @model_validator(mode="after")
         def _best_needs_a_measure(self):
             if self.register == "best" and self.best_by is None:
-                raise ValueError("registry.register=best needs registry.best_by: fid, kid or tag_accuracy")
+                raise ValueError("registry.register=best needs registry.best_by: fid, kid, tag_accuracy, "
+                                 "precision or recall")
             return self
 
         @property
@@ -370,8 +381,10 @@ class JobSpec(_Strict):
         r, ev = self.registry, self.eval
         if not r.evaluated:
             return self
-        if r.best_by is not None and r.best_by not in ev.metrics:
-            raise ValueError(f"registry.best_by={r.best_by} is not measured: add it to eval.metrics "
+        need = measured_by(r.best_by) if r.best_by is not None else None
+        if need is not None and need not in ev.metrics:
+            what = "it" if need == r.best_by else f"{need} (precision and recall)"
+            raise ValueError(f"registry.best_by={r.best_by} is not measured: add {what} to eval.metrics "
                              f"(now {list(ev.metrics)})")
         if not ev.metrics:
             raise ValueError(f"registry.register={r.register} registers evaluated checkpoints, but eval.metrics "

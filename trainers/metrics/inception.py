@@ -4,15 +4,17 @@ The module tree and parameter names follow torchvision's ``Inception3`` as patch
 pytorch-fid (``FIDInceptionA/C/E_1/E_2``: average pools without the padded zeros, a max
 pool in the last block), so the standard ``pt_inception-2015-12-05-6726825d.pth`` weights
 (the TF FID graph converted by pytorch-fid; torch-fidelity ships the same tensors) load
-with a strict ``load_state_dict``. Weights are read from a local file only: clusters are
-often offline, and no other network is ever substituted.
+with a strict ``load_state_dict``. The weights are the file ``eval.fid_weights`` or
+``$GANRAY_FID_WEIGHTS`` names; with neither, the file downloaded once from pytorch-fid's release
+(``$GANRAY_FID_WEIGHTS_URL`` for a mirror) into ``$GANRAY_CACHE_DIR/inception``, its sha256 checked
+against the prefix its name carries (``trainers.metrics.download``). No other network is ever
+substituted: a download that fails is an error saying what to fetch, from where, and where to put it.
 
 Inputs are uint8 images resized to 299x299 with PIL's bicubic filter (clean-fid's
 recommendation; the network itself does no resizing), scaled to [-1, 1].
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +25,15 @@ from torch import nn
 
 from trainers import settings
 from trainers.errors import GanrayError
+from trainers.metrics import cache_dir
+from trainers.metrics.download import DownloadError, fetch, file_name, file_sha256
 
 INPUT_SIZE = 299
 FEATURES = 2048
 WEIGHTS_ENV = "GANRAY_FID_WEIGHTS"
+WEIGHTS_URL_ENV = "GANRAY_FID_WEIGHTS_URL"
 STANDARD_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+STANDARD_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{STANDARD_WEIGHTS}"
 
 
 class WeightsError(GanrayError, ValueError):
@@ -186,12 +192,11 @@ class InceptionV3Features(nn.Module):
 
 
 def resolve_weights(path: str | None) -> Path:
-    """The weights file: ``path`` (eval.fid_weights) or $GANRAY_FID_WEIGHTS; WeightsError when neither exists."""
+    """The weights file: ``path`` (eval.fid_weights), else $GANRAY_FID_WEIGHTS, else the downloaded copy
+    (:func:`downloaded_weights`); WeightsError for a named file that does not exist or a failed download."""
     chosen = path or settings.get(WEIGHTS_ENV)
     if not chosen:
-        raise WeightsError(
-            f"FID/KID need the Inception weights {STANDARD_WEIGHTS} as a local file: set eval.fid_weights in "
-            f"the spec or {WEIGHTS_ENV} (ganray never downloads them and never substitutes another network)")
+        return downloaded_weights()
     p = Path(chosen).expanduser()
     if not p.is_file():
         source = "eval.fid_weights" if path else WEIGHTS_ENV
@@ -199,13 +204,28 @@ def resolve_weights(path: str | None) -> Path:
     return p
 
 
+def downloaded_weights() -> Path:
+    """The weights from $GANRAY_FID_WEIGHTS_URL (default: pytorch-fid's release) in $GANRAY_CACHE_DIR/inception:
+    downloaded once, checked by the sha256 prefix of their name, reused after."""
+    url = settings.get(WEIGHTS_URL_ENV) or STANDARD_URL
+    folder = cache_dir() / "inception"
+    try:
+        return fetch(url, folder)
+    except DownloadError as err:
+        try:
+            where = f"put it at {folder / file_name(url)[0]}, or set"
+        except DownloadError:  # a URL ganray cannot keep a file of: only a named file helps
+            where = "set"
+        raise WeightsError(
+            f"FID, KID and PR need the Inception weights {STANDARD_WEIGHTS}, and neither eval.fid_weights nor "
+            f"{WEIGHTS_ENV} names a file, so ganray downloaded them and failed: {err}. Fetch {url} yourself and "
+            f"{where} eval.fid_weights or {WEIGHTS_ENV} to its path ({WEIGHTS_URL_ENV} names another URL, e.g. "
+            f"a mirror)") from None
+
+
 def weights_digest(path: str | Path) -> str:
     """sha256 of the weights file (the real-statistics cache key includes it)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def load_inception(path: str | Path, device: torch.device | str = "cpu") -> InceptionV3Features:
