@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -294,3 +295,4 @@ def test_a_service_that_fails_to_start_is_reported_with_its_log(tmp_path_factory
         assert "mlflow" in proc.stderr and "last lines of" in proc.stderr
     finally:
         ganray(home, "local", "down", check=False)
+        shutil.rmtree(home, ignore_errors=True)
