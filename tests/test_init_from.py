@@ -1,0 +1,167 @@
+"""``model.init_from`` in-process: the source grammar, the architecture check, and the weights a fine-tune
+starts from (tag rows copied by name, new tags fresh, the rest of the state the new job's own)."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from specs import COND_DCGAN, DCGAN, STYLEGAN2, job_spec, spec_dict
+from trainers.checkpoints.format import CheckpointError
+from trainers.errors import UsageError
+from trainers.init_from import InitSource, architecture_changes, parse_source
+from trainers.loop import GanLoop
+from trainers.model_ref import ModelRef
+from trainers.networks import build_models
+from trainers.spec import JobSpec, ModelSpec
+from trainers.warm_start import TAG_AXES, carry_tags, warm_start
+
+RENAMED = {"pink hair": "magenta hair", "hat": "crown"}  # two tags the source never saw; two it had are gone
+
+
+@pytest.mark.parametrize("text, source", [
+    ("faces@champion", InitSource(model=ModelRef("faces", alias="champion"))),
+    ("models:/faces/3", InitSource(model=ModelRef("faces", version=3))),
+    ("models:/faces@_x", InitSource(model=ModelRef("faces", alias="_x"))),
+    ("job:e2e", InitSource(job="e2e")),
+])
+def test_a_source_is_a_registered_version_or_a_finished_job(text, source):
+    assert parse_source(text) == source and str(parse_source(text)) == text.removeprefix("models:/")
+
+
+@pytest.mark.parametrize("text, says", [
+    ("faces", "ambiguous"), ("models:/faces", "ambiguous"), ("job:", "job name ''"), ("job:Big", "job name 'Big'"),
+    ("faces@latest", "reserved"), ("faces/0", "whole number"), ("faces@a@b", "more than one"), ("", "empty"),
+])
+def test_a_bad_source_is_refused_naming_what_is_wrong(text, says):
+    with pytest.raises(UsageError, match=says):
+        parse_source(text)
+    with pytest.raises(ValueError, match=says):  # the spec says the same, under its field
+        job_spec("j", "/data", model={**DCGAN, "init_from": text})
+
+
+def test_init_from_is_in_the_digest_and_a_spec_without_it_keeps_its_digest():
+    plain = job_spec("j", "/data", model=DCGAN)
+    assert JobSpec.model_validate(spec_dict("j", "/data", model={**DCGAN, "init_from": None})).digest() == \
+        plain.digest()
+    assert job_spec("j", "/data", model={**DCGAN, "init_from": "faces@champion"}).digest() != plain.digest()
+
+
+@pytest.mark.parametrize("arch, model", [("cond-dcgan", COND_DCGAN), ("stylegan2", {**STYLEGAN2,
+                                                                                    "conditioning": "tags"})])
+def test_every_parameter_that_grows_with_the_vocabulary_is_in_the_tag_table(arch, model):
+    spec = ModelSpec.model_validate(model)
+    (g5, d5), (g7, d7) = build_models(spec, 16, 5), build_models(spec, 16, 7)
+    for net, small, big in (("g", g5, g7), ("d", d5, d7)):
+        grown = {k: next(i for i, (a, b) in enumerate(zip(v.shape, big.state_dict()[k].shape)) if a != b)
+                 for k, v in small.state_dict().items() if v.shape != big.state_dict()[k].shape}
+        assert grown and grown == TAG_AXES[(arch, net)], (net, grown)
+
+
+def test_architecture_fields_that_differ_are_named_each():
+    source = {"arch": "cond-dcgan", "z_dim": 16, "channels": 8, "channels_max": 512, "embed_dim": 8,
+              "conditioning": "tags", "resolution": 16}
+    assert architecture_changes(source, dict(source)) == []
+    changed = {**source, "z_dim": 32, "embed_dim": 4, "resolution": 32}
+    assert architecture_changes(source, changed) == ["model.z_dim: 16 -> 32", "model.embed_dim: 8 -> 4",
+                                                     "resolution: 16 -> 32"]
+    text = {**source, "conditioning": "text", "text_encoder": "a", "text_pooling": "phrases"}
+    assert architecture_changes(text, {**text, "text_pooling": "sentence"}) == \
+        ["model.text_pooling: 'phrases' -> 'sentence'"]
+    assert "model.arch: 'cond-dcgan' -> 'dcgan'" in architecture_changes(source, {**source, "arch": "dcgan"})
+
+
+def test_carried_tags_are_counted_by_name():
+    assert carry_tags(["a", "b", "c"], ["b", "c", "d", "e"]).metrics() == \
+        {"init_tags_copied": 2, "init_tags_new": 2, "init_tags_dropped": 1}
+
+
+@pytest.fixture(scope="module")
+def renamed_dataset(faces, tmp_path_factory):
+    """The session's faces with two tags renamed (new to a model trained on faces), ingested on their own."""
+    from trainers.data.ingest.local import ingest
+
+    root = tmp_path_factory.mktemp("renamed")
+    labels = root / "labels.csv"
+    rows = list(csv.reader(open(faces / "labels.csv")))
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(rows[0])
+        for name, tags in rows[1:]:
+            writer.writerow([name, ", ".join(RENAMED.get(t.strip(), t.strip()) for t in tags.split(","))])
+    ingest(faces, str(root / "data"), labels, shard_mb=0.05)
+    return str(root / "data")
+
+
+def _trained_source(dataset, tmp_path, model, steps=2):
+    loop = GanLoop(job_spec("src", dataset, model=model, train={"steps": steps, "batch_size": 8, "seed": 1}))
+    for _ in range(steps):
+        train_one_step(loop)
+    (tmp_path / "src").mkdir()
+    loop.write_checkpoint(tmp_path / "src")
+    return loop
+
+
+def train_one_step(loop):
+    from trainers.data.stream.shard_stream import batches
+    from trainers.grid import from_uint8
+
+    images, samples = next(batches(loop.stream, loop.local_batch))
+    return loop.train_step(from_uint8(images), samples if loop.cond is not None else None)
+
+
+@pytest.mark.parametrize("model", [COND_DCGAN, {**STYLEGAN2, "conditioning": "tags"}], ids=["cond-dcgan", "stylegan2"])
+def test_a_fine_tune_copies_shared_tag_rows_by_name_and_keeps_fresh_rows_for_new_tags(
+        dataset, renamed_dataset, tmp_path, model):
+    source = _trained_source(dataset, tmp_path, model)
+    target = GanLoop(job_spec("tune", renamed_dataset, model={**model, "init_from": "src/1"},
+                              train={"steps": 4, "batch_size": 8, "seed": 2}))
+    fresh = {net: {k: v.clone() for k, v in m.state_dict().items()} for net, m in (("g", target.g), ("d", target.d))}
+    carry = warm_start(target, str(tmp_path / "src"))
+    assert (carry.copied, carry.new, carry.dropped) == (len(source.tags.vocabulary) - 2, 2, 2)
+    old, new = source.tags.vocabulary, target.tags.vocabulary
+    assert {"crown", "magenta hair"} <= set(new) and not {"crown", "magenta hair"} & set(old)
+    for net, src, dst in (("g", source.g, target.g), ("d", source.d, target.d), ("g", source.g_ema, target.g_ema)):
+        s, t, axes = src.state_dict(), dst.state_dict(), TAG_AXES[(model["arch"], net)]
+        for key, axis in axes.items():
+            for i, tag in enumerate(new):  # shared tags: the source's row; new ones: the row the job drew itself
+                want = s[key].select(axis, old.index(tag)) if tag in old else fresh[net][key].select(axis, i)
+                assert torch.equal(t[key].select(axis, i), want), (net, key, tag)
+        others = [k for k in s if k not in axes]
+        assert others and all(torch.equal(s[k], t[k]) for k in others)
+    assert target.step == 0 and not target.opt_g.state and not target.opt_d.state
+
+
+def test_an_unconditional_fine_tune_carries_every_weight_and_trains_on(dataset, tmp_path):
+    source = _trained_source(dataset, tmp_path, DCGAN)
+    target = GanLoop(job_spec("tune", dataset, model={**DCGAN, "init_from": "job:src"},
+                              train={"steps": 3, "batch_size": 8}))
+    assert warm_start(target, str(tmp_path / "src")).metrics() == \
+        {"init_tags_copied": 0, "init_tags_new": 0, "init_tags_dropped": 0}
+    assert all(torch.equal(a, b) for a, b in zip(source.g.state_dict().values(), target.g.state_dict().values()))
+    stats = train_one_step(target)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in stats.values())
+
+
+@pytest.mark.parametrize("change, named", [({"z_dim": 32}, "model.z_dim: 16 -> 32"),
+                                            ({"channels": 4}, "model.channels: 8 -> 4"),
+                                            ({"arch": "cond-dcgan", "embed_dim": 8}, "model.arch: 'dcgan'")])
+def test_a_source_with_other_architecture_fields_is_refused_naming_them(dataset, tmp_path, change, named):
+    _trained_source(dataset, tmp_path, DCGAN, steps=1)
+    target = GanLoop(job_spec("tune", dataset, model={**DCGAN, **change, "init_from": "job:src"},
+                              train={"steps": 2, "batch_size": 8}))
+    with pytest.raises(CheckpointError, match=named.replace("(", r"\(")):
+        warm_start(target, str(tmp_path / "src"))
+
+
+def test_a_damaged_source_checkpoint_is_refused_before_any_weight_loads(dataset, tmp_path):
+    _trained_source(dataset, tmp_path, DCGAN, steps=1)
+    state = tmp_path / "src" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-100])
+    target = GanLoop(job_spec("tune", dataset, model={**DCGAN, "init_from": "job:src"},
+                              train={"steps": 2, "batch_size": 8}))
+    before = {k: v.clone() for k, v in target.g.state_dict().items()}
+    with pytest.raises(CheckpointError, match="state.pt"):
+        warm_start(target, str(tmp_path / "src"))
+    assert all(torch.equal(before[k], v) for k, v in target.g.state_dict().items())
