@@ -165,3 +165,89 @@ def test_a_damaged_source_checkpoint_is_refused_before_any_weight_loads(dataset,
     with pytest.raises(CheckpointError, match="state.pt"):
         warm_start(target, str(tmp_path / "src"))
     assert all(torch.equal(before[k], v) for k, v in target.g.state_dict().items())
+
+
+# -- the driver's half, against the real MLflow server -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_versions(stack, tracking_uri, dataset, tmp_path_factory):
+    """Model ft-src with two versions, each registered (registry.register: last) by a job of its own."""
+    from orchestrator import tracking_server
+    from orchestrator.job import runs
+    from orchestrator.registry.registrar import register_finished
+    from reporters import DirectoryReporter
+    from trainers.checkpoints.format import generator_from_checkpoint
+
+    storage = tmp_path_factory.mktemp("ft-ckpt")
+    client = tracking_server.client(tracking_uri)
+    for i, name in enumerate(("ft-a", "ft-b")):
+        spec = job_spec(name, dataset, model=COND_DCGAN, train={"steps": 2, "batch_size": 8, "seed": i,
+                                                                 "report_every_s": 1000.0},
+                        checkpoint={"every_steps": 2, "keep": 1, "storage": str(storage)},
+                        registry={"model_name": "ft-src"})
+        reporter = DirectoryReporter(storage / name)
+        GanLoop(spec).run(reporter)
+        run_id = runs.create_run(client, spec.to_dict(), spec.digest(), f"{storage}/{name}")
+        g, info = generator_from_checkpoint(str(reporter.checkpoints[-1]))
+        assert register_finished(client, spec, run_id, str(reporter.checkpoints[-1]), g, info) == i + 1
+    return client
+
+
+def test_a_version_that_is_not_the_newest_resolves_to_its_own_kept_checkpoint(two_versions, renamed_dataset):
+    from orchestrator.job.init_source import resolve
+
+    client = two_versions
+    v1, v2 = (client.get_model_version("ft-src", v) for v in ("1", "2"))
+    lineage = resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "ft-src/1"}), 16)
+    assert lineage == {"init_from.model": "ft-src", "init_from.version": "1", "init_from.run_id": v1.run_id,
+                       "init_from.checkpoint": v1.tags["checkpoint_uri"]}
+    assert "/evaluated/" in v1.tags["checkpoint_uri"] and v1.tags["checkpoint_uri"] != v2.tags["checkpoint_uri"]
+    client.set_registered_model_alias("ft-src", "gold", "1")
+    via_alias = resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "ft-src@gold"}),
+                        16)
+    assert via_alias == lineage
+
+
+def test_a_source_that_does_not_fit_or_is_gone_is_refused_before_anything_starts(two_versions, renamed_dataset,
+                                                                                  tmp_path):
+    import shutil
+
+    from orchestrator.job.init_source import InitSourceError, resolve
+
+    client = two_versions
+    with pytest.raises(InitSourceError, match=r"model.z_dim: 16 -> 32.*model.channels: 8 -> 4"):
+        resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "z_dim": 32, "channels": 4,
+                                                                 "init_from": "ft-src/2"}), 16)
+    with pytest.raises(InitSourceError, match="resolution: 16 -> 32"):
+        resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "ft-src/2"}), 32)
+    with pytest.raises(InitSourceError, match=r"has no version 7 \(versions: 1, 2"):
+        resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "ft-src/7"}), 16)
+    with pytest.raises(InitSourceError, match="no job 'nope'"):
+        resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "job:nope"}), 16)
+    # a version whose checkpoint left (as one registered before copies were kept): named, with what to do
+    kept = client.get_model_version("ft-src", "2").tags["checkpoint_uri"]
+    shutil.move(kept, tmp_path / "away")
+    try:
+        with pytest.raises(InitSourceError, match=f"{kept} is gone"):
+            resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "ft-src/2"}), 16)
+    finally:
+        shutil.move(tmp_path / "away", kept)
+
+
+def test_deleting_a_version_deletes_its_checkpoint_copy_and_refuses_a_held_one(two_versions, renamed_dataset):
+    from pathlib import Path
+
+    from orchestrator.job.init_source import InitSourceError, resolve
+    from orchestrator.registry.deletion import VersionDeleteError, delete_version
+
+    client = two_versions
+    client.set_registered_model_alias("ft-src", "keep", "2")
+    with pytest.raises(VersionDeleteError, match="holds the alias.*keep"):
+        delete_version(client, ModelRef("ft-src", alias="keep"))
+    client.delete_registered_model_alias("ft-src", "gold")
+    kept = Path(client.get_model_version("ft-src", "1").tags["checkpoint_uri"])
+    done = delete_version(client, ModelRef("ft-src", version=1))
+    assert done["checkpoint_deleted"] and not kept.exists() and kept.parent.exists()
+    assert [v.version for v in client.search_model_versions("name='ft-src'")] == ["2"]
+    with pytest.raises(InitSourceError, match="has no version 1"):
+        resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "ft-src/1"}), 16)

@@ -422,12 +422,7 @@ class GanLoop:
                 continue
             metrics = self._metrics(window, stopping)
             metrics.update(self.preemption.metrics(), preempting=int(jit_due))
-            if self.resumed_from is not None:  # the first report after a restart carries its timeline
-                metrics.update(resumed_from_step=self.resumed_from, restored_ts=self.restored_at,
-                               first_step_ts=first_step_at)
-                self.resumed_from = None
-            metrics.update(self.announce)
-            self.announce = {}
+            metrics.update(self._first_report(first_step_at))
             window = _Window()
             if eval_due:
                 metrics.update(self.evaluate())
@@ -450,6 +445,15 @@ class GanLoop:
                 self.preemption.jit_step = self.step
                 self._hold()
         return metrics
+
+    def _first_report(self, first_step_at: float | None) -> dict[str, Any]:
+        """What only the first report carries (once): a restart's timeline, a warm start's tag counts."""
+        extra = dict(self.announce)
+        if self.resumed_from is not None:
+            extra.update(resumed_from_step=self.resumed_from, restored_ts=self.restored_at,
+                         first_step_ts=first_step_at)
+        self.resumed_from, self.announce = None, {}
+        return extra
 
     def _metrics(self, window: "_Window", stopping: bool) -> dict[str, Any]:
         secs = max(window.seconds, 1e-9)

@@ -3,7 +3,7 @@
 A registered version is the EMA generator in MLflow's ``pt2`` format with one input
 ``[z | c]`` and ganray's metadata (``trainers.generator_metadata``); its tags carry the
 step, kimg, the dataset hash, the spec digest, the code revision, the run, the checkpoint it
-came from and every metric of its evaluation (``metric.<name>``, named as evaluations report
+came from (a copy kept while the version exists), a fine-tune's source (``init_from.*``) and every metric of its evaluation (``metric.<name>``, named as evaluations report
 them) with ``eval_settings``. Registering is idempotent (one version per run and checkpoint),
 and the alias ``candidate`` follows the newest version. Resolving a reference and loading a
 version is ``deploy.loader``'s (the one read path, shared with the server). No Ray here.
@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from mlflow.tracking import MlflowClient
 
+from orchestrator.job.init_source import lineage_of
 from orchestrator.job.runs import code_revision
 from trainers.generator_metadata import METADATA_KEY, GeneratorMetadata
 
@@ -136,7 +137,8 @@ def register_generator(client: MlflowClient, run_id: str, model_name: str, gener
 
     # pt2 (torch.export) format; a batch of 2 keeps the batch dimension dynamic (1 would be specialised).
     example = np.zeros((2, meta.input_width), dtype=np.float32)
-    status = client.get_run(run_id).info.status
+    run = client.get_run(run_id)
+    status = run.info.status
     with _mlflow_pointed_at(client.tracking_uri):
         with mlflow.start_run(run_id=run_id):
             model_info = mlflow.pytorch.log_model(
@@ -145,7 +147,8 @@ def register_generator(client: MlflowClient, run_id: str, model_name: str, gener
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ganray"], step=int(meta.step or 0))
         client.update_run(run_id, status=status)  # leaving start_run ended the run; its lifecycle decides that
         mv = mlflow.register_model(model_info.model_uri, model_name,
-                                   tags=version_tags(meta, run_id, digest, checkpoint_uri, kimg))
+                                   tags={**version_tags(meta, run_id, digest, checkpoint_uri, kimg),
+                                         **lineage_of(run.data.params)})
     return int(mv.version)
 
 
