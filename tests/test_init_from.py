@@ -234,6 +234,35 @@ def test_a_source_that_does_not_fit_or_is_gone_is_refused_before_anything_starts
         shutil.move(tmp_path / "away", kept)
 
 
+@pytest.mark.ray
+def test_ganray_run_fine_tunes_a_version_that_is_not_the_newest_on_tags_it_never_saw(
+        two_versions, renamed_dataset, ganray_home, tmp_path):
+    """One Ray fit: the driver resolves ft-src/1 (version 2 is newer), the worker starts from its kept
+    checkpoint, the first report counts the tags, and the job's version records where it came from."""
+    import json
+
+    from conftest import ganray
+    from specs import write_spec
+
+    client = two_versions
+    source = client.get_model_version("ft-src", "1")
+    spec = write_spec(tmp_path / "tune.yaml", "ft-tune", renamed_dataset, model={**COND_DCGAN, "init_from": "ft-src/1"},
+                      train={"steps": 4, "batch_size": 8, "report_every_s": 0.5}, scaling={"workers": 1},
+                      checkpoint={"every_steps": 4, "keep": 1})
+    summary = json.loads(ganray(ganray_home, "run", str(spec), "--quiet").stdout)
+    assert summary["state"] == "finished" and summary["steps"] == 4
+    run = client.get_run(summary["run_id"])
+    lineage = {"init_from.model": "ft-src", "init_from.version": "1", "init_from.run_id": source.run_id,
+               "init_from.checkpoint": source.tags["checkpoint_uri"]}
+    assert {k: run.data.params.get(k) for k in lineage} == lineage
+    first = {k: int(run.data.metrics[k]) for k in ("init_tags_copied", "init_tags_new", "init_tags_dropped")}
+    vocabulary = len(GanLoop(job_spec("v", renamed_dataset, model=COND_DCGAN)).tags.vocabulary)
+    assert first == {"init_tags_copied": vocabulary - 2, "init_tags_new": 2, "init_tags_dropped": 2}
+    tags = client.get_model_version("ft-tune", str(summary["version"])).tags
+    assert {k: tags.get(k) for k in lineage} == lineage and not any(k.startswith("lineage.") for k in tags)
+    assert json.loads(ganray(ganray_home, "run", str(spec), "--quiet").stdout) == summary  # finished: as it was
+
+
 def test_deleting_a_version_deletes_its_checkpoint_copy_and_refuses_a_held_one(two_versions, renamed_dataset):
     from pathlib import Path
 
