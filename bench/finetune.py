@@ -10,9 +10,10 @@ Ray, MLflow, storage in a folder; stopped and removed at the end):
    and registers ``bench-ft-src`` version 1;
 3. target data: ``--per-tag`` faces with pink hair and as many with silver hair, tags the source
    never saw (the other tags drawn as usual);
-4. two jobs on the target data with the same spec, steps and seed: one with
+4. jobs on the target data with the same spec, steps and seed: one with
    ``model.init_from: bench-ft-src/1`` (its first report counts the tag rows copied, new and
-   dropped), one from scratch; each registers its generator;
+   dropped), one from scratch, and the fine-tune again with DiffAugment and ADA (p from 0, target
+   0.6: how far p goes on a small dataset); each registers its generator;
 5. both registered versions are loaded through the registry and asked for the target's own tag
    sets; the project's tag judge (``trainers/metrics/tag_accuracy.py``), trained on
    ``--judge-images`` held-out target-domain faces, scores the new tags (pink hair, silver hair)
@@ -45,6 +46,7 @@ SOURCE_HAIR = ("blonde hair", "black hair", "blue hair", "red hair")
 NEW_HAIR = ("pink hair", "silver hair")
 MODEL = {"arch": "cond-dcgan", "z_dim": 64, "channels": 32, "embed_dim": 32}
 TRAIN = {"batch_size": 64, "lr_g": 0.0005, "lr_d": 0.0005, "loss": "ns", "aux_weight": 5.0, "ema_kimg": 2.0}
+ADA = {"augment": "diffaug", "ada_target": 0.6, "augment_p": 0.0}  # the third job: the fine-tune with ADA from p=0
 
 
 def draw_faces(dest: Path, n: int, hair: tuple[str, ...], seed: int, resolution: int = 32) -> Path:
@@ -71,9 +73,10 @@ def ganray(*args: str) -> str:
     return proc.stdout
 
 
-def run_job(work: Path, name: str, data: str, steps: int, seed: int, model_extra: dict, workers: int) -> dict:
+def run_job(work: Path, name: str, data: str, steps: int, seed: int, model_extra: dict, workers: int,
+            train_extra: dict | None = None) -> dict:
     spec = {"name": name, "data": {"url": data}, "model": {**MODEL, **model_extra},
-            "train": {**TRAIN, "steps": steps, "seed": seed}, "scaling": {"workers": workers, "cpus_per_worker": 1},
+            "train": {**TRAIN, "steps": steps, "seed": seed, **(train_extra or {})}, "scaling": {"workers": workers, "cpus_per_worker": 1},
             "checkpoint": {"every_steps": steps, "keep": 1}}
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -138,12 +141,17 @@ def run(args, home: Path, work: Path) -> dict:
         jobs["fine_tune"] = run_job(work, "bench-ft-tune", datasets["target"][1], args.steps, 1, {"init_from": ref},
                                     args.workers)
         jobs["scratch"] = run_job(work, "bench-ft-scratch", datasets["target"][1], args.steps, 1, {}, args.workers)
+        jobs["fine_tune_ada"] = run_job(work, "bench-ft-ada", datasets["target"][1], args.steps, 1, {"init_from": ref},
+                                        args.workers, ADA)
         run_metrics = client.get_run(jobs["fine_tune"]["run_id"]).data.metrics
         carried = {k: int(run_metrics[k]) for k in ("init_tags_copied", "init_tags_new", "init_tags_dropped")}
-        scores = judge_versions(client, {k: f"bench-ft-{'tune' if k == 'fine_tune' else k}/{jobs[k]['version']}"
-                                         for k in ("fine_tune", "scratch")}, datasets["target"][0], judge_dir,
-                                args.samples, args.judge_epochs)
-        return {"jobs": jobs, "carried": carried, "scores": scores}
+        p = [m.value for m in client.get_metric_history(jobs["fine_tune_ada"]["run_id"], "augment_p")]
+        names = {"fine_tune": "bench-ft-tune", "scratch": "bench-ft-scratch", "fine_tune_ada": "bench-ft-ada"}
+        scores = judge_versions(client, {k: f"{names[k]}/{jobs[k]['version']}" for k in names},
+                                datasets["target"][0], judge_dir, args.samples, args.judge_epochs)
+        return {"jobs": jobs, "carried": carried, "scores": scores,
+                "ada": {**ADA, "augment_p_max": round(max(p), 4) if p else None,
+                        "augment_p_last": round(p[-1], 4) if p else None}}
     finally:
         stack.down()
 
