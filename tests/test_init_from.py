@@ -224,6 +224,12 @@ def test_a_source_that_does_not_fit_or_is_gone_is_refused_before_anything_starts
         resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "ft-src/7"}), 16)
     with pytest.raises(InitSourceError, match="no job 'nope'"):
         resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "job:nope"}), 16)
+    from orchestrator.job import runs
+
+    unfinished = job_spec("ft-unfinished", renamed_dataset, model=COND_DCGAN)
+    runs.create_run(client, unfinished.to_dict(), unfinished.digest(), str(tmp_path / "ft-unfinished"))
+    with pytest.raises(InitSourceError, match="the job is created; a fine-tune starts from a finished job"):
+        resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "job:ft-unfinished"}), 16)
     # a version whose checkpoint left (as one registered before copies were kept): named, with what to do
     kept = client.get_model_version("ft-src", "2").tags["checkpoint_uri"]
     shutil.move(kept, tmp_path / "away")
@@ -261,6 +267,11 @@ def test_ganray_run_fine_tunes_a_version_that_is_not_the_newest_on_tags_it_never
     tags = client.get_model_version("ft-tune", str(summary["version"])).tags
     assert {k: tags.get(k) for k in lineage} == lineage and not any(k.startswith("lineage.") for k in tags)
     assert json.loads(ganray(ganray_home, "run", str(spec), "--quiet").stdout) == summary  # finished: as it was
+    from orchestrator.job.init_source import resolve  # the finished job is a source in its turn
+
+    assert resolve(client, job_spec("next", renamed_dataset, model={**COND_DCGAN, "init_from": "job:ft-tune"}), 16) \
+        == {"init_from.job": "ft-tune", "init_from.run_id": summary["run_id"],
+            "init_from.checkpoint": summary["checkpoint_uri"]}
 
 
 def test_deleting_a_version_deletes_its_checkpoint_copy_and_refuses_a_held_one(two_versions, renamed_dataset):
