@@ -266,6 +266,8 @@ def test_ganray_run_fine_tunes_a_version_that_is_not_the_newest_on_tags_it_never
     assert first == {"init_tags_copied": vocabulary - 2, "init_tags_new": 2, "init_tags_dropped": 2}
     tags = client.get_model_version("ft-tune", str(summary["version"])).tags
     assert {k: tags.get(k) for k in lineage} == lineage and not any(k.startswith("lineage.") for k in tags)
+    shown = json.loads(ganray(ganray_home, "models", "show", f"ft-tune/{summary['version']}", "--json").stdout)
+    assert shown["init_from"] == {k.removeprefix("init_from."): v for k, v in lineage.items()}
     assert json.loads(ganray(ganray_home, "run", str(spec), "--quiet").stdout) == summary  # finished: as it was
     from orchestrator.job.init_source import resolve  # the finished job is a source in its turn
 

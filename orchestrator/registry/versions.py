@@ -196,13 +196,14 @@ def version_record(mv) -> dict[str, Any]:
                    "source_version": _number(tags.get("lineage.source_version"), int),
                    "source_run": tags.get("lineage.source_run") or None}
     metrics = {k: (None if math.isnan(v) else v) for k, v in sorted(version_metrics(tags).items())}
+    started_from = {k.removeprefix("init_from."): v for k, v in sorted(lineage_of(tags).items())} or None
     return {"name": mv.name, "version": int(mv.version), "aliases": sorted(mv.aliases or []),
             "run_id": mv.run_id, "step": _number(tags.get("step"), int), "kimg": _number(tags.get("kimg")),
             "metrics": metrics, "eval_settings": tags.get("eval_settings"),
             "eval_step": _number(tags.get("eval_step"), int), "arch": tags.get("arch"),
             "dataset_hash": tags.get("dataset_hash"), "spec_digest": tags.get("spec_digest"),
             "code_revision": tags.get("code_revision"), "checkpoint_uri": tags.get(CHECKPOINT_VERSION_TAG),
-            "lineage": lineage, "source": mv.source, "created_ms": int(mv.creation_timestamp or 0)}
+            "lineage": lineage, "init_from": started_from, "source": mv.source, "created_ms": int(mv.creation_timestamp or 0)}
 
 
 def model_versions(client: MlflowClient, name: str) -> list:
