@@ -222,6 +222,8 @@ def test_a_source_that_does_not_fit_or_is_gone_is_refused_before_anything_starts
         resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "ft-src/2"}), 32)
     with pytest.raises(InitSourceError, match=r"has no version 7 \(versions: 1, 2"):
         resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "ft-src/7"}), 16)
+    with pytest.raises(InitSourceError, match="names this job itself"):
+        resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "job:tune"}), 16)
     with pytest.raises(InitSourceError, match="no job 'nope'"):
         resolve(client, job_spec("tune", renamed_dataset, model={**COND_DCGAN, "init_from": "job:nope"}), 16)
     from orchestrator.job import runs

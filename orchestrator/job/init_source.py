@@ -36,6 +36,9 @@ def resolve(client, spec: JobSpec, resolution: int) -> dict[str, str]:
     if spec.model.init_from is None:
         return {}
     source = parse_source(spec.model.init_from)
+    if source.job == spec.name:  # --fresh would delete the very checkpoint it starts from
+        raise InitSourceError(f"model.init_from=job:{spec.name} names this job itself; start from a registered "
+                              "version of it (NAME/VERSION keeps its checkpoint) or from another job")
     lineage = _from_job(client, source.job) if source.job else _from_version(client, source)
     _check(lineage[CHECKPOINT_PARAM], source, spec, resolution)
     return lineage
