@@ -170,7 +170,8 @@ def main() -> None:
     p.add_argument("--note", default="")
     args = p.parse_args()
     home, work = Path(tempfile.mkdtemp(prefix="gft-", dir="/tmp")), Path(tempfile.mkdtemp(prefix="gftw-", dir="/tmp"))
-    os.environ.update(GANRAY_HOME=str(home), GANRAY_CACHE_DIR=str(work / "cache"))
+    os.environ.update(GANRAY_HOME=str(home), GANRAY_CACHE_DIR=str(work / "cache"),
+                      MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
     for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
         os.environ.pop(var, None)
     started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time()
