@@ -2,6 +2,7 @@
 moto's S3 server and an MLflow server. One stack for the module; few Ray fits."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -287,12 +288,22 @@ def test_down_leaves_nothing_and_registered_models_survive(demo, stack, ganray_h
 def test_a_service_that_fails_to_start_is_reported_with_its_log(tmp_path_factory):
     import tempfile
 
+    import sqlite3
+
     home = Path(tempfile.mkdtemp(prefix="grf-", dir="/tmp"))
-    (home / "mlflow" / "mlflow.db").mkdir(parents=True)  # SQLite cannot open a folder
+    db = home / "mlflow" / "mlflow.db"
+    db.mkdir(parents=True)  # SQLite cannot open a folder: said at once (MLflow itself would retry for ~100 s)
     try:
         proc = ganray(home, "local", "up", check=False, timeout=300)
-        assert proc.returncode == 1
-        assert "mlflow" in proc.stderr and "last lines of" in proc.stderr
+        assert proc.returncode == 1 and f"its database {db} cannot be opened" in proc.stderr
+        db.rmdir()
+        with contextlib.closing(sqlite3.connect(db)) as conn:  # a schema from an MLflow this one does not know
+            conn.execute("create table alembic_version (version_num varchar(32) not null)")
+            conn.execute("insert into alembic_version values ('ffffffffffff')")
+            conn.commit()
+        proc = ganray(home, "local", "up", check=False, timeout=300)
+        assert proc.returncode == 1 and "mlflow exited while starting; last lines of" in proc.stderr
+        assert "Can't locate revision identified by 'ffffffffffff'" in proc.stderr
     finally:
         ganray(home, "local", "down", check=False)
         shutil.rmtree(home, ignore_errors=True)
