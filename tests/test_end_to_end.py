@@ -2,6 +2,7 @@
 moto's S3 server and an MLflow server. One stack for the module; few Ray fits."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -250,17 +251,16 @@ def test_ctrl_c_stopped_aborted_and_fresh_states_agree_everywhere(demo, s3_datas
     assert {k["rank"] for k in keys} == {0, 1} and min(k["step"] for k in keys) == stopped["steps"] + 1
     # 3. --fresh (a changed spec is allowed with it): a new run from step 0; the old one superseded, and the
     #    checkpoint it recorded deleted.
-    done = json.loads(ganray(ganray_home, "run", str(spec), "--fresh", "--set", "train.steps=200").stdout)
-    assert done["state"] == "finished" and done["steps"] == 200 and done["run_id"] != stopped["run_id"]
+    done = json.loads(ganray(ganray_home, "run", str(spec), "--fresh", "--set", "train.steps=40").stdout)
+    assert done["state"] == "finished" and done["steps"] == 40 and done["run_id"] != stopped["run_id"]
     assert "resumed_from_step" not in c.get_run(done["run_id"]).data.metrics
     assert c.get_run(stopped["run_id"]).data.tags["ganray.state"] == "superseded"
     from trainers.data.storage import open_filesystem
 
     fs, old = open_filesystem(stopped["checkpoint_uri"])
-    assert stopped["steps"] == 200 or not fs.exists(old)
+    assert stopped["steps"] == 40 or not fs.exists(old)
     seen = status_elsewhere(tracking_uri, name)
-    assert (seen["state"], seen["step"], seen["run_id"], seen["total_steps"]) == ("finished", 200, done["run_id"],
-                                                                                200)
+    assert (seen["state"], seen["step"], seen["run_id"], seen["total_steps"]) == ("finished", 40, done["run_id"], 40)
 
 
 def test_down_leaves_nothing_and_registered_models_survive(demo, stack, ganray_home, tmp_path):
@@ -287,12 +287,22 @@ def test_down_leaves_nothing_and_registered_models_survive(demo, stack, ganray_h
 def test_a_service_that_fails_to_start_is_reported_with_its_log(tmp_path_factory):
     import tempfile
 
+    import sqlite3
+
     home = Path(tempfile.mkdtemp(prefix="grf-", dir="/tmp"))
-    (home / "mlflow" / "mlflow.db").mkdir(parents=True)  # SQLite cannot open a folder
+    db = home / "mlflow" / "mlflow.db"
+    db.mkdir(parents=True)  # SQLite cannot open a folder: said at once (MLflow itself would retry for ~100 s)
     try:
         proc = ganray(home, "local", "up", check=False, timeout=300)
-        assert proc.returncode == 1
-        assert "mlflow" in proc.stderr and "last lines of" in proc.stderr
+        assert proc.returncode == 1 and f"its database {db} cannot be opened" in proc.stderr
+        db.rmdir()
+        with contextlib.closing(sqlite3.connect(db)) as conn:  # a schema from an MLflow this one does not know
+            conn.execute("create table alembic_version (version_num varchar(32) not null)")
+            conn.execute("insert into alembic_version values ('ffffffffffff')")
+            conn.commit()
+        proc = ganray(home, "local", "up", check=False, timeout=300)
+        assert proc.returncode == 1 and "mlflow exited while starting; last lines of" in proc.stderr
+        assert "Can't locate revision identified by 'ffffffffffff'" in proc.stderr
     finally:
         ganray(home, "local", "down", check=False)
         shutil.rmtree(home, ignore_errors=True)

@@ -177,13 +177,16 @@ def test_best_registers_the_improving_checkpoints_from_kept_copies_and_keeps_the
             assert tags["dataset_hash"] and tags["code_revision"] == runs.code_revision()
             assert any(k.startswith("metric.tag_acc.") for k in tags)  # per-tag numbers too
 
-    # Ray's rotation kept only the last checkpoint; the copy behind the best version is kept, the others went.
+    # Ray's rotation kept only the last checkpoint; the copy behind every registered version is kept (in the
+    # run's own folder), the copies of the evaluations that did not qualify went.
     job = storage / spec.name
     assert sorted(p.name for p in job.glob("checkpoint_*")) == ["checkpoint_000000008"]
-    kept = sorted(p.name for p in (job / KEPT_FOLDER).iterdir())
-    assert kept == [f"checkpoint_{expected[-1]:09d}"]
-    assert newest.tags["checkpoint_uri"] == str(job / KEPT_FOLDER / kept[0])
-    assert (job / KEPT_FOLDER / kept[0] / "state.pt").exists()
+    kept = sorted(p.name for p in (job / KEPT_FOLDER / run_id).iterdir())
+    assert kept == [f"checkpoint_{s:09d}" for s in expected] and sorted((job / KEPT_FOLDER).iterdir()) == \
+        [job / KEPT_FOLDER / run_id]
+    for step, version in by_step.items():
+        assert version.tags["checkpoint_uri"] == str(job / KEPT_FOLDER / run_id / f"checkpoint_{step:09d}")
+        assert (job / KEPT_FOLDER / run_id / f"checkpoint_{step:09d}" / "state.pt").exists()
 
     # the run records each evaluated checkpoint; a rerun of registration registers nothing twice
     recorded = sorted(k for k in c.get_run(run_id).data.tags if k.startswith(ENTRY_TAG))
@@ -207,7 +210,7 @@ def test_best_registers_the_improving_checkpoints_from_kept_copies_and_keeps_the
     assert meta.step == expected[-1] and meta.vocabulary
 
 
-def test_every_registers_each_evaluated_checkpoint_and_keeps_the_newest_copy(
+def test_every_registers_each_evaluated_checkpoint_and_keeps_a_copy_for_each(
         stack, tracking_uri, dataset, tmp_path, private_cache):
     storage = tmp_path / "ckpt"
     spec = job_spec("reg-every", dataset, model=TINY_COND_DCGAN,
@@ -219,7 +222,8 @@ def test_every_registers_each_evaluated_checkpoint_and_keeps_the_newest_copy(
     assert sorted(int(v.tags["step"]) for v in registered.values()) == [2, 4, 6] == [s for s, _ in _evaluated(reporter)]
     assert [int(registered[v].tags["step"]) for v in sorted(registered)] == [2, 4, 6]  # registered in step order
     assert c.get_model_version_by_alias("reg-every", "candidate").tags["step"] == "6"
-    assert sorted(p.name for p in (storage / spec.name / KEPT_FOLDER).iterdir()) == ["checkpoint_000000006"]
+    assert sorted(p.name for p in (storage / spec.name / KEPT_FOLDER / run_id).iterdir()) == \
+        ["checkpoint_000000002", "checkpoint_000000004", "checkpoint_000000006"]
     last = str(storage / spec.name / "checkpoint_000000006")
     assert register_finished(c, spec, run_id, last, None, {}) == max(registered)
     assert len(_versions(c, "reg-every")) == 3
@@ -249,7 +253,9 @@ def test_last_registers_the_final_generator_once_and_none_registers_nothing(
             continue
         assert first == again == 1 and len(_versions(c, spec.name)) == 1
         v = c.get_model_version_by_alias(spec.name, "candidate")
-        assert (v.version, v.tags["step"], v.tags["checkpoint_uri"]) == ("1", "4", ckpt)
+        kept = storage / spec.name / KEPT_FOLDER / run_id / "checkpoint_000000004"
+        assert (v.version, v.tags["step"], v.tags["checkpoint_uri"]) == ("1", "4", str(kept))
+        assert (kept / "state.pt").read_bytes() == (reporter.checkpoints[-1] / "state.pt").read_bytes()
         assert v.tags["kimg"] == "0.032"
         # the version carries the final checkpoint's own evaluation, not some other number
         assert float(v.tags["metric.tag_acc"]) == pytest.approx(info["evaluation"]["tag_acc"], rel=1e-5)
@@ -294,10 +300,11 @@ def test_a_ray_run_registers_the_best_during_the_run_and_keeps_its_checkpoint(
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root))
     assert [n for n in names if re.fullmatch(r"checkpoint_\d+", n)] == ["checkpoint_000000120"]
     best_uri = registered[max(registered)].tags["checkpoint_uri"]
-    assert best_uri.endswith(f"/{KEPT_FOLDER}/checkpoint_{improving[-1]:09d}")
-    kept = sorted(n for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root}/{KEPT_FOLDER}"))
-                  if n != KEPT_FOLDER)  # (S3 lists the folder's own marker too)
-    assert kept == [f"checkpoint_{improving[-1]:09d}"]
+    run_folder = f"{root}/{KEPT_FOLDER}/{summary['run_id']}"
+    assert best_uri.endswith(f"/{KEPT_FOLDER}/{summary['run_id']}/checkpoint_{improving[-1]:09d}")
+    kept = sorted(n for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(run_folder))
+                  if n != summary["run_id"])  # (S3 lists the folder's own marker too)
+    assert kept == [f"checkpoint_{s:09d}" for s in improving]  # one copy per registered version
     _, best_path = open_filesystem(best_uri)
     assert fs.exists(f"{best_path}/state.pt")
 

@@ -70,7 +70,7 @@ def test_bad_name_and_bad_yaml(tmp_path):
 DIGEST_BASE = {**BASE, "model": {"arch": "stylegan2"}}
 # Values tried in turn for a field until one validates and differs from the field's default.
 ALTERNATIVES = {bool: lambda v: [not v], int: lambda v: [v + 1, v * 2], float: lambda v: [v / 2, 0.5, 0.1],
-                type(None): lambda v: [16, 0.5, "x", "fid"], list: lambda v: [["fid"]],
+                type(None): lambda v: [16, 0.5, "x", "fid", "src@champion"], list: lambda v: [["fid"]],
                 str: lambda v: [v + "x", "dcgan", "color", "hinge", "bf16", "diffaug", "none", "tags", "sentence"]}
 
 

@@ -142,6 +142,7 @@ class GanLoop:
         self.preemption = PreemptionGuard(p.check_every_s, p.margin_s, enabled=False)
         self.resumed_from: int | None = None
         self.restored_at: float | None = None
+        self.announce: dict[str, Any] = {}  # what the first report says beside its metrics (a warm start's tags)
         self.evaluations: list[dict[str, Any]] = []
         self._grid_c: torch.Tensor | None = None
         self.evaluator = None
@@ -413,17 +414,15 @@ class GanLoop:
             if first_step_at is None:
                 first_step_at = time.time()
             stopping, report_due, jit_due = self._flags(stop, last_report, dt)
-            resumed_report = self.resumed_from is not None  # the same on every rank: all restored
+            # the same on every rank: all restored (or warm-started) alike
+            first_report = self.resumed_from is not None or bool(self.announce)
             ckpt_due = self.step % every == 0 or self.step >= t.steps or stopping or jit_due
             eval_due = self._eval_due() and not jit_due  # inside a notice window there is no time to evaluate
-            if not (ckpt_due or report_due or resumed_report or eval_due):
+            if not (ckpt_due or report_due or first_report or eval_due):
                 continue
             metrics = self._metrics(window, stopping)
             metrics.update(self.preemption.metrics(), preempting=int(jit_due))
-            if resumed_report:  # the first report after a restart carries its timeline
-                metrics.update(resumed_from_step=self.resumed_from, restored_ts=self.restored_at,
-                               first_step_ts=first_step_at)
-                self.resumed_from = None
+            metrics.update(self._first_report(first_step_at))
             window = _Window()
             if eval_due:
                 metrics.update(self.evaluate())
@@ -446,6 +445,15 @@ class GanLoop:
                 self.preemption.jit_step = self.step
                 self._hold()
         return metrics
+
+    def _first_report(self, first_step_at: float | None) -> dict[str, Any]:
+        """What only the first report carries (once): a restart's timeline, a warm start's tag counts."""
+        extra = dict(self.announce)
+        if self.resumed_from is not None:
+            extra.update(resumed_from_step=self.resumed_from, restored_ts=self.restored_at,
+                         first_step_ts=first_step_at)
+        self.resumed_from, self.announce = None, {}
+        return extra
 
     def _metrics(self, window: "_Window", stopping: bool) -> dict[str, Any]:
         secs = max(window.seconds, 1e-9)

@@ -1,6 +1,7 @@
 """The Ray Train side of a worker: the entry point TorchTrainer runs, its reporter and stop signal."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -10,6 +11,8 @@ from trainers.checkpoints.layout import checkpoint_name, checkpoint_step
 from trainers.checkpoints.resume import resume
 from trainers.loop import GanLoop, NeverStop
 from trainers.spec import JobSpec
+
+log = logging.getLogger("ganray.worker")
 
 
 class RayReporter:
@@ -60,6 +63,21 @@ class ActorStopSignal:
         return self._stop
 
 
+def start_from(loop: GanLoop, checkpoint: str) -> None:
+    """G, D and G_ema of loop from the source checkpoint (a URI the driver resolved and checked); the first
+    report says how the tags were carried."""
+    from trainers.checkpoints.copies import local_copy
+    from trainers.checkpoints.storage import open_storage
+    from trainers.warm_start import warm_start
+
+    with local_copy(*open_storage(checkpoint)) as d:
+        carry = warm_start(loop, d)
+    loop.announce = carry.metrics()
+    if loop.rank == 0:
+        log.info("ganray: started from %s: tags copied %d, new %d, dropped %d", checkpoint, carry.copied,
+                 carry.new, carry.dropped)
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker entry: builds the loop, resumes from Ray's latest checkpoint, trains."""
     import ray.train
@@ -80,6 +98,8 @@ def train_worker(config: dict[str, Any]) -> None:
         if ckpt is not None:  # the newest checkpoint that verifies, at or before Ray's latest; all ranks alike
             choice = resume(loop, ckpt.filesystem, ckpt.path)
             reporter = RayReporter(choice.generation, len(choice.skipped))
+        elif config.get("init_from"):  # a fine-tune's first start: the source's weights (the driver chose them)
+            start_from(loop, config["init_from"])
         loop.run(reporter, stop)
     finally:  # decode processes and staged shards (in /dev/shm) go now, not when the actor is reaped
         loop.stream.close()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from trainers.conditioning.encoder import DEFAULT_TEXT_ENCODER, TEXT_ENCODERS
 from trainers.conditioning.phrases import DEFAULT_POOLING, POOLINGS, check_pooling
+from trainers.errors import GanrayError
 from trainers.model_ref import NAME_RULE, name_fault
 from trainers.urls import url_problem
 
@@ -29,6 +30,13 @@ ARCHES: tuple[str, ...] = get_args(Arch)  # the architecture names, defined once
 CONDITIONAL_ARCHES: tuple[str, ...] = ("cond-dcgan", "stylegan2")
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 1024
 RESOLUTION_RULE = f"a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}"
+JOB_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+JOB_NAME_RULE = "must be 1-63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
+
+
+def job_name_fault(name: Any) -> str | None:
+    """Why name is no job name (JOB_NAME_RULE), or None for a valid one."""
+    return None if isinstance(name, str) and JOB_NAME.fullmatch(name) else JOB_NAME_RULE
 
 
 def is_valid_resolution(resolution: Any) -> bool:
@@ -104,6 +112,9 @@ class ModelSpec(_Strict):
     w_dim: int | None = Field(None, ge=1, le=1024, description="stylegan2: W space size; default z_dim")
     mapping_layers: int = Field(8, ge=1, le=16, description="stylegan2: depth of the mapping network")
     mbstd_group: int = Field(4, ge=1, description="stylegan2: minibatch standard deviation group size")
+    init_from: str | None = Field(
+        None, description="a fine-tune's first G, D and G_ema: a registered version (NAME@ALIAS, NAME/VERSION) or "
+                          "a finished job (job:NAME); at the job's first start only (trainers/init_from.py)")
 
     @model_validator(mode="before")
     @classmethod
@@ -124,6 +135,18 @@ class ModelSpec(_Strict):
     @classmethod
     def _known_pooling(cls, v):
         return check_pooling(v)
+
+    @field_validator("init_from")
+    @classmethod
+    def _source(cls, v):
+        from trainers.init_from import parse_source
+
+        if v is not None:
+            try:
+                parse_source(v)
+            except GanrayError as err:
+                raise ValueError(str(err).removeprefix(f"model.init_from={v!r} ").removeprefix("model.init_from: "))
+        return v
 
     @model_validator(mode="after")
     def _conditioning_fits_arch(self):
@@ -344,8 +367,8 @@ class JobSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", v):
-            raise ValueError("must be 1-63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
+        if job_name_fault(v):
+            raise ValueError(JOB_NAME_RULE)
         return v
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""``ganray promote``, ``ganray rollback`` and ``ganray models list|show``: the registry, without Ray.
+"""``ganray promote``, ``ganray rollback`` and ``ganray models list|show|delete``: the registry, without Ray.
 
 Every command addresses a model by ``trainers.model_ref``'s one grammar (NAME --version V, NAME@ALIAS,
 NAME/V, models:/NAME/V, models:/NAME@ALIAS; a bare NAME for a whole model), and finds it with
@@ -91,6 +91,27 @@ def models_group() -> None:
     """Registered models: their versions, aliases, metrics and lineage."""
 
 
+@models_group.command("delete")
+@click.argument("model")
+@click.option("--version", "version", help="The version, when MODEL names none.")
+@click.option("--json", "as_json", is_flag=True, help="Print what happened as JSON.")
+def delete_cmd(model: str, version: str | None, as_json: bool) -> None:
+    """Delete a version and the training checkpoint the registry kept for it (refused while an alias holds it)."""
+    from orchestrator.registry.deletion import delete_version
+    from trainers.model_ref import parse_ref
+
+    ref = parse_ref(model, version, need_version=True)
+    with _registry() as client:
+        done = delete_version(client, ref)
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+        return
+    kept = (f"its checkpoint {done['checkpoint']} deleted" if done["checkpoint_deleted"] else
+            f"its checkpoint {done['checkpoint']} kept for {', '.join(done['kept_for'])}" if done["kept_for"] else
+            "no checkpoint copy of its own to delete")
+    click.echo(f"deleted {done['model']} version {done['version']}; {kept}")
+
+
 @models_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON: a list of models.")
 def list_cmd(as_json: bool) -> None:
@@ -172,6 +193,10 @@ def _version_text(v: dict[str, Any]) -> str:
     if v["lineage"]:
         lin = v["lineage"]
         lines.append(f"    copied from {lin['source_model']} version {lin['source_version']} (run {lin['source_run']})")
+    if v.get("init_from"):
+        src = v["init_from"]
+        where = f"{src['model']} version {src.get('version')}" if "model" in src else f"job {src.get('job')}"
+        lines.append(f"    fine-tuned from {where} (checkpoint {src.get('checkpoint')})")
     return "\n".join(lines)
 
 

@@ -23,15 +23,15 @@ log = logging.getLogger("ganray.evaluated")
 ENTRY_TAG = "ganray.evaluated."
 
 
-def keep_evaluated(checkpoint, metrics: dict[str, Any], storage_url: str) -> tuple[str, str]:
-    """(tag, value) recording an evaluated checkpoint, after copying it to ``<job>/evaluated/<name>``.
+def keep_evaluated(checkpoint, metrics: dict[str, Any], storage_url: str, run_id: str) -> tuple[str, str]:
+    """(tag, value) recording an evaluated checkpoint, after copying it to ``<job>/evaluated/<run id>/<name>``.
 
     A copy that fails is logged, and the entry names Ray's checkpoint instead (registered while Ray keeps it).
     """
     src = checkpoint.path.rstrip("/")
     name = src.rsplit("/", 1)[-1]
     try:
-        kept = keep_copy(checkpoint.filesystem, src)
+        kept = keep_copy(checkpoint.filesystem, src, run_id)
     except Exception as err:  # noqa: BLE001 - registration can still read Ray's copy while it lasts
         log.warning("could not keep a copy of evaluated checkpoint %s: %s", name, type(err).__name__)
         kept = src

@@ -111,7 +111,7 @@ class MlflowReportCallback(UserCallback):
             return {}
         from orchestrator.controller.evaluated import keep_evaluated
 
-        tag, entry = keep_evaluated(checkpoint, m, self.storage_url)
+        tag, entry = keep_evaluated(checkpoint, m, self.storage_url, self.run_id)
         return {tag: entry}
 
     def _copy_grid(self, checkpoint) -> None:

@@ -17,6 +17,8 @@ from orchestrator.job import cluster_lock
 
 from orchestrator.job import host_record
 
+from orchestrator.job import init_source
+
 from orchestrator.job import runs
 from orchestrator.cluster.endpoints import Endpoints, applied, resolve_endpoints
 from orchestrator.job.lifecycle import Lifecycle, State, state_of
@@ -75,7 +77,7 @@ def _run_locked(spec: JobSpec, fresh: bool, progress: bool, endpoints: Endpoints
         if ckpt:  # trained to the end already: only the finishing is left
             life.move(State.RUNNING)
         else:
-            ckpt = _train(spec, endpoints, client, life, storage, progress)
+            ckpt = _train(spec, endpoints, client, life, storage, progress, init_source.recorded_checkpoint(run))
         return finish(spec, client, life, ckpt)
     except KeyboardInterrupt:  # Ctrl-C before training began, or a second one during it
         life.move(State.INTERRUPTED)
@@ -90,8 +92,9 @@ def _open_job(client, spec: JobSpec, storage: Storage, fresh: bool):
     checkpoints of the job in its storage folder must have been written under the same spec."""
     run = runs.find_run(client, spec.name)
     run_url = storage.run_url(spec.name)
-    if fresh or run is None:
-        read_manifest(spec.data.url)  # a missing dataset fails here, before anything changes
+    lineage = {}
+    if fresh or run is None:  # a missing dataset or an unusable init_from fails here, before anything changes
+        lineage = init_source.resolve(client, spec, read_manifest(spec.data.url).resolution)
     if fresh:
         if run is not None:
             _retire(client, run)
@@ -100,7 +103,7 @@ def _open_job(client, spec: JobSpec, storage: Storage, fresh: bool):
     elif run is None:
         _check_stored_checkpoints(run_url, spec)
     if run is None:
-        run_id = runs.create_run(client, spec.to_dict(), spec.digest(), run_url)
+        run_id = runs.create_run(client, spec.to_dict(), spec.digest(), run_url, lineage)
         return client.get_run(run_id), Lifecycle(client, spec.name, run_id, State.CREATED)
     _check_same_spec(client, run, spec)
     state = state_of(run)
@@ -163,7 +166,8 @@ def _final_checkpoint(run, spec: JobSpec) -> str | None:
     return None
 
 
-def _trainer(spec: JobSpec, endpoints: Endpoints, run_id: str, storage: Storage, control_name: str):
+def _trainer(spec: JobSpec, endpoints: Endpoints, run_id: str, storage: Storage, control_name: str,
+             init_from: str | None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -175,7 +179,8 @@ def _trainer(spec: JobSpec, endpoints: Endpoints, run_id: str, storage: Storage,
     resources = {"CPU": spec.scaling.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     return TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.to_dict(), "control": {"name": control_name, "namespace": NAMESPACE}},
+        train_loop_config={"spec": spec.to_dict(), "control": {"name": control_name, "namespace": NAMESPACE},
+                           "init_from": init_from},
         scaling_config=ScalingConfig(num_workers=spec.scaling.workers, use_gpu=gpus > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -187,13 +192,16 @@ def _trainer(spec: JobSpec, endpoints: Endpoints, run_id: str, storage: Storage,
                                             keep_evaluated=spec.registry.evaluated)]))
 
 
-def _train(spec: JobSpec, endpoints: Endpoints, client, life: Lifecycle, storage: Storage, progress: bool) -> str:
-    """Runs Ray Train to the end or a stop; returns the URI of its last checkpoint."""
+def _train(spec: JobSpec, endpoints: Endpoints, client, life: Lifecycle, storage: Storage, progress: bool,
+           init_from: str | None) -> str:
+    """Runs Ray Train to the end or a stop; returns the URI of its last checkpoint. init_from: the source
+    checkpoint a first start takes G, D and G_ema from (the workers use it only without a checkpoint of
+    the job's own)."""
     from orchestrator.job.ray_runtime import control_actor, fit_in_thread, own_job_id, own_submission_id, ray_init
 
     ray_init(endpoints.ray_address)
     control_name, control = control_actor(spec.name)
-    trainer = _trainer(spec, endpoints, life.run_id, storage, control_name)
+    trainer = _trainer(spec, endpoints, life.run_id, storage, control_name, init_from)
     with DriverStop(control) as stop:  # Ctrl-C, SIGTERM, and `ganray stop` through the tracking server
         life.move(State.RUNNING)
         try:

@@ -66,14 +66,16 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def create_run(client: MlflowClient, spec_dict: dict[str, Any], digest: str, storage_url: str) -> str:
+def create_run(client: MlflowClient, spec_dict: dict[str, Any], digest: str, storage_url: str,
+               extra_params: dict[str, str] | None = None) -> str:
     """Opens the job's run in state ``created``: tags identify it, params hold the spec (no endpoints,
-    no secrets), ``spec.json`` the whole spec, and the storage tag where its checkpoints go."""
+    no secrets) and extra_params (a fine-tune's source), ``spec.json`` the whole spec, and the storage
+    tag where its checkpoints go."""
     name = spec_dict["name"]
     run = client.create_run(experiment_id(client), run_name=name,
                        tags={JOB_TAG: name, DIGEST_TAG: digest, STATE_TAG: "created",
                              REVISION_TAG: code_revision(), STORAGE_TAG: storage_url})
-    params = [Param(k, v[:6000]) for k, v in flatten(spec_dict).items()]
+    params = [Param(k, v[:6000]) for k, v in {**flatten(spec_dict), **(extra_params or {})}.items()]
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i:i + 100])
     client.log_text(run.info.run_id, json.dumps(spec_dict, indent=2), SPEC_ARTIFACT)

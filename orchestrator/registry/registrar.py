@@ -6,9 +6,11 @@ copied into the job's ``evaluated/`` folder, outside Ray Train's rotation, and a
 ``ganray.evaluated.<checkpoint>``) and registers the ones that qualify: with ``every`` each one, with
 ``best`` each one that beats every earlier evaluation by ``registry.best_by``. Registering is
 idempotent (``versions.find_version`` by run and checkpoint), so a rerun never registers a
-checkpoint twice; ``candidate`` moves to the newest version. The copy behind the newest registered
-version (under ``best``: the best one) is kept; the other copies are deleted once decided. Whatever
-is pending at the end is finished then. No Ray here.
+checkpoint twice; ``candidate`` moves to the newest version. The copy behind every registered
+version is kept while the version exists (``model.init_from`` starts from it; ``ganray models delete``
+removes both); the copies of checkpoints that do not qualify are deleted once decided. With ``last``
+the final checkpoint is copied the same way before it is registered. Whatever is pending at the end
+is finished then. No Ray here.
 """
 from __future__ import annotations
 
@@ -96,10 +98,9 @@ class Registrar:
             for e in chosen:
                 self._register(e)
             registered = [e["uri"] for e in chosen if e["uri"] in self._done]
-            keep = registered[-1] if registered else None
-            pending = {e["uri"] for e in chosen} - set(registered)
+            keep = {e["uri"] for e in chosen}  # registered (kept with their versions) or pending
             for uri in (e["uri"] for e in entries):
-                if is_kept_copy(uri) and uri != keep and uri not in pending and uri not in self._deleted:
+                if is_kept_copy(uri) and uri not in keep and uri not in self._deleted:
                     delete_checkpoint(*open_storage(uri))
                     self._deleted.add(uri)
             return [self._done[uri] for uri in registered]
@@ -117,6 +118,20 @@ class Registrar:
                 self._failed.add(uri)
 
 
+def keep_final_copy(ckpt_uri: str, run_id: str) -> str:
+    """The URI of a kept copy of the final checkpoint (out of Ray Train's rotation), made now; Ray's own URI
+    when the copy fails (logged: the version is registered all the same, as an evaluated one would be)."""
+    from trainers.checkpoints.copies import keep_copy
+    from trainers.checkpoints.layout import kept_copy_path
+
+    try:
+        keep_copy(*open_storage(ckpt_uri), run_id)
+    except OSError as err:
+        log.warning("could not keep a copy of the final checkpoint %s: %s: %s", ckpt_uri, type(err).__name__, err)
+        return ckpt_uri
+    return kept_copy_path(ckpt_uri, run_id)
+
+
 def register_finished(client, spec: JobSpec, run_id: str, ckpt_uri: str, generator, info: dict[str, Any]) -> int | None:
     """The version a finished job reports: ``last`` registers (once) the final generator, ``best`` and ``every``
     finish what is pending and report the newest version registered from the run; ``none``: None."""
@@ -126,7 +141,7 @@ def register_finished(client, spec: JobSpec, run_id: str, ckpt_uri: str, generat
     if mode == "last":
         version = versions.find_version(client, spec.model_name, run_id, ckpt_uri) or versions.register_generator(
             client, run_id, spec.model_name, generator, GeneratorMetadata.from_checkpoint_info(info), spec.digest(),
-            ckpt_uri, kimg=info.get("images_seen", 0) / 1000)
+            keep_final_copy(ckpt_uri, run_id), kimg=info.get("images_seen", 0) / 1000)
         versions.point_candidate(client, spec.model_name, version)
         return version
     Registrar(client, spec, run_id).process()

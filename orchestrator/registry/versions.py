@@ -3,7 +3,7 @@
 A registered version is the EMA generator in MLflow's ``pt2`` format with one input
 ``[z | c]`` and ganray's metadata (``trainers.generator_metadata``); its tags carry the
 step, kimg, the dataset hash, the spec digest, the code revision, the run, the checkpoint it
-came from and every metric of its evaluation (``metric.<name>``, named as evaluations report
+came from (a copy kept while the version exists), a fine-tune's source (``init_from.*``) and every metric of its evaluation (``metric.<name>``, named as evaluations report
 them) with ``eval_settings``. Registering is idempotent (one version per run and checkpoint),
 and the alias ``candidate`` follows the newest version. Resolving a reference and loading a
 version is ``deploy.loader``'s (the one read path, shared with the server). No Ray here.
@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from mlflow.tracking import MlflowClient
 
+from orchestrator.job.init_source import lineage_of
 from orchestrator.job.runs import code_revision
 from trainers.generator_metadata import METADATA_KEY, GeneratorMetadata
 
@@ -136,7 +137,8 @@ def register_generator(client: MlflowClient, run_id: str, model_name: str, gener
 
     # pt2 (torch.export) format; a batch of 2 keeps the batch dimension dynamic (1 would be specialised).
     example = np.zeros((2, meta.input_width), dtype=np.float32)
-    status = client.get_run(run_id).info.status
+    run = client.get_run(run_id)
+    status = run.info.status
     with _mlflow_pointed_at(client.tracking_uri):
         with mlflow.start_run(run_id=run_id):
             model_info = mlflow.pytorch.log_model(
@@ -145,7 +147,8 @@ def register_generator(client: MlflowClient, run_id: str, model_name: str, gener
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ganray"], step=int(meta.step or 0))
         client.update_run(run_id, status=status)  # leaving start_run ended the run; its lifecycle decides that
         mv = mlflow.register_model(model_info.model_uri, model_name,
-                                   tags=version_tags(meta, run_id, digest, checkpoint_uri, kimg))
+                                   tags={**version_tags(meta, run_id, digest, checkpoint_uri, kimg),
+                                         **lineage_of(run.data.params)})
     return int(mv.version)
 
 
@@ -193,13 +196,14 @@ def version_record(mv) -> dict[str, Any]:
                    "source_version": _number(tags.get("lineage.source_version"), int),
                    "source_run": tags.get("lineage.source_run") or None}
     metrics = {k: (None if math.isnan(v) else v) for k, v in sorted(version_metrics(tags).items())}
+    started_from = {k.removeprefix("init_from."): v for k, v in sorted(lineage_of(tags).items())} or None
     return {"name": mv.name, "version": int(mv.version), "aliases": sorted(mv.aliases or []),
             "run_id": mv.run_id, "step": _number(tags.get("step"), int), "kimg": _number(tags.get("kimg")),
             "metrics": metrics, "eval_settings": tags.get("eval_settings"),
             "eval_step": _number(tags.get("eval_step"), int), "arch": tags.get("arch"),
             "dataset_hash": tags.get("dataset_hash"), "spec_digest": tags.get("spec_digest"),
             "code_revision": tags.get("code_revision"), "checkpoint_uri": tags.get(CHECKPOINT_VERSION_TAG),
-            "lineage": lineage, "source": mv.source, "created_ms": int(mv.creation_timestamp or 0)}
+            "lineage": lineage, "init_from": started_from, "source": mv.source, "created_ms": int(mv.creation_timestamp or 0)}
 
 
 def model_versions(client: MlflowClient, name: str) -> list:

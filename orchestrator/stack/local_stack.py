@@ -34,6 +34,7 @@ marker: never a process found by its command line (a ``tail -f`` of a Ray log su
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -100,6 +101,23 @@ class Service:
     def group_ours(self) -> bool:
         """Whether it, or a process of ours in the group it led, still runs (what stopping it signals)."""
         return self.alive() or any(owned(pid, self.owner()) for pid in group_members(self.pid))
+
+
+def check_database(path: Path) -> None:
+    """StackError naming path when it is there but SQLite cannot open it as a database: MLflow would retry
+    for about 100 s before it exits (its engine retries ten times, doubling the wait)."""
+    import sqlite3
+
+    if not path.exists():
+        return
+    try:
+        if not path.is_file():
+            raise sqlite3.DatabaseError("it is not a file")
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5)) as db:
+            db.execute("select count(*) from sqlite_master").fetchone()
+    except sqlite3.Error as err:
+        raise StackError(f"mlflow cannot start: its database {path} cannot be opened ({err}); move it away to "
+                         "start with an empty tracking server, or restore it from a backup") from None
 
 
 def ray_temp_dir(home: Path) -> str:
@@ -283,6 +301,7 @@ class LocalStack:
     def _start_mlflow(self, ports: dict[str, int], auth: bool) -> Service:
         root = self.home / "mlflow"
         (root / "artifacts").mkdir(parents=True, exist_ok=True)
+        check_database(root / "mlflow.db")
         cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]

@@ -4,8 +4,9 @@ Ray Train writes one folder per checkpoint, named by the workers: ``checkpoint_<
 with a generation suffix (``checkpoint_000000012-1``) for the checkpoints written after a resume
 fell back past newer ones. Beside them Ray Train keeps its own record of them
 (``checkpoint_manager_snapshot.json``, its ``.validate_storage_marker``), and registration keeps a
-copy of each evaluated checkpoint in ``evaluated/<checkpoint name>`` (where ``checkpoint.keep``
-never deletes it). Those are the job's entries; any other file or folder there is someone else's.
+copy of each evaluated or registered checkpoint in ``evaluated/<run id>/<checkpoint name>`` (where
+``checkpoint.keep`` never deletes it; copies made before run folders existed are ``evaluated/<checkpoint
+name>``). Those are the job's entries; any other file or folder there is someone else's.
 Names only: no filesystem is touched here.
 """
 from __future__ import annotations
@@ -37,15 +38,17 @@ def checkpoint_step(path: str) -> int:
     return parsed[0]
 
 
-def kept_copy_path(checkpoint_path: str) -> str:
-    """Where the kept copy of an evaluated checkpoint goes: ``<job folder>/evaluated/<checkpoint name>``."""
+def kept_copy_path(checkpoint_path: str, run_id: str) -> str:
+    """Where the kept copy of a checkpoint (one that is or may be registered) goes:
+    ``<job folder>/evaluated/<run id>/<checkpoint name>``, so that a ``--fresh`` run of the same job, whose
+    checkpoints have the same names, never writes into the copy behind an older run's version."""
     parent, name = checkpoint_path.rstrip("/").rsplit("/", 1)
-    return f"{parent}/{KEPT_FOLDER}/{name}"
+    return f"{parent}/{KEPT_FOLDER}/{run_id}/{name}"
 
 
 def is_kept_copy(path: str) -> bool:
     """Whether a checkpoint path or URI names a kept copy (under ``evaluated/``), not Ray Train's own."""
-    return f"/{KEPT_FOLDER}/checkpoint_" in path
+    return f"/{KEPT_FOLDER}/" in path and parse_checkpoint_name(path) is not None
 
 
 def is_job_entry(name: str, is_folder: bool) -> bool:
