@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainers.errors import UsageError
+from trainers.errors import GanrayError, UsageError
 from trainers.model_ref import ModelRef, parse_ref
 
 JOB_PREFIX = "job:"
@@ -65,18 +65,23 @@ def parse_source(text: Any) -> InitSource:
         raise UsageError(f"model.init_from: {err}") from None
 
 
+class SourceError(GanrayError, ValueError):
+    """A source checkpoint whose architecture cannot be read; the message says why."""
+
+
 def source_fields(state: dict[str, Any]) -> dict[str, Any]:
-    """The architecture of a checkpoint's networks: its model spec's fields and the resolution it was built at."""
+    """The architecture of a checkpoint's networks: its model section, validated as a spec's is (a stored spec
+    read as it ran), and the resolution its generator was built at. SourceError when it has neither."""
     from trainers.spec import ModelSpec, read_stored_spec
 
-    stored = read_stored_spec(state.get("spec") or {}).get("model") or {}
-    config = state.get("generator_config") or {}
-    model = ModelSpec.model_validate(stored) if stored else None
-    fields = dict(model.model_dump()) if model else {k: v for k, v in config.items() if k != "c_dim"}
-    fields["w_dim"] = config.get("w_dim", fields.get("w_dim") or fields.get("z_dim"))
-    fields["resolution"] = config.get("resolution")
-    fields["conditioning"] = state.get("conditioning") or fields.get("conditioning", "none")
-    return fields
+    stored, config = state.get("spec"), state.get("generator_config")
+    if not isinstance(stored, dict) or not isinstance(config, dict) or "resolution" not in config:
+        raise SourceError("the source checkpoint holds no spec or generator config to compare with")
+    try:
+        model = ModelSpec.model_validate(read_stored_spec(stored)["model"])
+    except (KeyError, ValueError) as err:
+        raise SourceError(f"the source checkpoint's model section does not validate: {err}") from None
+    return new_fields(model, config["resolution"])
 
 
 def new_fields(model, resolution: int) -> dict[str, Any]:

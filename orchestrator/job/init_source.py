@@ -20,7 +20,7 @@ from trainers.checkpoints.copies import local_copy
 from trainers.checkpoints.format import CheckpointError, load_state, verify
 from trainers.checkpoints.storage import open_storage
 from trainers.errors import GanrayError
-from trainers.init_from import InitSource, architecture_changes, new_fields, parse_source, source_fields
+from trainers.init_from import InitSource, SourceError, architecture_changes, new_fields, parse_source, source_fields
 from trainers.spec import JobSpec
 
 PREFIX = "init_from."
@@ -101,7 +101,10 @@ def _check(checkpoint: str, source: InitSource, spec: JobSpec, resolution: int) 
     except OSError as err:
         raise InitSourceError(f"model.init_from={source}: cannot read {checkpoint}: {type(err).__name__}: "
                               f"{err}") from None
-    changes = architecture_changes(source_fields(state), new_fields(spec.model, resolution))
+    try:
+        changes = architecture_changes(source_fields(state), new_fields(spec.model, resolution))
+    except SourceError as err:
+        raise InitSourceError(f"model.init_from={source}: {err}") from None
     if changes:
         raise InitSourceError(f"model.init_from={source}: the source has other architecture fields than this "
                               f"spec ({', '.join(changes)}); a fine-tune keeps the source's networks")
