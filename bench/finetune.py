@@ -76,7 +76,8 @@ def ganray(*args: str) -> str:
 def run_job(work: Path, name: str, data: str, steps: int, seed: int, model_extra: dict, workers: int,
             train_extra: dict | None = None) -> dict:
     spec = {"name": name, "data": {"url": data}, "model": {**MODEL, **model_extra},
-            "train": {**TRAIN, "steps": steps, "seed": seed, **(train_extra or {})}, "scaling": {"workers": workers, "cpus_per_worker": 1},
+            "train": {**TRAIN, "steps": steps, "seed": seed, **(train_extra or {})},
+            "scaling": {"workers": workers, "cpus_per_worker": 1},
             "checkpoint": {"every_steps": steps, "keep": 1}}
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainers.errors import GanrayError, UsageError
-from trainers.model_ref import ModelRef, parse_ref
+from trainers.model_ref import PREFIX, ModelRef, parse_ref
 
 JOB_PREFIX = "job:"
 FORMS = "NAME@ALIAS, NAME/VERSION (a registered version; models:/ in front is optional) or job:NAME (a finished job)"
@@ -55,7 +55,7 @@ def parse_source(text: Any) -> InitSource:
         if fault:
             raise UsageError(f"model.init_from={text!r}: the job name {job!r} {fault}")
         return InitSource(job=job)
-    if "@" not in text and "/" not in text.removeprefix("models:/"):
+    if "@" not in text and "/" not in text.removeprefix(PREFIX):
         raise UsageError(f"model.init_from={text!r} is ambiguous: a bare name could be a registered model or a "
                          f"job; write {text}@ALIAS or {text}/VERSION for a registered version, job:{text} for "
                          "a finished job")

@@ -193,7 +193,7 @@ def _version_text(v: dict[str, Any]) -> str:
     if v["lineage"]:
         lin = v["lineage"]
         lines.append(f"    copied from {lin['source_model']} version {lin['source_version']} (run {lin['source_run']})")
-    if v.get("init_from"):
+    if v["init_from"]:
         src = v["init_from"]
         where = f"{src['model']} version {src.get('version')}" if "model" in src else f"job {src.get('job')}"
         lines.append(f"    fine-tuned from {where} (checkpoint {src.get('checkpoint')})")

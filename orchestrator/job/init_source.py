@@ -12,8 +12,6 @@ every version the job registers carries the same keys as tags (``registry.versio
 """
 from __future__ import annotations
 
-from typing import Any
-
 from orchestrator.job import runs
 from orchestrator.job.lifecycle import State, state_of
 from trainers.checkpoints.copies import local_copy
@@ -109,9 +107,3 @@ def _check(checkpoint: str, source: InitSource, spec: JobSpec, resolution: int) 
         raise InitSourceError(f"model.init_from={source}: the source has other architecture fields than this "
                               f"spec ({', '.join(changes)}); a fine-tune keeps the source's networks")
 
-
-def describe(lineage: dict[str, Any]) -> str:
-    """One line for the driver's log: where the job starts from."""
-    where = (f"{lineage.get(PREFIX + 'model')}/{lineage.get(PREFIX + 'version')}"
-             if f"{PREFIX}model" in lineage else f"job:{lineage.get(PREFIX + 'job')}")
-    return f"starting from {where} (checkpoint {lineage[CHECKPOINT_PARAM]})"

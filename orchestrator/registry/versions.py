@@ -3,8 +3,9 @@
 A registered version is the EMA generator in MLflow's ``pt2`` format with one input
 ``[z | c]`` and ganray's metadata (``trainers.generator_metadata``); its tags carry the
 step, kimg, the dataset hash, the spec digest, the code revision, the run, the checkpoint it
-came from (a copy kept while the version exists), a fine-tune's source (``init_from.*``) and every metric of its evaluation (``metric.<name>``, named as evaluations report
-them) with ``eval_settings``. Registering is idempotent (one version per run and checkpoint),
+came from (a copy kept while the version exists), a fine-tune's source (``init_from.*``) and
+every metric of its evaluation (``metric.<name>``, named as evaluations report them) with
+``eval_settings``. Registering is idempotent (one version per run and checkpoint),
 and the alias ``candidate`` follows the newest version. Resolving a reference and loading a
 version is ``deploy.loader``'s (the one read path, shared with the server). No Ray here.
 """
@@ -203,7 +204,8 @@ def version_record(mv) -> dict[str, Any]:
             "eval_step": _number(tags.get("eval_step"), int), "arch": tags.get("arch"),
             "dataset_hash": tags.get("dataset_hash"), "spec_digest": tags.get("spec_digest"),
             "code_revision": tags.get("code_revision"), "checkpoint_uri": tags.get(CHECKPOINT_VERSION_TAG),
-            "lineage": lineage, "init_from": started_from, "source": mv.source, "created_ms": int(mv.creation_timestamp or 0)}
+            "lineage": lineage, "init_from": started_from, "source": mv.source,
+            "created_ms": int(mv.creation_timestamp or 0)}
 
 
 def model_versions(client: MlflowClient, name: str) -> list:
