@@ -2,8 +2,8 @@
 
 The module shares one cluster: a head and two worker nodes (separate `ray start` processes, one
 Train worker each). Each test runs a job through `ganray run` against the session's MLflow and S3
-servers and breaks something; a node it kills is replaced (or, for the elastic job, the last test,
-not). Truth comes from the sample-key log that every worker writes (GANRAY_SAMPLE_LOG, one file per
+servers and breaks something; a node it kills is replaced (for the elastic job, by the next test's
+fixture). Truth comes from the sample-key log that every worker writes (GANRAY_SAMPLE_LOG, one file per
 job, rank and process): which steps were computed, in which process, on which samples. Ray's
 node-death detection and drain polling are tuned down (tests/cluster.py FAST_DETECTION) to keep the
 suite short.
@@ -185,32 +185,15 @@ def lost_steps(computed: dict[int, list[dict]]) -> list[int]:
     return [s for s, es in computed.items() if len({e["proc"] for e in es}) > len({e["rank"] for e in es})]
 
 
-def test_a_killed_driver_is_recovered_by_running_the_job_again(cluster, chaos_data, ganray_home, tmp_path):
-    steps, every = 200, 30
-    spec = write_spec(tmp_path / "job.yaml", "chaos-driver", chaos_data, model=MODEL,
-                      train={"steps": steps, "batch_size": BATCH, "report_every_s": 1.0}, scaling={"workers": 2},
-                      checkpoint={"every_steps": every, "keep": 2}, preemption=PREEMPTION)
-    job = start_job(cluster, spec)
-    wait_for_checkpoint(ganray_home, "chaos-driver", every)
-    run_id = json.loads((ganray_home / "jobs" / "chaos-driver.json").read_text())["run_id"]
-    job.send_signal(signal.SIGKILL)
-    job.wait(timeout=30)
-    time.sleep(3)  # Ray notices the driver is gone and removes its actors
-    summary = finish(start_job(cluster, spec))
-    assert summary["steps"] == steps and summary["run_id"] == run_id  # the same MLflow run continues
-    computed = computed_steps(sample_dir(cluster), "chaos-driver")
-    assert sorted(computed) == list(range(1, steps + 1))
-    first_of_rerun = min(s for s, es in computed.items() if len({e["proc"] for e in es}) > 2 or
-                         all(e["proc"] not in {x["proc"] for x in computed[1]} for e in es))
-    assert first_of_rerun > every and (first_of_rerun - 1) % every == 0  # resumed from a checkpoint, not step 0
-    assert [e["kind"] for e in run_timeline(ganray_home, run_id)] == ["rerun"]
-
-
 def test_a_node_killed_without_notice_loses_at_most_one_interval_and_an_elastic_job_goes_on_with_fewer(
         cluster, chaos_data, ganray_home, tmp_path):
     """No notice and no replacement: the job falls back to its last committed checkpoint (losing at most
     one checkpoint interval) and, elastic (workers [1, 2]), finishes on the one worker left with the same
-    global batch. It runs last: the node it kills is not replaced."""
+    global batch. The node it kills is not replaced (the next test's fixture replaces it).
+
+    It runs before the killed-driver test: a killed driver's Train controller never withdraws its
+    request from Ray's AutoscalingCoordinator, whose reservation then holds the cluster's CPUs against
+    any elastic job until it expires (180 s); a fixed-size job does not consult it."""
     # The kill comes once the job's MLflow run shows checkpoint `every` committed, which trails the workers
     # by 2-4 s (the controller drains reports every 2 s); the interval must exceed the steps done in that
     # time (~45 steps/s here when idle), or the kill lands after the next checkpoint was uploaded but
@@ -234,3 +217,24 @@ def test_a_node_killed_without_notice_loses_at_most_one_interval_and_an_elastic_
     assert len(last) == 1 and len(last[0]["keys"]) == BATCH  # one worker, the same global batch
     client = mlflow_client(ganray_home)
     assert client.get_run(summary["run_id"]).data.metrics["world_size"] == 1
+
+
+def test_a_killed_driver_is_recovered_by_running_the_job_again(cluster, chaos_data, ganray_home, tmp_path):
+    steps, every = 200, 30
+    spec = write_spec(tmp_path / "job.yaml", "chaos-driver", chaos_data, model=MODEL,
+                      train={"steps": steps, "batch_size": BATCH, "report_every_s": 1.0}, scaling={"workers": 2},
+                      checkpoint={"every_steps": every, "keep": 2}, preemption=PREEMPTION)
+    job = start_job(cluster, spec)
+    wait_for_checkpoint(ganray_home, "chaos-driver", every)
+    run_id = json.loads((ganray_home / "jobs" / "chaos-driver.json").read_text())["run_id"]
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=30)
+    time.sleep(3)  # Ray notices the driver is gone and removes its actors
+    summary = finish(start_job(cluster, spec))
+    assert summary["steps"] == steps and summary["run_id"] == run_id  # the same MLflow run continues
+    computed = computed_steps(sample_dir(cluster), "chaos-driver")
+    assert sorted(computed) == list(range(1, steps + 1))
+    first_of_rerun = min(s for s, es in computed.items() if len({e["proc"] for e in es}) > 2 or
+                         all(e["proc"] not in {x["proc"] for x in computed[1]} for e in es))
+    assert first_of_rerun > every and (first_of_rerun - 1) % every == 0  # resumed from a checkpoint, not step 0
+    assert [e["kind"] for e in run_timeline(ganray_home, run_id)] == ["rerun"]
