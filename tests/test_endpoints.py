@@ -165,3 +165,20 @@ def test_the_replicas_get_the_tracking_uri_without_credentials(home, monkeypatch
     with pytest.raises(UsageError, match=refused) as err:
         endpoints.replica_tracking_uri()
     assert "pw" not in str(err.value)
+
+
+def test_the_driver_asks_the_train_controller_to_poll_every_half_second_unless_told(monkeypatch):
+    """Ray Train's controller drains reports and notices a finished or failed group each poll (2 s by
+    default); ganray's driver sets 0.5 s before it connects, and a value in the environment wins."""
+    from orchestrator.cluster.endpoints import ClusterError
+    from orchestrator.job.ray_runtime import CONTROLLER_POLL, ray_init
+
+    name, _ = CONTROLLER_POLL
+    for given, want in ((None, "0.5"), ("3", "3")):
+        if given is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, given)
+        with pytest.raises(ClusterError, match="no Ray cluster"):
+            ray_init(None)
+        assert os.environ[name] == want

@@ -343,8 +343,9 @@ def test_a_promotion_and_a_rollback_reach_the_endpoint_without_dropping_requests
         for _ in range(400):
             if stop.is_set():
                 return
+            sent = time.monotonic()
             r = post(url, ask, fmt="npz")
-            answers.append((r.status_code, r.headers.get("X-Ganray-Version"), r.content))
+            answers.append((r.status_code, r.headers.get("X-Ganray-Version"), r.content, sent))
 
     client = threading.Thread(target=keep_asking)
     client.start()
@@ -356,15 +357,19 @@ def test_a_promotion_and_a_rollback_reach_the_endpoint_without_dropping_requests
         assert reload(url, ganray_home, "srv") == {"version": 1}
         ganray(ganray_home, "promote", "srv", "--version", str(v2), "--alias", "champion")
         assert reload(url, ganray_home, "srv") == {"version": 2}
+        swapped = time.monotonic()
         assert requests.get(url + "model", timeout=10).json()["version"] == 2
-        time.sleep(1.0)
+        deadline = swapped + 60  # a few requests sent after the swap (one in flight across it may say 1)
+        while sum(a[3] > swapped for a in answers) < 3 and time.monotonic() < deadline and client.is_alive():
+            time.sleep(0.1)
     finally:
         stop.set()
         client.join(timeout=120)
-    assert len(answers) > 2 and all(status == 200 for status, _, _ in answers)
-    for _, version, content in answers:
+    assert len(answers) > 2 and all(status == 200 for status, _, _, _ in answers)
+    for _, version, content, _ in answers:
         np.testing.assert_array_equal(np.load(io.BytesIO(content))["images"], want[int(version)])
-    assert answers[0][1] == "1" and answers[-1][1] == "2"
+    after = [version for _, version, _, sent in answers if sent > swapped]
+    assert answers[0][1] == "1" and len(after) >= 3 and set(after) == {"2"}, after
     # Polling alone (poll_s 2): a rollback gives the alias back to version 1 and the endpoint follows.
     ganray(ganray_home, "rollback", "srv", "--alias", "champion")
     assert c.get_model_version_by_alias("srv", "champion").version == "1"
