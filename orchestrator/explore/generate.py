@@ -49,14 +49,21 @@ def generate(client, ref: ModelRef, n: int, seed: int, out: str | Path, tags: li
 
 def _check_prompt(prompt: str | None, tags: list[str] | None) -> None:
     """UsageError for --prompt with --tags, or a prompt that is empty or over 300 characters."""
-    from trainers.conditioning.text import PromptError, check_prompt
-
     if prompt is None:
         return
     if tags:
         raise UsageError("give --prompt or --tags, not both (a text-conditioned model takes a prompt, "
                          "a tag-conditioned one tags)")
+    check_prompt_text(prompt)
+
+
+def check_prompt_text(prompt: str | None, option: str = "--prompt") -> None:
+    """UsageError naming option for a prompt that is empty or over 300 characters (None: no prompt)."""
+    from trainers.conditioning.text import PromptError, check_prompt
+
+    if prompt is None:
+        return
     try:
         check_prompt(prompt)
     except PromptError as err:
-        raise UsageError(f"--prompt: {err}") from None
+        raise UsageError(f"{option}: {err}") from None
