@@ -118,6 +118,31 @@ def ganray(home: Path, *args: str, check: bool = True, timeout: float = 600) -> 
     return proc
 
 
+def ganray_here(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The ganray CLI run inside this process (click's runner), against home's stack: the same command
+    minus a process start (~6 s of imports each on these machines). For what a command prints and
+    refuses; what needs a process of its own (signals, exit codes of a crash, a second driver) keeps
+    :func:`ganray`. The environment is put back after (the CLI fills it from the stack)."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    saved = dict(os.environ)
+    try:
+        result = CliRunner().invoke(main, list(args), env={**{k: None for k in ENDPOINT_VARS},
+                                                           "GANRAY_HOME": str(home)})
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    proc = subprocess.CompletedProcess(["ganray", *args], result.exit_code, result.stdout, result.stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ganray {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                             f"stderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
 @pytest.fixture(scope="session")
 def faces(tmp_path_factory):
     """A small synthetic tagged dataset (folder of PNGs + labels.csv)."""

@@ -1,4 +1,5 @@
-"""``ganray generate MODEL --walk SEEDS``, through the CLI against the session's stack.
+"""``ganray generate MODEL --walk SEEDS``, through the CLI against the session's stack (the first test as a
+process of its own, the rest through click's runner in this process: the same command, minus ~6 s of imports).
 
 Untrained generators registered the registry's way (a StyleGAN2 with its exported parts walks in W, an
 older StyleGAN2 version in z with one note, a conditional DCGAN in z with its tags moving); the walk
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import ganray
+from conftest import ganray, ganray_here
 from stack_mlflow import mlflow_client, register_untrained
 
 VOCAB = ["black hair", "blonde hair", "hat"]
@@ -63,7 +64,7 @@ def test_a_walk_gif_has_its_frames_and_moves_less_between_frames_than_between_ke
 
 def test_a_webp_grid_of_walks_and_an_mp4(ganray_home, versions, tmp_path):
     out = tmp_path / "grid.webp"
-    proc = ganray(ganray_home, "generate", versions["style"], "--walk", "0,3", "--frames", "6", "--grid", "2x3",
+    proc = ganray_here(ganray_home, "generate", versions["style"], "--walk", "0,3", "--frames", "6", "--grid", "2x3",
                   "--truncation", "0.7", "--out", str(out))
     assert "wrote 2x3 walks of 6 frames in w" in proc.stdout and "frames 36/36" in proc.stderr
     frames = _frames(out)
@@ -71,27 +72,27 @@ def test_a_webp_grid_of_walks_and_an_mp4(ganray_home, versions, tmp_path):
     cells = [frames[0, 2 + r * 18: 18 + r * 18, 2 + c * 18: 18 + c * 18] for r in range(2) for c in range(3)]
     assert min(np.abs(a - b).mean() for i, a in enumerate(cells) for b in cells[i + 1:]) > 0  # six other walks
     video = tmp_path / "walk.mp4"
-    ganray(ganray_home, "generate", versions["style"], "--walk", "1,2", "--frames", "8", "--out", str(video))
+    ganray_here(ganray_home, "generate", versions["style"], "--walk", "1,2", "--frames", "8", "--out", str(video))
     head = video.read_bytes()[:12]
     assert head[4:8] == b"ftyp" and video.stat().st_size > 500
 
 
 def test_a_walk_from_one_tag_to_another_draws_the_same_face_with_the_second_tag(ganray_home, versions, tmp_path):
     out = tmp_path / "hair.webp"
-    ganray(ganray_home, "generate", versions["cond"], "--walk", "3", "--frames", "8", "--tags", "blonde hair",
+    ganray_here(ganray_home, "generate", versions["cond"], "--walk", "3", "--frames", "8", "--tags", "blonde hair",
            "--tags-to", "black hair", "--out", str(out))
     frames, ms = _frames_and_time(out)  # lossless WebP: the frames as drawn
     assert ms == 8 * round(1000 / 24) and _change(frames) > 0  # 8 frames at 24 fps (identical ones kept as one)
     for tag, frame in (("blonde hair", frames[0]), ("black hair", frames[-1])):
         npz = tmp_path / f"{tag}.npz"
-        ganray(ganray_home, "generate", versions["cond"], "--n", "1", "--seed", "3", "--tags", tag, "--exact-tags",
+        ganray_here(ganray_home, "generate", versions["cond"], "--n", "1", "--seed", "3", "--tags", tag, "--exact-tags",
                "--out", str(npz))
         with np.load(npz, allow_pickle=False) as arrays:
             assert np.abs(arrays["images"][0].astype(np.float64) - frame).max() <= 1, tag
 
 
 def test_an_older_stylegan2_version_walks_in_z_with_one_note(ganray_home, versions, tmp_path):
-    proc = ganray(ganray_home, "generate", versions["older"], "--walk", "1,2,3", "--frames", "9", "--out",
+    proc = ganray_here(ganray_home, "generate", versions["older"], "--walk", "1,2,3", "--frames", "9", "--out",
                   str(tmp_path / "z.gif"))
     notes = [line for line in proc.stderr.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "walking in z" in notes[0], proc.stderr
@@ -115,13 +116,13 @@ def test_an_older_stylegan2_version_walks_in_z_with_one_note(ganray_home, versio
 def test_a_walk_past_its_bounds_is_a_usage_error(ganray_home, versions, tmp_path, args, words):
     out = ["--out", str(tmp_path / "w.gif")] if "--out" not in args else ["--out", str(tmp_path / args[-1])]
     args = args[:-2] if "--out" in args else args
-    proc = ganray(ganray_home, "generate", versions["style"], *args, *out, check=False)
+    proc = ganray_here(ganray_home, "generate", versions["style"], *args, *out, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and words in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
 
 
 def test_a_walk_over_the_pixel_budget_is_refused_before_it_is_drawn(ganray_home, versions, tmp_path):
-    proc = ganray(ganray_home, "generate", versions["big"], "--walk", "1,2", "--frames", "600", "--grid", "8x8",
+    proc = ganray_here(ganray_home, "generate", versions["big"], "--walk", "1,2", "--frames", "600", "--grid", "8x8",
                   "--out", str(tmp_path / "big.gif"), check=False)
     assert proc.returncode == 2 and "over the walk's budget of 150,000,000 pixels" in proc.stderr, proc.stderr[-2000:]
     assert "frames 1/" not in proc.stderr and not (tmp_path / "big.gif").exists()
