@@ -5,6 +5,10 @@ One self-contained document (inline CSS and JS, no external assets, no build ste
 so it works under any route prefix. The answering model's name and version come from the
 ``X-Ganray-Model``/``X-Ganray-Version`` headers of each image.
 
+Tags: each group ``model`` answers (``tag_groups``: tags the training data never has together, such
+as hair colours) is a choice of one, "any" first and the default; the other tags (``tag_toggles``) are
+checkboxes. The grid is drawn at a whole multiple of its pixels (nearest neighbour) to fill its room.
+
 The prompt box (``#prompt-box``) is in the page, hidden: it is shown only when ``model``
 says the model takes prompts (``conditioning: "text"``); the text issue wires it up.
 
@@ -30,13 +34,16 @@ PAGE = """<!doctype html>
   form { flex: 0 0 300px; background: #fff; border-radius: 8px; padding: 16px; box-shadow: 0 1px 3px #0002; }
   fieldset { border: 1px solid #ddd; border-radius: 6px; margin: 0 0 12px; }
   #tags label { display: inline-block; margin: 2px 8px 2px 0; white-space: nowrap; }
+  #tags .group { border-bottom: 1px dashed #ddd; padding: 2px 0 4px; margin-bottom: 4px; }
+  #tags .group-name { display: block; font-size: 12px; font-weight: 600; color: #666; text-transform: uppercase; }
   .row { display: flex; gap: 8px; align-items: center; margin: 8px 0; }
   .row input { width: 110px; }
   textarea { width: 100%; box-sizing: border-box; }
   button { background: #e0607e; color: #fff; border: 0; border-radius: 6px; padding: 8px 16px; font-size: 15px; cursor: pointer; }
   button:disabled { opacity: .5; cursor: wait; }
   #result { flex: 1 1 400px; }
-  #grid { image-rendering: pixelated; max-width: 100%; min-width: 256px; background: #fff; border-radius: 4px; }
+  #grid { image-rendering: pixelated; image-rendering: crisp-edges; max-width: 100%; background: #fff;
+          border-radius: 4px; }
   #error { color: #b00020; white-space: pre-wrap; }
   #answered { font-size: 13px; color: #555; }
   #token-box { flex: 1 1 100%; background: #fff3cd; border-radius: 8px; padding: 12px 16px; }
@@ -111,15 +118,7 @@ async function loadModel() {
   $("model-info").textContent = model.name + " version " + model.version +
     (model.alias ? " (@" + model.alias + ")" : "") + " \\u00b7 " + model.arch + " \\u00b7 " +
     model.resolution + "\\u00d7" + model.resolution;
-  const tags = $("tags");
-  tags.replaceChildren();
-  for (const tag of model.vocabulary) {
-    const label = document.createElement("label");
-    const box = document.createElement("input");
-    box.type = "checkbox"; box.name = "tag"; box.value = tag;
-    label.append(box, " " + tag);
-    tags.append(label);
-  }
+  tagControls();
   $("tags-box").hidden = model.vocabulary.length === 0;
   $("prompt-box").hidden = model.conditioning !== "text";
   $("truncation-box").hidden = !model.truncation;
@@ -127,9 +126,48 @@ async function loadModel() {
   showError("");
 }
 
+function choice(type, name, value, text, checked) {
+  const label = document.createElement("label");
+  const input = document.createElement("input");
+  input.type = type; input.name = name; input.value = value; input.checked = checked;
+  label.append(input, " " + text);
+  return label;
+}
+
+function tagControls() {  // a group (tags never together in the training data): one of, "any" first
+  const tags = $("tags");
+  tags.replaceChildren();
+  (model.tag_groups || []).forEach((group, i) => {
+    const box = document.createElement("div");
+    box.className = "group"; box.dataset.group = group.name;
+    const title = document.createElement("span");
+    title.className = "group-name"; title.textContent = group.name;
+    box.append(title, choice("radio", "group-" + i, "", "any", true));
+    for (const tag of group.tags) box.append(choice("radio", "group-" + i, tag, tag, false));
+    tags.append(box);
+  });
+  for (const tag of (model.tag_toggles || model.vocabulary)) tags.append(choice("checkbox", "tag", tag, tag, false));
+}
+
+function chosenTags() {
+  return [...document.querySelectorAll("#tags input:checked")].map((b) => b.value).filter((v) => v);
+}
+
+function showImage(img, blob) {  // drawn at a whole multiple of its pixels (nearest neighbour), to fit
+  const old = img.src;
+  img.onload = () => {
+    const room = Math.max(img.parentElement.clientWidth, 256);
+    const scale = Math.max(1, Math.min(Math.floor(160 / model.resolution), Math.floor(room / img.naturalWidth)));
+    img.style.width = (img.naturalWidth * scale) + "px";
+    img.dataset.scale = scale;
+  };
+  img.src = URL.createObjectURL(blob);
+  if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+}
+
 async function generate() {
   const request = {seed: parseInt($("seed").value, 10) || 0, n: parseInt($("count").value, 10) || 1};
-  const tags = [...document.querySelectorAll("#tags input:checked")].map((b) => b.value);
+  const tags = chosenTags();
   if (tags.length) request.tags = tags;
   if (!$("prompt-box").hidden && $("prompt").value.trim()) request.prompt = $("prompt").value.trim();
   if (model && model.truncation) request.truncation = parseFloat($("truncation").value);
@@ -140,10 +178,7 @@ async function generate() {
                                              headers: {"Content-Type": "application/json", ...authHeaders()}});
     if (r.status === 401 || r.status === 403) { askToken(r.status); return; }
     if (!r.ok) { const body = await r.json().catch(() => ({})); showError(body.error || ("HTTP " + r.status)); return; }
-    const blob = await r.blob();
-    const old = $("grid").src;
-    $("grid").src = URL.createObjectURL(blob);
-    if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+    showImage($("grid"), await r.blob());
     $("answered").textContent = "answered by " + r.headers.get("X-Ganray-Model") + " version " +
       r.headers.get("X-Ganray-Version") + " \\u00b7 seed " + request.seed + " \\u00b7 " + request.n + " samples" +
       (tags.length ? " \\u00b7 " + tags.join(", ") : "");

@@ -3,7 +3,8 @@
 Every way a body can be wrong is a :class:`BadRequest` whose message the client gets back
 (400, ``{"error": reason}``): a body over 64 KB, malformed JSON, text with a lone surrogate
 (``"\\ud800"``: valid JSON, but no Unicode text), an unknown field, a bad type, n out of range,
-an unknown tag (listed against the known ones), tags to an unconditional model, a prompt to a
+an unknown tag (listed against the known ones), tags the training data never has together (named,
+``deploy.tags``), tags to an unconditional model, a prompt to a
 model without text conditioning, a truncation the model cannot take, more pixels than the
 endpoint's budget (n x height x width over ``max_request_pixels``). A checked request becomes
 the generator's input rows (:func:`prepare`).
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from deploy.loader import LoadedModel
+from deploy.tags import NeverTogether, check_together
 from trainers.sampling import (SamplingError, check_count, check_seed, check_truncation, condition_rows, packed_rows,
                                prompt_vector)
 
@@ -102,6 +104,11 @@ def prepare(model: LoadedModel, req: GenerateRequest, max_pixels: int) -> Prepar
         c = prompt_condition(model, req.prompt)
     else:
         c = _sampling(condition_rows, model.meta, list(req.tags) if req.tags else None, req.n, req.seed, where)
+        if req.tags and model.meta.conditioning == "tags":
+            try:
+                check_together(model.meta, list(req.tags), where)
+            except NeverTogether as err:
+                raise BadRequest(str(err)) from None
     psi = _sampling(check_truncation, model.meta, req.truncation, where)
     rows = _sampling(packed_rows, model.meta.z_dim, req.n, req.seed, c, psi, model.meta.takes_psi)
     return Prepared(model, rows)

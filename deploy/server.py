@@ -33,6 +33,7 @@ from deploy.loader import RegistryError
 from deploy.page import PAGE
 from deploy.request import BadRequest, Prepared, check_body_size, parse_body, parse_format, prepare
 from deploy.serve_config import ServeConfig
+from deploy.tags import describe_tags
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="ganray generator", docs_url=None, redoc_url=None, openapi_url=None)
@@ -109,7 +110,7 @@ class GeneratorServer:
         model = self.follower.current
         if model is None:
             return error(503, f"{self.config.model} is not loaded yet ({self.follower.last_error or 'loading'})")
-        return JSONResponse(model.describe())
+        return JSONResponse({**model.describe(), **describe_tags(model.meta)})
 
     @api.post("/reload")
     async def reload(self) -> Response:
