@@ -140,3 +140,82 @@ def test_frames_become_a_looping_animation_with_every_frame(fmt):
         np.testing.assert_array_equal(back, frames)
     else:  # a palette per frame: near
         assert np.abs(back.astype(int) - frames).mean() < 40
+
+
+# -- through the real server -------------------------------------------------------------------------
+
+def frames_of(response: requests.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text[:500]
+    return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(io.BytesIO(
+        response.content)))]).astype(int)
+
+
+def walk(url: str, body, fmt: str | None = None) -> requests.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return requests.post(url + "walk" + (f"?format={fmt}" if fmt else ""), data=data, timeout=120,
+                         headers={"Content-Type": "application/json"})
+
+
+def sample(url: str, body: dict) -> np.ndarray:
+    r = requests.post(url + "generate?format=npz", json=body, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    return np.load(io.BytesIO(r.content))["images"].astype(int)
+
+
+@pytest.fixture(scope="module")
+def walk_urls(stack, ganray_home):
+    from conftest import ganray
+    from orchestrator.stack.processes import free_port
+    from stack_mlflow import mlflow_client, register_untrained
+
+    c = mlflow_client(ganray_home)
+    faces = register_untrained(c, "walk-faces", "cond-dcgan", FACES_VOCAB, seed=4, tag_sets=FACES_SETS)
+    style = register_untrained(c, "walk-style", "stylegan2", [], seed=5)  # through the registry: W exports
+    try:
+        first = ganray(ganray_home, "serve", f"walk-faces/{faces}", "--port", str(free_port()), timeout=400)
+        second = ganray(ganray_home, "serve", f"walk-style/{style}", timeout=400)
+        yield first.stdout.strip().splitlines()[-1], second.stdout.strip().splitlines()[-1]
+    finally:
+        for name in ("walk-style", "walk-faces"):
+            ganray(ganray_home, "serve", "--stop", name, check=False, timeout=180)
+
+
+def test_a_served_walk_has_the_asked_frames_starts_at_the_first_seeds_sample_and_moves_smoothly(walk_urls):
+    url, _ = walk_urls
+    r = walk(url, {"seeds": [3, 11, 20], "frames": 15, "tags": ["blonde hair"], "fps": 10})
+    assert r.headers["content-type"] == "image/webp" and r.headers["X-Ganray-Frames"] == "15"
+    assert (r.headers["X-Ganray-Model"], r.headers["X-Ganray-Walk-Space"]) == ("walk-faces", "z")
+    frames = frames_of(r)
+    assert frames.shape == (15, 16, 16, 3)
+    # the first frame is /generate's sample of the first key seed (the walk's one tag set is that sample's)
+    assert np.abs(frames[0] - sample(url, {"seed": 3, "n": 1, "tags": ["blonde hair"]})[0]).max() <= 2
+    steps = np.abs(np.diff(np.concatenate([frames, frames[:1]]), axis=0)).mean(axis=(1, 2, 3))  # loop closes
+    keys = [np.abs(frames[a] - frames[b]).mean() for a, b in ((0, 5), (5, 10), (10, 0))]
+    assert steps.max() < min(keys), (steps, keys)
+    gif = walk(url, {"seeds": [3, 11], "frames": 8, "tags": ["blonde hair"]}, fmt="gif")
+    assert gif.headers["content-type"] == "image/gif" and frames_of(gif).shape == (8, 16, 16, 3)
+    moved = frames_of(walk(url, {"seeds": [3, 11], "frames": 8, "tags": ["blonde hair"], "tags_to": ["black hair"]}))
+    fixed = frames_of(walk(url, {"seeds": [3, 11], "frames": 8, "tags": ["blonde hair"]}))
+    np.testing.assert_array_equal(moved[0], fixed[0])  # the same face at the start, other hair at the end
+    assert np.abs(moved[-1] - fixed[-1]).mean() > 0
+
+
+def test_every_bad_walk_is_a_400_through_the_server_and_it_goes_on(walk_urls):
+    url, _ = walk_urls
+    for body, words in BAD_WALKS:
+        r = walk(url, body)
+        assert r.status_code == 400 and words in r.json()["error"], (body[:60], r.status_code, r.text[:300])
+    r = walk(url, {"seeds": [1, 2]}, fmt="mp4")
+    assert r.status_code == 400 and "format must be one of webp, gif for a walk" in r.json()["error"]
+    assert requests.get(url + "walk", timeout=10).status_code == 405
+    assert frames_of(walk(url, {"seeds": [1, 2], "frames": 4})).shape == (4, 16, 16, 3)
+
+
+def test_a_stylegan2_with_w_exports_walks_in_w_with_its_truncation(walk_urls):
+    _, url = walk_urls
+    r = walk(url, {"seeds": [1, 2], "frames": 6, "truncation": 0.5})
+    assert r.headers["X-Ganray-Walk-Space"] == "w" and r.headers["X-Ganray-Frames"] == "6"
+    frames = frames_of(r)
+    assert np.abs(frames[0] - sample(url, {"seed": 1, "n": 1, "truncation": 0.5})[0]).max() <= 2
+    assert np.abs(frames[3] - sample(url, {"seed": 2, "n": 1, "truncation": 0.5})[0]).max() <= 2
+    assert not np.array_equal(frames, frames_of(walk(url, {"seeds": [1, 2], "frames": 6})))
