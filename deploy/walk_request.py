@@ -3,7 +3,7 @@
 A walk is ``ganray generate --walk``'s (``trainers.walks.walk_frames``): a loop through the key seeds and
 back to the first, ``frames`` frames in all, in z (DCGAN, or a StyleGAN2 without W exports) or in W.
 The body: ``seeds`` (2 to ``MAX_WALK_SEEDS`` key seeds), ``frames`` (the number of keys to
-``MAX_WALK_FRAMES``, 24 when left out), ``fps`` (``WALK_FPS``, 12), ``truncation``, and the condition:
+``MAX_WALK_FRAMES``, 24 when left out; one key seed is a walk too while the condition moves), ``fps`` (``WALK_FPS``, 12), ``truncation``, and the condition:
 ``tags`` (or a ``prompt``), fixed, or moving over the walk to ``tags_to`` (``prompt_to``).
 
 The condition of a tag model is one tag set for the whole walk: the request's tags with the tags it
@@ -70,7 +70,9 @@ def parse_walk_format(value: str | None) -> str:
 def parse_walk(body: bytes) -> WalkRequest:
     """The JSON body of POST /walk -> WalkRequest (types and ranges checked, not yet the model)."""
     raw = parse_object(body, WALK_FIELDS)
-    seeds = _seeds(raw.get("seeds"))
+    tags, tags_to = tags_field(raw.get("tags")), tags_field(raw.get("tags_to"))
+    prompt, prompt_to = prompt_field(raw, "prompt"), prompt_field(raw, "prompt_to")
+    seeds = _seeds(raw.get("seeds"), moving=bool(tags_to or prompt_to))
     frames = integer_field(raw, "frames", 24)
     if not max(2, len(seeds)) <= frames <= MAX_WALK_FRAMES:
         raise BadRequest(f"frames must be between {max(2, len(seeds))} (one per key seed at least) and "
@@ -78,8 +80,6 @@ def parse_walk(body: bytes) -> WalkRequest:
     fps = integer_field(raw, "fps", 12)
     if not WALK_FPS[0] <= fps <= WALK_FPS[1]:
         raise BadRequest(f"fps must be between {WALK_FPS[0]} and {WALK_FPS[1]}, got {fps}")
-    tags, tags_to = tags_field(raw.get("tags")), tags_field(raw.get("tags_to"))
-    prompt, prompt_to = prompt_field(raw, "prompt"), prompt_field(raw, "prompt_to")
     if (tags or tags_to) and (prompt or prompt_to):
         raise BadRequest("give tags (and tags_to) or a prompt (and prompt_to), not both")
     if prompt_to and not prompt:
@@ -123,9 +123,13 @@ def _moved(model: LoadedModel, c_from: torch.Tensor, tags: list[str], tags_to: l
     return TagEncoder(vocabulary).encode([kept + to])[0]
 
 
-def _seeds(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not 2 <= len(value) <= MAX_WALK_SEEDS:
-        raise BadRequest(f"seeds must be a list of 2 to {MAX_WALK_SEEDS} key seeds (integers), got {value!r}"[:300])
+def _seeds(value: Any, moving: bool) -> tuple[int, ...]:
+    """The key seeds: 2 or more, or one when the condition moves (the same face, other tags)."""
+    least = 1 if moving else 2
+    if not isinstance(value, list) or not least <= len(value) <= MAX_WALK_SEEDS:
+        raise BadRequest(f"seeds must be a list of {least} to {MAX_WALK_SEEDS} key seeds (integers)"
+                         f"{'' if moving else ' (one seed walks only while tags_to or prompt_to moves it)'}, "
+                         f"got {value!r}"[:300])
     for seed in value:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise BadRequest(f"seeds must be integers, got {seed!r}"[:300])

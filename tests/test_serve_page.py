@@ -110,7 +110,7 @@ def test_the_page_picks_tags_generates_and_shows_the_version(page_url, browser):
     assert "n must be between 1 and 64" in browser.find_element(By.ID, "error").text
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # stopped after its test: the local stack's 2 CPUs hold two replicas (one CPU each) at once
 def private_url(page_url, ganray_home):
     c = mlflow_client(ganray_home)
     version = register_untrained(c, "page-private", "cond-dcgan", VOCABULARY, seed=6)
@@ -273,6 +273,7 @@ def test_groups_are_one_choice_keep_holds_the_face_while_tags_change_and_walk_pl
     assert np.abs(np.asarray(animation.convert("RGB"), int) - kept).max() <= 2  # it starts at the kept face
     assert browser.find_element(By.ID, "error").text == ""
     ARTIFACTS.mkdir(exist_ok=True)
+    browser.set_window_size(1100, 1400)  # the whole form, the kept face and the walk in one picture
     shot = ARTIFACTS / "serve_page_walk.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
     browser.find_element(By.ID, "release").click()

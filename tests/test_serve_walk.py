@@ -28,7 +28,8 @@ BAD_WALKS = [  # (body, words the error must hold)
     (b"{bad", "malformed JSON"),
     (b"[1]", "JSON object"),
     (b"{}", "seeds must be a list of 2 to 16 key seeds"),
-    (b'{"seeds": [1]}', "seeds must be a list of 2 to 16 key seeds"),
+    (b'{"seeds": [1]}', "seeds must be a list of 2 to 16 key seeds (integers) (one seed walks only while"),
+    (b'{"seeds": [], "tags_to": ["hat"]}', "seeds must be a list of 1 to 16 key seeds"),
     (b'{"seeds": ' + json.dumps(list(range(17))).encode() + b"}", "seeds must be a list of 2 to 16"),
     (b'{"seeds": "1,2"}', "seeds must be a list"),
     (b'{"seeds": [1, 2.5]}', "seeds must be integers, got 2.5"),
@@ -103,6 +104,8 @@ def test_a_walk_keeps_one_tag_set_and_tags_to_changes_only_what_it_names():
                                                       "tags_to": ["blonde hair", other]}).encode()), 10 ** 6)
     swapped = {t for t, on in zip(FACES_VOCAB, swap.c_to.tolist()) if on}
     assert swapped == (set(names) - {drawn_back}) | {other}
+    one = prepare_walk(model, parse_walk(b'{"seeds": [7], "frames": 6, "tags_to": ["black hair"]}'), 10 ** 6)
+    assert one.seeds == [7] and not torch.equal(one.c_from, one.c_to)  # one face, its tags moving
     anything = prepare_walk(model, parse_walk(b'{"seeds": [3, 4]}'), 10 ** 6)  # "any" everywhere: drawn
     assert anything.frames == 24 and anything.c_from.sum() >= 3
 
