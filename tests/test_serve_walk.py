@@ -222,3 +222,5 @@ def test_a_stylegan2_with_w_exports_walks_in_w_with_its_truncation(walk_urls):
     assert np.abs(frames[0] - sample(url, {"seed": 1, "n": 1, "truncation": 0.5})[0]).max() <= 2
     assert np.abs(frames[3] - sample(url, {"seed": 2, "n": 1, "truncation": 0.5})[0]).max() <= 2
     assert not np.array_equal(frames, frames_of(walk(url, {"seeds": [1, 2], "frames": 6})))
+    long = walk(url, {"seeds": [1, 2, 3], "frames": 65}, fmt="gif")  # passes of 64 rows (rows_per_pass) and 1
+    assert long.headers["X-Ganray-Walk-Space"] == "w" and frames_of(long).shape == (65, 16, 16, 3)
