@@ -4,8 +4,8 @@ Every request passes :meth:`Guard.check` before its route runs (:class:`GuardMid
 middleware), which answers at once where the route must not run:
 
 - ``POST /reload`` (it changes what is served) needs ``Authorization: Bearer <token>``: 401 without one,
-  403 for another token. A private application (``ServeConfig.private``) asks it for ``/generate`` and
-  ``/model`` too; the page itself (``GET /``, a static document with no model data) asks the user for it.
+  403 for another token. A private application (``ServeConfig.private``) asks it for ``/generate``,
+  ``/walk`` and ``/model`` too; the page itself (``GET /``, a static document with no model data) asks the user for it.
 - A request whose ``Origin`` is not the endpoint's own (its ``Host``) nor an allowed origin
   (``--allow-origin``) is refused with 403, a preflight (``OPTIONS``) of such an origin too; an allowed
   origin gets the CORS headers it needs to read the answer.
@@ -25,8 +25,8 @@ from typing import Mapping
 from deploy.serve_config import ServeConfig, normalise_origin, read_token, token_digest
 
 TOKEN_ROUTES = ("/reload",)  # what changes what is served
-PRIVATE_ROUTES = ("/generate", "/model")  # what is served, for a private application
-EXPOSED = "X-Ganray-Model, X-Ganray-Version, X-Ganray-Batch, Retry-After"
+PRIVATE_ROUTES = ("/generate", "/walk", "/model")  # what is served, for a private application
+EXPOSED = "X-Ganray-Model, X-Ganray-Version, X-Ganray-Batch, X-Ganray-Frames, X-Ganray-Walk-Space, Retry-After"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@
   page answer while generate is full (Serve's ``max_ongoing_requests`` leaves room for them).
 - :class:`ReloadRate`: one reload at a time, and the next one at least ``interval_s`` after the last one
   ended; sooner is :class:`TooSoon` (429 with ``Retry-After``). Each reload asks MLflow.
+- A walk (``POST /walk``) takes a generate slot like a generate request, and is bounded on its own:
+  at most ``MAX_WALK_FRAMES`` frames through at most ``MAX_WALK_SEEDS`` key seeds, at ``WALK_FPS``
+  frames per second, and its frames' pixels within the same ``max_request_pixels`` as a generate request.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 RETRY_AFTER_S = 1  # what a refused generate request is told (Serve's own queue says the same)
+MAX_WALK_FRAMES = 240  # frames of one POST /walk answer (10 s at 24 fps)
+MAX_WALK_SEEDS = 16  # key seeds of one walk
+WALK_FPS = (1, 50)  # the frame rates an answer may ask (GIF counts in centiseconds: 50 fps is 2 cs a frame)
 
 
 class Busy(Exception):

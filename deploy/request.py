@@ -3,7 +3,8 @@
 Every way a body can be wrong is a :class:`BadRequest` whose message the client gets back
 (400, ``{"error": reason}``): a body over 64 KB, malformed JSON, text with a lone surrogate
 (``"\\ud800"``: valid JSON, but no Unicode text), an unknown field, a bad type, n out of range,
-an unknown tag (listed against the known ones), tags to an unconditional model, a prompt to a
+an unknown tag (listed against the known ones), tags the training data never has together (named,
+``deploy.tags``), tags to an unconditional model, a prompt to a
 model without text conditioning, a truncation the model cannot take, more pixels than the
 endpoint's budget (n x height x width over ``max_request_pixels``). A checked request becomes
 the generator's input rows (:func:`prepare`).
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from deploy.loader import LoadedModel
+from deploy.tags import NeverTogether, check_together
 from trainers.sampling import (SamplingError, check_count, check_seed, check_truncation, condition_rows, packed_rows,
                                prompt_vector)
 
@@ -65,32 +67,47 @@ def check_body_size(size: int) -> None:
         raise BadRequest(f"request body over {MAX_BODY_BYTES // 1024} KB")
 
 
-def parse_body(body: bytes) -> GenerateRequest:
-    """The JSON body of POST /generate -> GenerateRequest (types and ranges checked, not yet the model)."""
+def parse_object(body: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON object of a request body: its size, its JSON, its text and its field names checked."""
     check_body_size(len(body))
     try:
         raw = json.loads(body) if body.strip() else {}
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
         raise BadRequest(f"malformed JSON: {_short(err)}") from None
     if not isinstance(raw, dict):
-        raise BadRequest(f"the body must be a JSON object with fields {', '.join(FIELDS)}")
+        raise BadRequest(f"the body must be a JSON object with fields {', '.join(fields)}")
     _no_lone_surrogate(raw)
-    unknown = sorted(set(raw) - set(FIELDS))
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(FIELDS)}")
-    n = _integer(raw, "n", 16)
-    _sampling(check_count, n, MAX_N)
-    seed = _integer(raw, "seed", 0)
-    _sampling(check_seed, seed, n)
-    tags, prompt = _tags(raw.get("tags")), raw.get("prompt")
-    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
-        raise BadRequest(f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
+        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(fields)}")
+    return raw
+
+
+def parse_body(body: bytes) -> GenerateRequest:
+    """The JSON body of POST /generate -> GenerateRequest (types and ranges checked, not yet the model)."""
+    raw = parse_object(body, FIELDS)
+    n = integer_field(raw, "n", 16)
+    sampling_checked(check_count, n, MAX_N)
+    seed = integer_field(raw, "seed", 0)
+    sampling_checked(check_seed, seed, n)
+    tags, prompt = tags_field(raw.get("tags")), prompt_field(raw, "prompt")
     if tags and prompt:
         raise BadRequest("give tags or a prompt, not both")
+    return GenerateRequest(seed, n, tags, prompt, truncation_field(raw))
+
+
+def prompt_field(raw: dict[str, Any], key: str) -> str | None:
+    prompt = raw.get(key)
+    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
+        raise BadRequest(f"{key} must be a string of at most {MAX_PROMPT_CHARS} characters")
+    return prompt
+
+
+def truncation_field(raw: dict[str, Any]) -> float:
     truncation = raw.get("truncation", 1.0)
     if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not math.isfinite(truncation):
         raise BadRequest(f"truncation must be a finite number, got {truncation!r}")
-    return GenerateRequest(seed, n, tags, prompt, float(truncation))
+    return float(truncation)
 
 
 def prepare(model: LoadedModel, req: GenerateRequest, max_pixels: int) -> Prepared:
@@ -101,9 +118,11 @@ def prepare(model: LoadedModel, req: GenerateRequest, max_pixels: int) -> Prepar
     if req.prompt is not None:
         c = prompt_condition(model, req.prompt)
     else:
-        c = _sampling(condition_rows, model.meta, list(req.tags) if req.tags else None, req.n, req.seed, where)
-    psi = _sampling(check_truncation, model.meta, req.truncation, where)
-    rows = _sampling(packed_rows, model.meta.z_dim, req.n, req.seed, c, psi, model.meta.takes_psi)
+        c = sampling_checked(condition_rows, model.meta, list(req.tags) if req.tags else None, req.n, req.seed,
+                             where)
+        tags_seen_together(model, req.tags)
+    psi = sampling_checked(check_truncation, model.meta, req.truncation, where)
+    rows = sampling_checked(packed_rows, model.meta.z_dim, req.n, req.seed, c, psi, model.meta.takes_psi)
     return Prepared(model, rows)
 
 
@@ -111,16 +130,26 @@ def prompt_condition(model: LoadedModel, prompt: str) -> torch.Tensor:
     """The one place a prompt becomes a model's condition vector: its sentence embedding by the model's own
     encoder (``trainers.sampling.prompt_vector``: offline, at most 300 characters; a model without text
     conditioning, an empty or a too long prompt is a BadRequest)."""
-    return _sampling(prompt_vector, model.meta, prompt, f"model {model.name}")
+    return sampling_checked(prompt_vector, model.meta, prompt, f"model {model.name}")
 
 
-def check_pixels(n: int, resolution: int, max_pixels: int) -> None:
-    """BadRequest naming the budget when n images of resolution x resolution are over max_pixels."""
+def tags_seen_together(model: LoadedModel, tags: tuple[str, ...] | None) -> None:
+    """BadRequest naming the tags of a request that the model's training data never has together."""
+    if tags and model.meta.conditioning == "tags":
+        try:
+            check_together(model.meta, list(tags), f"model {model.name}")
+        except NeverTogether as err:
+            raise BadRequest(str(err)) from None
+
+
+def check_pixels(n: int, resolution: int, max_pixels: int, field: str = "n", noun: str = "images") -> None:
+    """BadRequest naming the budget when n images (a walk: frames) of resolution x resolution are over
+    max_pixels; field is the request's field that asks n."""
     pixels = n * resolution * resolution
     if pixels > max_pixels:
         most = max_pixels // (resolution * resolution)
-        advice = f"ask for at most {most} images" if most else "no request of this model fits it"
-        raise BadRequest(f"n={n} images of {resolution}x{resolution} are {pixels:,} pixels, over this endpoint's "
+        advice = f"ask for at most {most} {noun}" if most else "no request of this model fits it"
+        raise BadRequest(f"{field}={n} {noun} of {resolution}x{resolution} are {pixels:,} pixels, over this endpoint's "
                          f"budget of {max_pixels:,} pixels per request (max_request_pixels): {advice}")
 
 
@@ -144,14 +173,14 @@ def _strings(key: str, value: Any) -> list[tuple[str, str]]:
     return []
 
 
-def _integer(raw: dict[str, Any], key: str, default: int) -> int:
+def integer_field(raw: dict[str, Any], key: str, default: int) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{key} must be an integer, got {value!r}"[:300])
     return value
 
 
-def _tags(value: Any) -> tuple[str, ...] | None:
+def tags_field(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -162,7 +191,8 @@ def _tags(value: Any) -> tuple[str, ...] | None:
     return tags or None
 
 
-def _sampling(check, *args):
+def sampling_checked(check, *args):
+    """check(*args), its SamplingError a BadRequest with the same message."""
     try:
         return check(*args)
     except SamplingError as err:

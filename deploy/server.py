@@ -1,7 +1,9 @@
 """The Ray Serve deployment: one replica serves one registered generator over HTTP.
 
 Routes (relative to the application's route prefix): ``GET /`` the page, ``GET /model``,
-``GET /healthz``, ``POST /reload``, ``POST /generate[?format=npz]``. Every request passes the guard
+``GET /healthz``, ``POST /reload``, ``POST /generate[?format=npz]``, ``POST /walk[?format=webp|gif]``
+(a latent walk as an animation, ``deploy.walk_request``: it takes a generate slot and runs in a thread,
+outside the batches). Every request passes the guard
 first (``deploy.guard``: the bearer token, the caller's origin, JSON bodies). Requests are batched on
 the replica (``serve.batch``): their input rows go through the generator together, in a thread, so
 the event loop keeps answering; a prompt is encoded in a thread too. The load bounds are
@@ -25,7 +27,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deploy.batching import run_batch
-from deploy.encoding import MEDIA_TYPES, encode
+from deploy.encoding import ANIMATION_TYPES, MEDIA_TYPES, encode, encode_animation
 from deploy.follow import ModelFollower
 from deploy.guard import Guard, GuardMiddleware
 from deploy.limits import RETRY_AFTER_S, Busy, GenerateSlots, ReloadRate, TooSoon, retry_after
@@ -33,6 +35,9 @@ from deploy.loader import RegistryError
 from deploy.page import PAGE
 from deploy.request import BadRequest, Prepared, check_body_size, parse_body, parse_format, prepare
 from deploy.serve_config import ServeConfig
+from deploy.tags import describe_tags
+from deploy.walk_request import parse_walk, parse_walk_format, prepare_walk
+from trainers.walks import walk_frames, walk_space
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="ganray generator", docs_url=None, redoc_url=None, openapi_url=None)
@@ -109,7 +114,7 @@ class GeneratorServer:
         model = self.follower.current
         if model is None:
             return error(503, f"{self.config.model} is not loaded yet ({self.follower.last_error or 'loading'})")
-        return JSONResponse(model.describe())
+        return JSONResponse({**model.describe(), **describe_tags(model.meta)})
 
     @api.post("/reload")
     async def reload(self) -> Response:
@@ -124,10 +129,19 @@ class GeneratorServer:
 
     @api.post("/generate")
     async def generate(self, request: Request) -> Response:
+        return await self._bounded(self._answer(request))
+
+    @api.post("/walk")
+    async def walk(self, request: Request) -> Response:
+        return await self._bounded(self._walk(request))
+
+    async def _bounded(self, answer) -> Response:
+        """answer in a generate slot and within request_timeout_s; 503 with Retry-After otherwise."""
         try:
             with self.slots.admit():
-                return await asyncio.wait_for(self._answer(request), self.config.request_timeout_s)
+                return await asyncio.wait_for(answer, self.config.request_timeout_s)
         except Busy as err:
+            answer.close()  # never started
             return error(503, str(err), retry_after(err.retry_after_s))
         except TimeoutError:
             return error(503, f"not answered within {self.config.request_timeout_s:g} s (request_timeout_s): the "
@@ -148,6 +162,21 @@ class GeneratorServer:
         return Response(content, media_type=MEDIA_TYPES[fmt],
                         headers={"X-Ganray-Model": model.name, "X-Ganray-Version": str(model.version),
                                  "X-Ganray-Batch": str(batch), "Cache-Control": "no-store"})
+
+    async def _walk(self, request: Request) -> Response:
+        fmt = parse_walk_format(request.query_params.get("format"))
+        req = parse_walk(await read_body(request))
+        model = self.follower.current
+        if model is None:
+            return error(503, f"{self.config.model} is not loaded yet", retry_after(RETRY_AFTER_S))
+        walk = await asyncio.to_thread(prepare_walk, model, req, self.config.max_request_pixels)
+        frames = await asyncio.to_thread(walk_frames, model, walk.seeds, walk.frames, walk.c_from, walk.c_to,
+                                         walk.truncation, self.config.rows_per_pass)
+        content = await asyncio.to_thread(encode_animation, frames, fmt, walk.fps)
+        return Response(content, media_type=ANIMATION_TYPES[fmt],
+                        headers={"X-Ganray-Model": model.name, "X-Ganray-Version": str(model.version),
+                                 "X-Ganray-Frames": str(len(frames)), "X-Ganray-Walk-Space": walk_space(model),
+                                 "Cache-Control": "no-store"})
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _generate_batch(self, items: List[Prepared]) -> List[Tuple[np.ndarray, int]]:

@@ -27,10 +27,11 @@ def serve_token(home: Path, name: str) -> str:
 
 def register_untrained(client: MlflowClient, name: str, arch: str, vocabulary: list[str], seed: int,
                        psi_export: bool = False, resolution: int = 16, channels: int = 8,
-                       channels_max: int = 32) -> int:
+                       channels_max: int = 32, tag_sets: dict[str, int] | None = None) -> int:
     """A freshly initialised generator registered as a version of name, the registry's way (pt2, ganray
     metadata). psi_export: a StyleGAN2 exported with its psi column ([z | c | psi], metadata input z|c|psi).
-    resolution, channels and channels_max: a larger (slower) generator than the default 16x16 one."""
+    resolution, channels and channels_max: a larger (slower) generator than the default 16x16 one.
+    tag_sets: the training data's tag-set table the metadata carries (none by default, as older versions)."""
     import mlflow
 
     from orchestrator.registry.versions import register_generator
@@ -43,7 +44,7 @@ def register_untrained(client: MlflowClient, name: str, arch: str, vocabulary: l
     spec = ModelSpec(arch=arch, z_dim=16, channels=channels, channels_max=channels_max, mapping_layers=2,
                      conditioning=conditioning)
     g, _ = build_models(spec, resolution, c_dim=len(vocabulary))
-    meta = GeneratorMetadata(g.config, list(vocabulary), conditioning, step=0)
+    meta = GeneratorMetadata(g.config, list(vocabulary), conditioning, step=0, tag_sets=dict(tag_sets or {}))
     exp = client.get_experiment_by_name("serve-tests")
     run_id = client.create_run(exp.experiment_id if exp else client.create_experiment("serve-tests")).info.run_id
     if not psi_export:

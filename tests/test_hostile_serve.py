@@ -147,7 +147,7 @@ def test_the_guard_asks_the_token_where_what_is_served_changes_and_refuses_other
 
 def test_a_private_guard_asks_the_token_for_what_is_served_but_not_for_the_page_itself():
     guard = _guard(private=True)
-    for route, method in (("/generate", "POST"), ("/model", "GET"), ("/reload", "POST")):
+    for route, method in (("/generate", "POST"), ("/walk", "POST"), ("/model", "GET"), ("/reload", "POST")):
         assert _check(guard, method, route, content_type="application/json").status == 401, route
         assert _check(guard, method, route, content_type="application/json", authorization=f"Bearer {TOKEN}") is None
     assert _check(guard, "GET", "/") is None and _check(guard, "GET", "/healthz") is None

@@ -119,10 +119,10 @@ BAD_BODIES = [  # (body bytes, words the error must hold)
     (b'{"tags": ["hat"], "truncation": NaN}', "truncation must be a finite number"),
     (b'{"tags": ["hat"], "truncation": 1e999}', "truncation must be a finite number"),
     (b'{"tags": ["hat"], "steps": 3}', "unknown field(s) 'steps'"),
-    (b"{}", "is tag-conditioned: give tags"),
-    (b'{"tags": []}', "is tag-conditioned: give tags"),
     (b'{"tags": ["hat"], "pad": "' + b"x" * (64 * 1024) + b'"}', "request body over 64 KB"),
 ]
+# Bad only for a tag model without a tag-set table; with one (as a trained version has), every tag is drawn.
+NO_TAGS = [(b"{}", "is tag-conditioned: give tags"), (b'{"tags": []}', "is tag-conditioned: give tags")]
 
 
 def test_request_checks_turn_every_bad_body_into_a_reason():
@@ -132,7 +132,7 @@ def test_request_checks_turn_every_bad_body_into_a_reason():
 
     meta = GeneratorMetadata({"arch": "cond-dcgan", "z_dim": 4, "c_dim": 2, "resolution": 16}, VOCAB_TAGS, "tags")
     model = LoadedModel("m", 1, "champion", None, meta)
-    for body, words in BAD_BODIES:
+    for body, words in BAD_BODIES + NO_TAGS:
         with pytest.raises(BadRequest) as err:
             prepare(model, parse_body(body), max_pixels=10 ** 6)
         assert words in str(err.value), (body[:60], str(err.value))
@@ -269,8 +269,9 @@ def test_serve_prints_the_url_last_and_answers_what_generate_draws(served, ganra
     model = requests.get(url + "model", timeout=10).json()
     vocabulary = served["vocabulary"]
     assert "hat" in vocabulary and "glasses" in vocabulary
-    assert model == {"name": "srv", "version": 1, "alias": "champion", "vocabulary": vocabulary, "resolution": 16,
-                     "conditioning": "tags", "arch": "cond-dcgan", "truncation": False, "input": "z|c"}
+    assert {k: v for k, v in model.items() if not k.startswith("tag_")} == {
+        "name": "srv", "version": 1, "alias": "champion", "vocabulary": vocabulary, "resolution": 16,
+        "conditioning": "tags", "arch": "cond-dcgan", "truncation": False, "input": "z|c"}
     r = post(url, {"seed": 5, "n": 6, "tags": ["hat", "Glasses"]})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text[:300]
     assert (r.headers["X-Ganray-Model"], r.headers["X-Ganray-Version"]) == ("srv", "1")
@@ -287,6 +288,30 @@ def test_serve_prints_the_url_last_and_answers_what_generate_draws(served, ganra
     one = npz(post(url, {"seed": 7, "n": 1, "tags": ["hat"]}, fmt="npz"))  # a single sample is padded, then cut
     np.testing.assert_array_equal(one, npz(post(url, {"seed": 7, "n": 3, "tags": ["hat"]}, fmt="npz"))[:1])
     assert not np.array_equal(npz(post(url, {"seed": 5, "n": 6, "tags": ["hat"]}, fmt="npz")), images)
+
+
+def test_tags_never_seen_together_are_one_choice_and_a_request_of_them_is_refused_by_name(served, faces):
+    """The trained version's tag-set table is its data's (240 faces, one hair, eye and background colour each)."""
+    from trainers.data.ingest.synth import BACKGROUNDS, EYE_COLOURS, HAIR_COLOURS
+
+    url = served["url"]
+    model = requests.get(url + "model", timeout=10).json()
+    assert model["tag_groups"] == [{"name": "hair", "tags": sorted(HAIR_COLOURS)},
+                                   {"name": "eyes", "tags": sorted(EYE_COLOURS)},
+                                   {"name": "background", "tags": sorted(BACKGROUNDS)}]
+    assert model["tag_toggles"] == ["blush", "glasses", "hat", "ribbon"] and model["tag_sets_complete"] is True
+    r = post(url, {"n": 4, "tags": ["blonde hair", "hat", "Black Hair", "red eyes", "blue eyes"]})
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["error"] == (
+        "model srv: tags never seen together in its training data (240 samples): 'blonde hair' with 'black hair'; "
+        "'red eyes' with 'blue eyes'. Ask for at most one tag of each group; hair is one of: "
+        f"{', '.join(sorted(HAIR_COLOURS))}; eyes is one of: {', '.join(sorted(EYE_COLOURS))}")
+    rows = [line.split(",", 1)[1].strip('"').split(", ") for line in (faces / "labels.csv").read_text().splitlines()[1:]]
+    assert any({"blonde hair", "blue eyes"} <= set(tags) for tags in rows)  # a pair the data has: accepted
+    images = npz(post(url, {"seed": 3, "n": 4, "tags": ["blonde hair", "blue eyes", "hat"]}, fmt="npz"))
+    assert images.shape == (4, 16, 16, 3)
+    anything = npz(post(url, {"seed": 3, "n": 4}, fmt="npz"))  # "any" everywhere: all tags drawn from the data
+    assert anything.shape == (4, 16, 16, 3) and not np.array_equal(anything, images)
 
 
 def test_every_bad_request_is_a_400_with_its_reason_and_the_replica_goes_on(served):

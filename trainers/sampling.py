@@ -79,7 +79,7 @@ def fill_tags(meta: GeneratorMetadata, tags: list[str], n: int, seed: int) -> li
     out = []
     for i in range(n):
         pick = np.random.default_rng([seed + i, 7919]).choice(len(matching), p=weights / weights.sum())
-        out.append(matching[pick][0].split(","))
+        out.append([t for t in matching[pick][0].split(",") if t])  # "": a sample without tags
     return out
 
 
@@ -87,7 +87,11 @@ def condition_rows(meta: GeneratorMetadata, tags: list[str] | None, n: int, seed
                    fill: bool = True) -> torch.Tensor | None:
     """The c of each of n samples for a tag request (n x c_dim), with unspecified tags drawn per sample
     (:func:`fill_tags`) unless fill is False; None for an unconditional model. The errors are
-    :func:`condition_vector`'s."""
+    :func:`condition_vector`'s, except that a tag model with a tag-set table takes no tags at all when
+    filling: every tag of each sample is then drawn from the data (the page's "any" everywhere)."""
+    if fill and not tags and meta.tag_sets and meta.conditioning == "tags" and meta.c_dim:
+        check_seed(seed, n)
+        return TagEncoder(meta.vocabulary).encode(fill_tags(meta, [], n, seed))
     c = condition_vector(meta, tags, where)
     if c is None or not fill or not meta.tag_sets:
         return c
