@@ -27,7 +27,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deploy.batching import run_batch
-from deploy.encoding import ANIMATION_TYPES, MEDIA_TYPES, encode, encode_animation
+from deploy.encoding import MEDIA_TYPES, encode
 from deploy.follow import ModelFollower
 from deploy.guard import Guard, GuardMiddleware
 from deploy.limits import RETRY_AFTER_S, Busy, GenerateSlots, ReloadRate, TooSoon, retry_after
@@ -37,6 +37,7 @@ from deploy.request import BadRequest, Prepared, check_body_size, parse_body, pa
 from deploy.serve_config import ServeConfig
 from deploy.tags import describe_tags
 from deploy.walk_request import parse_walk, parse_walk_format, prepare_walk
+from trainers.animation import ANIMATION_TYPES, encode_animation
 from trainers.walks import walk_frames, walk_space
 
 log = logging.getLogger("ray.serve")

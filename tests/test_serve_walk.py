@@ -127,7 +127,7 @@ def test_an_unconditional_walk_takes_no_tags():
 
 @pytest.mark.parametrize("fmt", ["webp", "gif"])
 def test_frames_become_a_looping_animation_with_every_frame(fmt):
-    from deploy.encoding import encode_animation
+    from trainers.animation import encode_animation
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)

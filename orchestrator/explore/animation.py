@@ -1,9 +1,6 @@
-"""Frames written as an animation: an animated GIF or WebP through Pillow, an MP4 through imageio-ffmpeg.
-
-GIF and WebP loop forever; WebP is lossless (a walk's frames as drawn), GIF quantised to 256 colours per
-frame. Both encoders keep identical consecutive frames as one frame shown for their time together (the
-animation's length stays frames / fps). MP4 (H.264, yuv420p, frames padded to even sizes as the codec needs) needs the optional extra
-``ganray[video]`` (``imageio-ffmpeg``, whose wheel carries its own ffmpeg); without it a ``.mp4`` is a
+"""Frames written as an animation: an animated GIF or WebP through Pillow (``trainers.animation``, the
+server's encoder too), an MP4 through imageio-ffmpeg. MP4 (H.264, yuv420p, frames padded to even sizes
+as the codec needs) needs the optional extra ``ganray[video]`` (``imageio-ffmpeg``, whose wheel carries its own ffmpeg); without it a ``.mp4`` is a
 UsageError saying how to install it, raised by :func:`check_animation_path` before anything is drawn.
 """
 from __future__ import annotations
@@ -50,14 +47,9 @@ def write_animation(frames: np.ndarray, out: str | Path, fps: int = 24) -> Path:
     if out.suffix.lower() == ".mp4":
         _write_mp4(frames, out, fps)
         return out
-    from PIL import Image
+    from trainers.animation import encode_animation
 
-    images = [Image.fromarray(f) for f in frames]
-    duration = max(1, round(1000 / fps))
-    if out.suffix.lower() == ".gif":
-        images[0].save(out, save_all=True, append_images=images[1:], duration=duration, loop=0, optimize=False)
-    else:
-        images[0].save(out, save_all=True, append_images=images[1:], duration=duration, loop=0, lossless=True)
+    out.write_bytes(encode_animation(frames, out.suffix.lower().lstrip("."), fps))
     return out
 
 
