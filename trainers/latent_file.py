@@ -126,8 +126,8 @@ def _check_structure(found: LatentFile, path: Path) -> None:
         raise LatentFileError(f"latent file {path}: space must be 'z' or 'w+', got {found.space!r}")
     want_dim = 2 if found.space == "z" else 3
     if found.latent.ndim != want_dim or found.latent.shape[0] != 1:
-        raise LatentFileError(f"latent file {path}: a {found.space} latent is (1, {'z_dim' if want_dim == 2 else
-                              'num_ws, w_dim'}), got {found.latent.shape}")
+        form = "(1, z_dim)" if want_dim == 2 else "(1, num_ws, w_dim)"
+        raise LatentFileError(f"latent file {path}: a {found.space} latent is {form}, got {found.latent.shape}")
     if found.space == "z" and found.noise:
         raise LatentFileError(f"latent file {path}: a z latent carries no noise maps")
     rec = found.reconstruction

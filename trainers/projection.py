@@ -74,9 +74,11 @@ class Projection:
     frames: list[np.ndarray] = field(default_factory=list)
 
 
-def projection_space(model) -> str:
-    """``w+`` for a version with its mapping and synthesis exported, ``z`` otherwise."""
-    return "w+" if model.mapping is not None and model.synthesis is not None else "z"
+def projection_space(loaded) -> str:
+    """``w+`` for a version with its mapping and synthesis exported, ``z`` otherwise (also for a loaded model
+    of a loader that predates the exports: its LoadedModel has no such fields)."""
+    mapping, synthesis = getattr(loaded, "mapping", None), getattr(loaded, "synthesis", None)
+    return "w+" if mapping is not None and synthesis is not None else "z"
 
 
 def space_note(model) -> str | None:

@@ -88,7 +88,7 @@ def discriminator_from_checkpoint(directory: str | Path, generator_config: dict[
         section = ModelSpec.model_validate(read_stored_spec(stored)["model"])
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"checkpoint {directory}: its model section does not validate: {err}") from None
-    _, d = build_models(section, int(generator_config["resolution"]), int(generator_config["c_dim"] or 0))
+    _, d = build_models(section, int(generator_config["resolution"]), int(generator_config.get("c_dim") or 0))
     try:
         d.load_state_dict(d_state)
     except (RuntimeError, KeyError) as err:

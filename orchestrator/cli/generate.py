@@ -17,8 +17,10 @@ import click
               help="StyleGAN2's truncation psi toward the average w (1: none; other architectures: 1 only).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="PATH.png (a grid) or PATH.npz (uint8 NxHxWx3).")
+@click.option("--latent", type=click.Path(dir_okay=False),
+              help="A latent file of `ganray project`: redraw that picture (under --tags / --prompt when given).")
 def generate_cmd(model: str, version: str | None, n: int, seed: int, tags: str | None, exact_tags: bool,
-                 prompt: str | None, truncation: float, out: str) -> None:
+                 prompt: str | None, truncation: float, out: str, latent: str | None) -> None:
     """Sample a registered generator: MODEL@ALIAS, MODEL/V or MODEL --version V (models:/ in front is optional)."""
     from orchestrator import tracking_server
     from orchestrator.cluster.endpoints import resolve_endpoints
@@ -28,6 +30,10 @@ def generate_cmd(model: str, version: str | None, n: int, seed: int, tags: str |
     ref = parse_ref(model, version, need_version=True)
     tag_list = [t.strip() for t in tags.split(",") if t.strip()] if tags else None
     client = tracking_server.client(resolve_endpoints().mlflow_uri)
+    if latent:
+        from orchestrator.explore.redraw import redraw_from_cli
+
+        return click.echo(redraw_from_cli(client, ref, latent, out, tag_list, prompt, truncation))
     path = generate(client, ref, n, seed, out, tag_list, truncation=truncation, prompt=prompt, exact_tags=exact_tags)
     click.echo(f"wrote {n} samples of {ref.uri} to {path}")
 
