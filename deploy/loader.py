@@ -18,7 +18,7 @@ from typing import Any
 from trainers.errors import GanrayError
 from trainers.generator_metadata import GeneratorMetadata, MetadataError, read_metadata
 from trainers.model_ref import ModelRef
-from trainers.safe_model import UnsafeModelError, load_checked
+from trainers.safe_model import UnsafeModelError, load_checked, load_exports
 
 
 class RegistryError(GanrayError, LookupError):
@@ -41,6 +41,11 @@ class LoadedModel:
     generator: Any
     meta: GeneratorMetadata
     device: str = "cpu"
+    # A StyleGAN2 version's exported parts (trainers.exports; None / () for other architectures and for
+    # versions registered before them): mapping(zc) -> ws, synthesis(ws, *noise) -> images, the fixed maps.
+    mapping: Any | None = None
+    synthesis: Any | None = None
+    noise: tuple = ()
 
     @property
     def uri(self) -> str:
@@ -92,14 +97,16 @@ def named_version(client, ref: ModelRef):
 def load_version(client, ref: ModelRef, version: int, device: str = "cpu") -> LoadedModel:
     """Version `version` of ref's model with its ganray metadata, in eval mode on device; a text model's
     sentence encoder is loaded too (so its first prompt does not wait ~7 s). LoadError otherwise."""
-    generator, meta = _download_and_load(client, ref.name, int(version))
+    generator, meta, (mapping, synthesis, noise) = _download_and_load(client, ref.name, int(version))
     if device != "cpu":
         generator = generator.to(device)
+        mapping, synthesis = (part.to(device) if part is not None else None for part in (mapping, synthesis))
+        noise = tuple(n.to(device) for n in noise)
     if meta.conditioning == "text":
         from trainers.conditioning.encoder import load as load_encoder
 
         load_encoder(meta.text_encoder)
-    return LoadedModel(ref.name, int(version), ref.alias, generator, meta, device)
+    return LoadedModel(ref.name, int(version), ref.alias, generator, meta, device, mapping, synthesis, noise)
 
 
 def load_named(client, ref: ModelRef, device: str = "cpu") -> LoadedModel:
@@ -107,11 +114,12 @@ def load_named(client, ref: ModelRef, device: str = "cpu") -> LoadedModel:
     return load_version(client, ref, int(named_version(client, ref).version), device)
 
 
-def _download_and_load(client, name: str, version: int) -> tuple[Any, GeneratorMetadata]:
-    """(the generator, its metadata) of version `version` of name, from client's registry (never the
-    process's global MLflow URIs: a ``models:/`` download would use those). Only a pt2 generator without
-    code and with its data inside its folder loads, checked before anything of it is imported or
-    deserialised: a version is untrusted input (``trainers.safe_model``)."""
+def _download_and_load(client, name: str, version: int) -> tuple[Any, GeneratorMetadata, tuple]:
+    """(the generator, its metadata, its exported parts: (mapping, synthesis, noise), or (None, None, ()))
+    of version `version` of name, from client's registry (never the process's global MLflow URIs: a
+    ``models:/`` download would use those). Only a pt2 generator without code and with its data inside its
+    folder loads, checked before anything of it is imported or deserialised, and its parts the same way: a
+    version is untrusted input (``trainers.safe_model``)."""
     import mlflow
 
     uri = ModelRef(name, version=version).uri  # what messages name
@@ -122,17 +130,25 @@ def _download_and_load(client, name: str, version: int) -> tuple[Any, GeneratorM
             local = mlflow.artifacts.download_artifacts(artifact_uri=stored, dst_path=tmp,
                                                         tracking_uri=client.tracking_uri)
             generator = load_checked(local, uri, lambda d: mlflow.pytorch.load_model(d, map_location="cpu"))
-            info = mlflow.models.Model.load(local)
-        except UnsafeModelError as err:
+            meta = read_metadata(mlflow.models.Model.load(local).metadata, uri)
+            parts = load_exports(local, meta.exports, uri, _load_archive) if meta.exports else (None, None, ())
+        except (UnsafeModelError, MetadataError) as err:
             raise LoadError(str(err)) from None
         except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a download that fails
             raise LoadError(f"cannot load {uri}: {type(err).__name__}: {_short(err)}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        return generator, read_metadata(info.metadata, uri)
-    except MetadataError as err:
-        raise LoadError(str(err)) from None
+    return generator, meta, parts
+
+
+def _load_archive(path) -> Any:
+    """One exported part's pt2 archive as a module, after MLflow's own check that it holds no pickle record
+    beyond what torch's weights_only loader accepts (the check MLflow runs on a version's model.pt2)."""
+    import torch
+    from mlflow.pytorch import _validate_pt2_archive_is_pickle_free
+
+    _validate_pt2_archive_is_pickle_free(str(path))
+    return torch.export.load(str(path)).module()
 
 
 def _short(err: Exception, limit: int = 300) -> str:

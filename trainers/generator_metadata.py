@@ -7,6 +7,12 @@ generator config (arch, resolution, z and c sizes: enough to rebuild it), the ta
 vocabulary in the order of c, the conditioning, the step and dataset it came from,
 and its latest evaluation. The registry writes it (``to_dict``); ``generate`` and the
 server read it back (``read_metadata``), so both agree on every key.
+
+A StyleGAN2 version also carries its parts (``exports``, written by ``trainers.exports``): the
+mapping ``[z | c | psi] -> ws`` and the synthesis ``(ws, *noise) -> images`` as pt2 archives and
+the fixed noise maps as an ``.npz``, files inside the model folder, with ``num_ws``, ``w_dim`` and
+``noise_shapes``. A version is untrusted input: :func:`read_exports` takes only relative paths
+of the known kinds and shapes that are the architecture's own.
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ class GeneratorMetadata:
     text_pooling: str | None = None  # text conditioning: how the encoder's embeddings make c (phrases.py)
     # tags: the training data's most frequent tag sets ("a,b,c": count), what unspecified tags are drawn from
     tag_sets: dict[str, int] = field(default_factory=dict)
+    # a StyleGAN2's exported parts ({} when none: other architectures, versions registered before them)
+    exports: dict[str, Any] = field(default_factory=dict)
 
     @property
     def arch(self) -> str:
@@ -75,7 +83,7 @@ class GeneratorMetadata:
                 "conditioning": self.conditioning, "c_dim": self.c_dim, "input": self.input,
                 "step": self.step, "dataset_hash": self.dataset_hash, "evaluation": self.evaluation,
                 "text_encoder": self.text_encoder, "text_pooling": self.text_pooling,
-                "tag_sets": dict(self.tag_sets)}
+                "tag_sets": dict(self.tag_sets), **({"exports": dict(self.exports)} if self.exports else {})}
 
     @classmethod
     def from_checkpoint_info(cls, info: dict[str, Any]) -> "GeneratorMetadata":
@@ -117,7 +125,46 @@ def read_metadata(model_metadata: dict[str, Any] | None, where: str = "the model
         meta = replace(meta, packed_input=stored)
     if meta.c_dim and meta.conditioning == "tags" and len(vocabulary) != meta.c_dim:
         raise MetadataError(f"{where} takes {meta.c_dim} tags but its metadata lists {len(vocabulary)}")
+    if raw.get("exports"):
+        meta = replace(meta, exports=read_exports(raw["exports"], meta, where))
     return meta
+
+
+EXPORT_FILES = {"mapping": ".pt2", "synthesis": ".pt2", "noise": ".npz"}  # each part and its file's suffix
+MAX_EXPORT_PATH = 200
+
+
+def style_shapes(generator_config: dict[str, Any]) -> dict[str, Any]:
+    """A StyleGAN2's part shapes from its config: ``num_ws``, ``w_dim`` and ``noise_shapes`` (one [r, r] per
+    synthesis layer: 4x4 once, then two per resolution up to the image's, as ``networks.stylegan2``)."""
+    resolution = int(generator_config["resolution"])
+    sizes = [4] + [r for r in (2 ** k for k in range(3, resolution.bit_length())) for _ in range(2)]
+    return {"num_ws": len(sizes) + 1, "w_dim": int(generator_config["w_dim"]),
+            "noise_shapes": [[r, r] for r in sizes]}
+
+
+def read_exports(raw: Any, meta: GeneratorMetadata, where: str = "the model") -> dict[str, Any]:
+    """A version's ``exports`` checked: a StyleGAN2's, each part a relative path (no ``..``, not absolute,
+    its kind's suffix) and the shapes its architecture has; MetadataError naming what is wrong. Whether a
+    path stays inside the model folder (symlinks) is ``trainers.safe_model``'s check, on the files."""
+    if meta.arch != "stylegan2":
+        raise MetadataError(f"{where} is {meta.arch} but its metadata lists exported StyleGAN2 parts")
+    if not isinstance(raw, dict):
+        raise MetadataError(f"{where}: its metadata's exports are not a mapping ({type(raw).__name__})")
+    out: dict[str, Any] = {}
+    for part, suffix in EXPORT_FILES.items():
+        path = raw.get(part)
+        if (not isinstance(path, str) or not path.endswith(suffix) or len(path) > MAX_EXPORT_PATH
+                or path.startswith(("/", "\\")) or ".." in path.replace("\\", "/").split("/")):
+            raise MetadataError(f"{where}: its exported {part} {str(path)[:MAX_EXPORT_PATH]!r} is not a relative "
+                                f"path inside the model folder ending in {suffix}")
+        out[part] = path
+    expected = style_shapes(meta.generator_config)
+    for key, want in expected.items():
+        if raw.get(key) != want:
+            raise MetadataError(f"{where}: its exports' {key} {str(raw.get(key))[:200]} is not its architecture's "
+                                f"({want}, for resolution {meta.resolution})")
+    return {**out, **expected}
 
 
 def _tag_sets(raw: Any) -> dict[str, int]:

@@ -17,6 +17,12 @@ refuse such a version before anything of it is deserialised or imported. MLflow 
 ``pt2`` archive carries no pickle record beyond what torch's ``weights_only`` loader accepts, as long
 as pickle loading is not allowed in its environment (``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``);
 loaders keep it disallowed while they load (:func:`pickle_refused`).
+
+A StyleGAN2 version's exported parts (``trainers.exports``: two more pt2 archives and an ``.npz`` of
+noise maps, named by its metadata's ``exports``) get the same checks in :func:`load_exports`: each
+file inside the model folder, each archive through the caller's pickle-free check before
+``torch.export`` reads it (the one MLflow runs on ``model.pt2``), the maps read with
+``allow_pickle=False``, bounded, and of the shapes the metadata states.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import yaml
 from trainers.errors import GanrayError
 
 PT2_FILE = "model.pt2"
+MAX_NOISE_BYTES = 256 << 20  # a noise.npz larger than this is no ganray export (1024x1024 maps take ~90 MB)
 PICKLE_FILES = ("model.pth", "pickle_module_info.txt")
 PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 CODE_KEY = "code"  # MLflow's key (FLAVOR_CONFIG_CODE) for a folder it puts on sys.path at load
@@ -124,3 +131,59 @@ def load_checked(model_dir: str | Path, where: str, load: Callable[[str], Any]) 
     except NotImplementedError:  # an exported (pt2) generator is traced in eval mode already
         pass
     return generator
+
+
+def load_exports(model_dir: str | Path, exports: dict[str, Any], where: str,
+                 load_archive: Callable[[Path], Any]) -> tuple[Any, Any, tuple]:
+    """(mapping, synthesis, noise maps) of a checked model folder's exported parts, as ``exports`` (read
+    by ``trainers.generator_metadata.read_exports``) names them: each file must lie inside the folder;
+    load_archive (the caller's: MLflow's pickle-free check of a pt2 archive, then ``torch.export.load``)
+    reads each archive with pickle refused and sys.path kept; the noise maps must be float32 arrays of
+    the stated shapes, read without pickle. UnsafeModelError naming the part otherwise."""
+    model_dir = Path(model_dir)
+    parts = {}
+    for part in ("mapping", "synthesis"):
+        path = _inside(model_dir, exports[part], f"exported {part}", where)
+        if not path.is_file():
+            raise UnsafeModelError(f"{where}: its exported {part} {exports[part]!r} is not in the model folder")
+        import_path = list(sys.path)
+        try:
+            with pickle_refused():
+                parts[part] = load_archive(path)
+        except Exception as err:  # noqa: BLE001 - MLflow's check and torch.export raise several kinds
+            raise UnsafeModelError(f"{where}: its exported {part} {exports[part]!r} cannot be loaded safely "
+                                   f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
+        finally:
+            sys.path[:] = import_path
+    return parts["mapping"], parts["synthesis"], _noise_maps(model_dir, exports, where)
+
+
+def _noise_maps(model_dir: Path, exports: dict[str, Any], where: str) -> tuple:
+    """The fixed noise maps of an ``exports``' npz as float32 torch tensors, in order; UnsafeModelError
+    for a file outside the folder, over MAX_NOISE_BYTES, with pickled entries, or of other names, types
+    or shapes than the metadata states."""
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    path = _inside(model_dir, exports["noise"], "exported noise", where)
+    if not path.is_file() or path.stat().st_size > MAX_NOISE_BYTES:
+        raise UnsafeModelError(f"{where}: its exported noise {exports['noise']!r} is missing or over "
+                               f"{MAX_NOISE_BYTES >> 20} MiB")
+    shapes = [tuple(s) for s in exports["noise_shapes"]]
+    names = [f"noise_{i}" for i in range(len(shapes))]
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if sorted(npz.files) != sorted(names):
+                raise ValueError(f"entries {sorted(npz.files)[:10]}, expected {names}")
+            maps = [npz[name] for name in names]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UnsafeModelError(f"{where}: its exported noise {exports['noise']!r} cannot be read as maps "
+                               f"({type(err).__name__}: {str(err)[:300]})") from None
+    wrong = [f"{name} {m.dtype} {m.shape}" for name, m, shape in zip(names, maps, shapes)
+             if m.dtype != np.float32 or m.shape != shape]
+    if wrong:
+        raise UnsafeModelError(f"{where}: its exported noise maps are not the float32 maps its metadata states "
+                               f"({', '.join(wrong[:5])}; expected {shapes})")
+    return tuple(torch.from_numpy(np.ascontiguousarray(m)) for m in maps)

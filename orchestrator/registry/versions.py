@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from dataclasses import replace
 from typing import Any, Iterator
 
 from mlflow.tracking import MlflowClient
@@ -129,22 +130,33 @@ def register_checkpoint(client: MlflowClient, run_id: str, model_name: str, chec
 
 def register_generator(client: MlflowClient, run_id: str, model_name: str, generator, meta: GeneratorMetadata,
                        digest: str, checkpoint_uri: str, kimg: float | None = None) -> int:
-    """Logs the generator to the run and registers it as a version of model_name; returns the version."""
+    """Logs the generator to the run and registers it as a version of model_name; returns the version. A
+    StyleGAN2 also gets its mapping, synthesis and noise maps exported into the model folder (the metadata's
+    ``exports``, ``trainers.exports``)."""
+    import tempfile
+
     import mlflow
     import numpy as np
     import torch
 
-    from trainers.networks import PackedInputGenerator
+    from trainers.networks import PackedInputGenerator, StyleGan2Generator
 
     # pt2 (torch.export) format; a batch of 2 keeps the batch dimension dynamic (1 would be specialised).
     example = np.zeros((2, meta.input_width), dtype=np.float32)
     run = client.get_run(run_id)
     status = run.info.status
-    with _mlflow_pointed_at(client.tracking_uri):
+    with (tempfile.TemporaryDirectory(prefix="ganray-exports-") as parts_dir,
+          _mlflow_pointed_at(client.tracking_uri)):
+        extra_files = None
+        if isinstance(generator, StyleGan2Generator):
+            from trainers.exports import export_parts
+
+            files, exports = export_parts(generator.eval(), meta.input_width, parts_dir)
+            extra_files, meta = [str(f) for f in files], replace(meta, exports=exports)
         with mlflow.start_run(run_id=run_id):
             model_info = mlflow.pytorch.log_model(
                 PackedInputGenerator(generator).eval(), name="generator", input_example=example,
-                metadata={METADATA_KEY: meta.to_dict()}, serialization_format="pt2",
+                metadata={METADATA_KEY: meta.to_dict()}, serialization_format="pt2", extra_files=extra_files,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ganray"], step=int(meta.step or 0))
         client.update_run(run_id, status=status)  # leaving start_run ended the run; its lifecycle decides that
         mv = mlflow.register_model(model_info.model_uri, model_name,

@@ -19,7 +19,7 @@ from trainers.networks.stylegan2 import StyleGan2Discriminator, StyleGan2Generat
 from trainers.spec import ARCHES, ModelSpec, check_resolution
 
 __all__ = ["ARCHES", "build_generator", "build_models", "check_resolution", "generate_images",
-           "PackedInputGenerator", "DcganGenerator", "DcganDiscriminator", "CondDcganGenerator",
+           "PackedInputGenerator", "packed_ws", "DcganGenerator", "DcganDiscriminator", "CondDcganGenerator",
            "CondDcganDiscriminator", "StyleGan2Generator", "StyleGan2Discriminator"]
 
 
@@ -103,14 +103,26 @@ class PackedInputGenerator(nn.Module):
         self.input_width = self.z_dim + self.c_dim + (1 if self.style else 0)
 
     def forward(self, zc: torch.Tensor) -> torch.Tensor:
-        z = zc[:, :self.z_dim]
-        c = zc[:, self.z_dim:self.z_dim + self.c_dim] if self.c_dim else None
         if not self.style:
-            return self.g(z, c)
-        if getattr(self.g, "ca", None) is not None and c is not None:
-            c = self.g.ca(c)[0]  # a text embedding's conditioning augmentation, at its mean (as G's forward)
-        ws = self.g.mapping(z, c)
-        if zc.shape[1] > self.z_dim + self.c_dim:  # static when exported: the example's width decides
-            psi = zc[:, self.z_dim + self.c_dim:self.z_dim + self.c_dim + 1].unsqueeze(-1)  # (N, 1, 1)
-            ws = self.g.mapping.w_avg.lerp(ws, psi)  # w_avg + psi * (w - w_avg), as the mapping's truncation
-        return self.g.synthesis(ws, noise_mode="const")
+            z = zc[:, :self.z_dim]
+            return self.g(z, zc[:, self.z_dim:self.z_dim + self.c_dim] if self.c_dim else None)
+        return self.g.synthesis(self.ws(zc), noise_mode="const")
+
+    def ws(self, zc: torch.Tensor) -> torch.Tensor:
+        """A StyleGAN2's ws for packed rows (:func:`packed_ws`)."""
+        return packed_ws(self.g.mapping, getattr(self.g, "ca", None), self.z_dim, self.c_dim, zc)
+
+
+def packed_ws(mapping: nn.Module, ca: nn.Module | None, z_dim: int, c_dim: int, zc: torch.Tensor) -> torch.Tensor:
+    """A StyleGAN2's ws (N, num_ws, w_dim) for packed rows [z | c | psi]: a text embedding's conditioning
+    augmentation (ca) at its mean, psi's truncation applied; what the registered generator draws and the
+    exported mapping part returns (``trainers.exports``)."""
+    z = zc[:, :z_dim]
+    c = zc[:, z_dim:z_dim + c_dim] if c_dim else None
+    if ca is not None and c is not None:
+        c = ca(c)[0]  # a text embedding's conditioning augmentation, at its mean (as G's forward)
+    ws = mapping(z, c)
+    if zc.shape[1] > z_dim + c_dim:  # static when exported: the example's width decides
+        psi = zc[:, z_dim + c_dim:z_dim + c_dim + 1].unsqueeze(-1)  # (N, 1, 1)
+        ws = mapping.w_avg.lerp(ws, psi)  # w_avg + psi * (w - w_avg), as the mapping's truncation
+    return ws

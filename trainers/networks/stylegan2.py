@@ -168,12 +168,17 @@ class SynthesisLayer(nn.Module):
         self.up, self.resolution, self.conv_clamp = up, resolution, conv_clamp
         self.weight_gain = 1 / math.sqrt(in_channels * 9)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """noise: a (resolution, resolution) map used in place of ``noise_const`` (what the synthesis export
+        takes as an input, and a projector fits); noise_mode then says nothing."""
         styles = self.affine(w)
         if self.up:
             x = upsample2d(x, self.fir)
         x = modulated_conv2d(x, self.weight * self.weight_gain, styles, demodulate=True, padding=1)
-        if noise_mode == "random":
+        if noise is not None:
+            x = x + (noise * self.noise_strength).to(x.dtype)
+        elif noise_mode == "random":
             x = x + torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device,
                                 dtype=x.dtype) * self.noise_strength.to(x.dtype)
         elif noise_mode == "const":
@@ -213,13 +218,15 @@ class SynthesisBlock(nn.Module):
         self.register_buffer("fir", _fir(), persistent=False)
         self.num_conv, self.num_torgb = (1 if self.first else 2), 1
 
-    def forward(self, x, img, ws: torch.Tensor, noise_mode: str = "random"):
+    def forward(self, x, img, ws: torch.Tensor, noise_mode: str = "random", noise: list | None = None):
+        """noise: one map per conv layer of the block (``num_conv``), or None for noise_mode's."""
+        noise = noise or [None] * self.num_conv
         if self.first:
             x = self.const.to(ws.dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
-            x = self.conv1(x, ws[:, 0], noise_mode)
+            x = self.conv1(x, ws[:, 0], noise_mode, noise[0])
         else:
-            x = self.conv0(x, ws[:, 0], noise_mode)
-            x = self.conv1(x, ws[:, 1], noise_mode)
+            x = self.conv0(x, ws[:, 0], noise_mode, noise[0])
+            x = self.conv1(x, ws[:, 1], noise_mode, noise[1])
         y = self.torgb(x, ws[:, self.num_conv])
         img = y if img is None else upsample2d(img, self.fir).to(y.dtype) + y
         return x, img
@@ -237,12 +244,20 @@ class SynthesisNetwork(nn.Module):
             SynthesisBlock(0 if r == 4 else ch(r // 2), ch(r), w_dim, r, conv_clamp) for r in self.resolutions)
         self.num_ws = sum(b.num_conv for b in self.blocks) + self.blocks[-1].num_torgb
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def noise_layers(self) -> list[SynthesisLayer]:
+        """The layers with a noise input, in the order :meth:`forward`'s ``noise`` lists their maps."""
+        return [layer for block in self.blocks
+                for layer in ([block.conv1] if block.first else [block.conv0, block.conv1])]
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", noise: list | None = None) -> torch.Tensor:
+        """noise: one (r, r) map per layer of :meth:`noise_layers`, in place of noise_mode's noise."""
         x = img = None
-        w_idx = 0
+        w_idx = n_idx = 0
         for block in self.blocks:
-            x, img = block(x, img, ws[:, w_idx:w_idx + block.num_conv + block.num_torgb], noise_mode)
+            maps = noise[n_idx:n_idx + block.num_conv] if noise is not None else None
+            x, img = block(x, img, ws[:, w_idx:w_idx + block.num_conv + block.num_torgb], noise_mode, maps)
             w_idx += block.num_conv
+            n_idx += block.num_conv
         return img
 
 
