@@ -2,56 +2,24 @@
 
 ``loaded(...)`` builds a generator with ``trainers.networks.build_models`` and wraps it as
 ``deploy.loader.LoadedModel`` presents a version: ``generator`` the packed ``[z | c (| psi)]``
-module, and for a StyleGAN2 with exports ``mapping`` (packed input -> ws), ``synthesis``
-(``synthesis(ws, *noise)``, the noise maps as inputs) and ``noise`` (the maps that make
-``synthesis(mapping(x), *noise)`` the generator's own image).
+module, and for a StyleGAN2 with exports the parts ``trainers.exports`` exports, unexported:
+``mapping`` (packed input -> ws), ``synthesis`` (``synthesis(ws, *noise)``) and ``noise`` (the
+maps that make ``synthesis(mapping(x), *noise)`` the generator's own image); ``meta.exports``
+holds their shapes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from trainers.generator_metadata import GeneratorMetadata
-from trainers.networks import PackedInputGenerator, StyleGan2Generator, build_models
+from trainers.exports import MappingPart, SynthesisPart, fixed_noise
+from trainers.generator_metadata import GeneratorMetadata, style_shapes
+from trainers.networks import PackedInputGenerator, build_models
 from trainers.model_ref import ModelRef
 from trainers.spec import ModelSpec
-
-
-class PackedMapping(nn.Module):
-    """[z | c | psi] -> ws (N, num_ws, w_dim), truncation applied, as the main export's first half."""
-
-    def __init__(self, g: StyleGan2Generator):
-        super().__init__()
-        self.g = g
-
-    def forward(self, zc: torch.Tensor) -> torch.Tensor:
-        z_dim, c_dim = self.g.z_dim, self.g.c_dim
-        c = zc[:, z_dim:z_dim + c_dim] if c_dim else None
-        if self.g.ca is not None and c is not None:
-            c = self.g.ca(c)[0]
-        ws = self.g.mapping(zc[:, :z_dim], c)
-        psi = zc[:, z_dim + c_dim:z_dim + c_dim + 1].unsqueeze(-1)
-        return self.g.mapping.w_avg.lerp(ws, psi)
-
-
-class NoiseInputSynthesis(nn.Module):
-    """synthesis(ws, *noise): the synthesis network with its constant noise maps given as inputs."""
-
-    def __init__(self, g: StyleGan2Generator):
-        super().__init__()
-        self.synthesis = g.synthesis
-        self.names = [name for name, _ in g.synthesis.named_buffers() if name.endswith("noise_const")]
-
-    def forward(self, ws: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.synthesis, dict(zip(self.names, noise)), (ws,), {"noise_mode": "const"})
-
-    def fixed_noise(self) -> tuple[torch.Tensor, ...]:
-        buffers = dict(self.synthesis.named_buffers())
-        return tuple(buffers[name].clone() for name in self.names)
 
 
 @dataclass(frozen=True)
@@ -98,5 +66,5 @@ def loaded(arch: str, vocabulary: list[str] | None = None, seed: int = 0, resolu
         return Loaded("tiny", 1, packed, meta)
     g.mapping(torch.randn(256, z_dim), torch.zeros(256, len(vocabulary)) if vocabulary else None,
               update_w_avg=True)
-    synthesis = NoiseInputSynthesis(g)
-    return Loaded("tiny", 1, packed, meta, PackedMapping(g), synthesis, synthesis.fixed_noise())
+    meta = replace(meta, exports=style_shapes(g.config))
+    return Loaded("tiny", 1, packed, meta, MappingPart(g).eval(), SynthesisPart(g).eval(), tuple(fixed_noise(g)))

@@ -29,8 +29,10 @@ def _refused(proc: subprocess.CompletedProcess, status: int, *words: str) -> str
 @pytest.fixture(scope="module")
 def models(stack, ganray_home):
     client = mlflow_client(ganray_home)
+    old = register_untrained(client, "proj-old-style", "stylegan2", [], seed=6, psi_export=True)  # no W exports
     return {"cond": f"proj-cond/{register_untrained(client, 'proj-cond', 'cond-dcgan', VOCAB, seed=4)}",
-            "style": f"proj-style/{register_untrained(client, 'proj-style', 'stylegan2', [], seed=5)}"}
+            "style": f"proj-style/{register_untrained(client, 'proj-style', 'stylegan2', [], seed=5)}",
+            "old-style": f"proj-old-style/{old}"}
 
 
 def _own_sample(home, model: str, folder, *tags: str) -> str:
@@ -66,16 +68,20 @@ def test_a_projected_sample_is_written_and_redrawn(ganray_home, models, tmp_path
     assert black.shape == (16, 16, 3) and not np.array_equal(black, reconstruction)
 
 
-def test_a_stylegan2_version_without_w_exports_is_projected_in_z_with_a_note(ganray_home, models, tmp_path):
-    model = models["style"]
+@pytest.mark.parametrize("which,space", [("style", "w+"), ("old-style", "z")])
+def test_a_stylegan2_version_is_projected_in_w_plus_or_without_exports_in_z(ganray_home, models, tmp_path, which,
+                                                                           space):
+    model = models[which]
     picture = _own_sample(ganray_home, model, tmp_path)
-    proc = ganray(ganray_home, "project", picture, model, "--steps", "20", "--out", str(tmp_path / "s.npz"))
+    proc = ganray(ganray_home, "project", picture, model, "--steps", "30", "--out", str(tmp_path / "s.npz"))
+    assert f"projected in {space} (30 steps" in proc.stdout, proc.stdout
+    note = "registered without its mapping and synthesis exports, so it is projected in z"
+    assert (note in proc.stderr) == (space == "z"), proc.stderr
     with np.load(tmp_path / "s.npz", allow_pickle=False) as npz:
-        space = str(npz["space"])
-    if space == "z":  # a version registered without the mapping and synthesis exports
-        assert "projected in z" in proc.stdout and "registered without its mapping and synthesis" in proc.stderr
-    else:
-        assert space == "w+" and "projected in w+" in proc.stdout
+        assert str(npz["space"]) == space
+        assert npz["latent"].shape == ((1, 6, 16) if space == "w+" else (1, 16))
+        assert sorted(k for k in npz.files if k.startswith("noise_")) == (
+            [f"noise_{i}" for i in range(5)] if space == "w+" else [])
     ganray(ganray_home, "generate", model, "--latent", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r.npz"))
     with np.load(tmp_path / "r.npz", allow_pickle=False) as npz, np.load(tmp_path / "s.npz") as fitted:
         assert np.array_equal(npz["images"][0], fitted["reconstruction"])

@@ -57,7 +57,8 @@ def test_a_models_own_sample_is_found_again(arch, exports, space):
     assert fit.pixel_mse < 0.5 * nearest, (fit.pixel_mse, nearest)
     assert fit.loss.shape == (150,) and np.isfinite(fit.loss).all() and fit.loss[-1] < fit.loss[0]
     assert fit.reconstruction.shape == (16, 16, 3) and fit.reconstruction.dtype == np.uint8
-    want = (1, model.meta.z_dim) if space == "z" else (1, model.mapping.g.num_ws, model.mapping.g.w_dim)
+    exports = model.meta.exports
+    want = (1, model.meta.z_dim) if space == "z" else (1, exports["num_ws"], exports["w_dim"])
     assert tuple(fit.latent.shape) == want
     assert len(fit.noise) == (len(model.noise) if space == "w+" else 0)
 
@@ -260,3 +261,20 @@ def test_pictures_are_cropped_resized_or_refused(tmp_path):
     Image.new("1", (6400, 6400)).save(tmp_path / "huge.png")
     with pytest.raises(PictureError, match="6400x6400, over 40000000 pixels"):
         read_picture(tmp_path / "huge.png", 16)
+
+
+def test_the_exported_parts_are_projected_through(tmp_path):
+    """The parts as a version carries them (torch.export programs, saved and loaded): differentiable in ws and
+    the noise maps, so a W+ projection runs through them as through the modules."""
+    from trainers.exports import export_parts
+
+    model = loaded("stylegan2")
+    g = model.generator.g
+    files, _ = export_parts(g, model.meta.input_width, tmp_path)
+    parts = {f.stem: f for f in files}
+    exported = type(model)(model.name, model.version, model.generator, model.meta,
+                           torch.export.load(str(parts["mapping"])).module(),
+                           torch.export.load(str(parts["synthesis"])).module(), model.noise)
+    target = _own_sample(model, 999)
+    fit = project(exported, target, ProjectionSettings(steps=100))
+    assert fit.space == "w+" and fit.pixel_mse < 0.5 * _nearest_random_mse(model, target)

@@ -148,7 +148,7 @@ def expected_shapes(model) -> tuple[str, tuple[int, ...], list[tuple[int, ...]]]
         return space, (1, meta.z_dim), []
     c = torch.zeros(meta.c_dim) if meta.c_dim else None
     with torch.no_grad():
-        ws = run_padded(model.mapping, packed(meta, torch.zeros(1, meta.z_dim), c))
+        ws = model.mapping(packed(meta, torch.zeros(1, meta.z_dim), c))
     return space, (1, *ws.shape[1:]), [tuple(n.shape) for n in model.noise]
 
 
@@ -188,4 +188,4 @@ def redraw(model, found: LatentFile, c: torch.Tensor | None, truncation: float =
             ws = ws + (avg_new - w_statistics(model, old)[0])
         ws = avg_new.lerp(ws, truncation)
     noise = tuple(torch.from_numpy(n) for n in found.noise)
-    return to_uint8(run_padded(model.synthesis, ws, *noise))[0]
+    return to_uint8(model.synthesis(ws, *noise))[0]

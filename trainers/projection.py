@@ -74,11 +74,9 @@ class Projection:
     frames: list[np.ndarray] = field(default_factory=list)
 
 
-def projection_space(loaded) -> str:
-    """``w+`` for a version with its mapping and synthesis exported, ``z`` otherwise (also for a loaded model
-    of a loader that predates the exports: its LoadedModel has no such fields)."""
-    mapping, synthesis = getattr(loaded, "mapping", None), getattr(loaded, "synthesis", None)
-    return "w+" if mapping is not None and synthesis is not None else "z"
+def projection_space(model) -> str:
+    """``w+`` for a version with its mapping and synthesis exported (``trainers.exports``), ``z`` otherwise."""
+    return "w+" if model.mapping is not None and model.synthesis is not None else "z"
 
 
 def space_note(model) -> str | None:
@@ -165,7 +163,7 @@ def w_statistics(model, c: torch.Tensor | None, samples: int = W_AVG_SAMPLES, se
     total, sq, n = None, None, 0
     for i in range(0, samples, batch):
         z = torch.randn(min(batch, samples - i), model.meta.z_dim, generator=gen)
-        ws = run_padded(model.mapping, packed(model.meta, z, c)).float()
+        ws = model.mapping(packed(model.meta, z, c)).float()
         total = ws.sum(0) if total is None else total + ws.sum(0)
         sq = ws.square().sum(0) if sq is None else sq + ws.square().sum(0)
         n += len(ws)
@@ -176,9 +174,10 @@ def w_statistics(model, c: torch.Tensor | None, samples: int = W_AVG_SAMPLES, se
 
 def render(model, space: str, latent: torch.Tensor, noise: tuple[torch.Tensor, ...],
            c: torch.Tensor | None) -> torch.Tensor:
-    """The image (1, 3, R, R) in [-1, 1] of a latent: synthesis(ws, *noise) for w+, the generator for z."""
+    """The image (1, 3, R, R) in [-1, 1] of a latent: synthesis(ws, *noise) for w+ (the exported parts take a
+    batch of one), the generator for z (padded to two rows: its export's batch is at least 2)."""
     if space == "w+":
-        return run_padded(model.synthesis, latent, *noise)
+        return model.synthesis(latent, *noise)
     return run_padded(model.generator, packed(model.meta, latent, c))
 
 
