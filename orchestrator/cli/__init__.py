@@ -39,9 +39,9 @@ def main(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from orchestrator.cli import agent, cluster, data, generate, local, models, run, serve
+    from orchestrator.cli import agent, cluster, data, generate, local, models, project, run, serve
 
-    for module in (local, data, run, generate, agent, models, serve, cluster):
+    for module in (local, data, run, generate, project, agent, models, serve, cluster):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -36,7 +36,8 @@ WALK_ONLY = ("frames", "grid", "tags_to", "prompt_to", "fps")
 @click.pass_context
 def generate_cmd(ctx: click.Context, model: str, version: str | None, n: int, seed: int, tags: str | None,
                  exact_tags: bool, prompt: str | None, truncation: float, walk_seeds: str | None, frames: int,
-                 grid: str | None, tags_to: str | None, prompt_to: str | None, fps: int, out: str) -> None:
+                 grid: str | None, tags_to: str | None, prompt_to: str | None, fps: int, out: str,
+                 latent: str | None) -> None:
     """Sample a registered generator: MODEL@ALIAS, MODEL/V or MODEL --version V (models:/ in front is optional).
 
     With --walk SEEDS: a looping latent walk through the seeds, written as an animation.
@@ -50,6 +51,10 @@ def generate_cmd(ctx: click.Context, model: str, version: str | None, n: int, se
                          "go with --walk")
     if walk_seeds is not None and given & {"n", "seed", "exact_tags"}:
         raise UsageError("--n, --seed and --exact-tags are for samples; a walk takes its seeds from --walk SEEDS")
+    if latent:
+        from orchestrator.explore.redraw import redraw_from_cli
+
+        return click.echo(redraw_from_cli(_client(), ref, latent, out, _tag_list(tags), prompt, truncation))
     if walk_seeds is not None:
         _walk(ref, walk_seeds, frames, grid, _tag_list(tags), _tag_list(tags_to), prompt, prompt_to,
               truncation, fps, out)
