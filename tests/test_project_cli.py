@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ganray
+from conftest import ganray, ganray_here
 from stack_mlflow import mlflow_client, register_untrained
 from trainers.projection import MAX_STEPS, MIN_STEPS
 
@@ -36,7 +36,7 @@ def models(stack, ganray_home):
 
 
 def _own_sample(home, model: str, folder, *tags: str) -> str:
-    ganray(home, "generate", model, "--n", "1", "--seed", "21", *tags, "--out", str(folder / "s.npz"))
+    ganray_here(home, "generate", model, "--n", "1", "--seed", "21", *tags, "--out", str(folder / "s.npz"))
     with np.load(folder / "s.npz", allow_pickle=False) as npz:
         Image.fromarray(npz["images"][0]).resize((40, 40), Image.Resampling.NEAREST).save(folder / "sample.png")
     return str(folder / "sample.png")
@@ -58,11 +58,11 @@ def test_a_projected_sample_is_written_and_redrawn(ganray_home, models, tmp_path
     assert np.array_equal(np.asarray(Image.open(tmp_path / "face.png")), reconstruction)
     with Image.open(tmp_path / "fit.gif") as gif:
         assert gif.n_frames >= 10 and gif.size == (2 * 256, 256)
-    again = ganray(ganray_home, "generate", model, "--latent", str(tmp_path / "face.npz"), "--out",
+    again = ganray_here(ganray_home, "generate", model, "--latent", str(tmp_path / "face.npz"), "--out",
                    str(tmp_path / "again.png"))
     assert "redrawn by models:/proj-cond/1" in again.stdout
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), reconstruction)
-    ganray(ganray_home, "generate", model, "--latent", str(tmp_path / "face.npz"), "--tags", "black hair",
+    ganray_here(ganray_home, "generate", model, "--latent", str(tmp_path / "face.npz"), "--tags", "black hair",
            "--out", str(tmp_path / "black.png"))
     black = np.asarray(Image.open(tmp_path / "black.png"))
     assert black.shape == (16, 16, 3) and not np.array_equal(black, reconstruction)
@@ -73,7 +73,7 @@ def test_a_stylegan2_version_is_projected_in_w_plus_or_without_exports_in_z(ganr
                                                                            space):
     model = models[which]
     picture = _own_sample(ganray_home, model, tmp_path)
-    proc = ganray(ganray_home, "project", picture, model, "--steps", "30", "--out", str(tmp_path / "s.npz"))
+    proc = ganray_here(ganray_home, "project", picture, model, "--steps", "30", "--out", str(tmp_path / "s.npz"))
     assert f"projected in {space} (30 steps" in proc.stdout, proc.stdout
     note = "registered without its mapping and synthesis exports, so it is projected in z"
     assert (note in proc.stderr) == (space == "z"), proc.stderr
@@ -82,25 +82,25 @@ def test_a_stylegan2_version_is_projected_in_w_plus_or_without_exports_in_z(ganr
         assert npz["latent"].shape == ((1, 6, 16) if space == "w+" else (1, 16))
         assert sorted(k for k in npz.files if k.startswith("noise_")) == (
             [f"noise_{i}" for i in range(5)] if space == "w+" else [])
-    ganray(ganray_home, "generate", model, "--latent", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r.npz"))
+    ganray_here(ganray_home, "generate", model, "--latent", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r.npz"))
     with np.load(tmp_path / "r.npz", allow_pickle=False) as npz, np.load(tmp_path / "s.npz") as fitted:
         assert np.array_equal(npz["images"][0], fitted["reconstruction"])
 
 
 def test_a_latent_of_the_wrong_shape_or_model_is_refused(ganray_home, models, tmp_path):
     picture = _own_sample(ganray_home, models["cond"], tmp_path, "--tags", "black hair")
-    ganray(ganray_home, "project", picture, models["cond"], "--tags", "black hair", "--steps", "2", "--out",
+    ganray_here(ganray_home, "project", picture, models["cond"], "--tags", "black hair", "--steps", "2", "--out",
            str(tmp_path / "c.npz"))
     with np.load(tmp_path / "c.npz", allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     np.savez(tmp_path / "wide.npz", **{**arrays, "latent": np.zeros((1, 17), np.float32)})
-    proc = ganray(ganray_home, "generate", models["cond"], "--latent", str(tmp_path / "wide.npz"), "--out",
+    proc = ganray_here(ganray_home, "generate", models["cond"], "--latent", str(tmp_path / "wide.npz"), "--out",
                   str(tmp_path / "x.png"), check=False)
     _refused(proc, 2, "wide.npz holds a z latent (1, 17)", "models:/proj-cond/1 takes z (1, 16)")
-    proc = ganray(ganray_home, "generate", models["style"], "--latent", str(tmp_path / "c.npz"), "--out",
+    proc = ganray_here(ganray_home, "generate", models["style"], "--latent", str(tmp_path / "c.npz"), "--out",
                   str(tmp_path / "x.png"), check=False)
     _refused(proc, 2, "was fitted to models:/proj-cond/1, not models:/proj-style/1")
-    proc = ganray(ganray_home, "generate", models["cond"], "--latent", str(tmp_path / "c.npz"), "--n", "4",
+    proc = ganray_here(ganray_home, "generate", models["cond"], "--latent", str(tmp_path / "c.npz"), "--n", "4",
                   "--seed", "3", "--out", str(tmp_path / "x.png"), check=False)
     _refused(proc, 2, "--n, --seed do not apply")
     assert not (tmp_path / "x.png").exists()
@@ -108,19 +108,19 @@ def test_a_latent_of_the_wrong_shape_or_model_is_refused(ganray_home, models, tm
 
 def test_what_project_cannot_use_is_refused(ganray_home, models, tmp_path):
     (tmp_path / "notes.png").write_text("not a picture")
-    proc = ganray(ganray_home, "project", str(tmp_path / "notes.png"), models["cond"], "--tags", "black hair",
+    proc = ganray_here(ganray_home, "project", str(tmp_path / "notes.png"), models["cond"], "--tags", "black hair",
                   "--out", str(tmp_path / "x.npz"), check=False)
     _refused(proc, 2, "notes.png is not a picture Pillow can read")
     Image.new("RGB", (20, 20)).save(tmp_path / "ok.png")
     for steps in (str(MIN_STEPS - 1), str(MAX_STEPS + 1)):
-        proc = ganray(ganray_home, "project", str(tmp_path / "ok.png"), models["cond"], "--tags", "black hair",
+        proc = ganray_here(ganray_home, "project", str(tmp_path / "ok.png"), models["cond"], "--tags", "black hair",
                       "--steps", steps, "--out", str(tmp_path / "x.npz"), check=False)
         _refused(proc, 2, f"steps must be a whole number from {MIN_STEPS} to {MAX_STEPS}, got {steps}")
-    proc = ganray(ganray_home, "project", str(tmp_path / "ok.png"), models["cond"], "--out",
+    proc = ganray_here(ganray_home, "project", str(tmp_path / "ok.png"), models["cond"], "--out",
                   str(tmp_path / "x.npz"), check=False)
     _refused(proc, 1, "is tag-conditioned: give tags")
-    proc = ganray(ganray_home, "project", str(tmp_path / "ok.png"), models["cond"], "--tags", "black hair",
+    proc = ganray_here(ganray_home, "project", str(tmp_path / "ok.png"), models["cond"], "--tags", "black hair",
                   "--out", str(tmp_path / "x.png"), check=False)
     _refused(proc, 2, "--out must end in .npz")
     assert not (tmp_path / "x.npz").exists()
-    assert f"({MIN_STEPS} to {MAX_STEPS})" in ganray(ganray_home, "project", "--help").stdout
+    assert f"({MIN_STEPS} to {MAX_STEPS})" in ganray_here(ganray_home, "project", "--help").stdout

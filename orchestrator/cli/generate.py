@@ -33,6 +33,8 @@ WALK_ONLY = ("frames", "grid", "tags_to", "prompt_to", "fps")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="PATH.png (a grid) or PATH.npz (uint8 NxHxWx3); with --walk PATH.gif, PATH.webp or PATH.mp4 "
                    "(MP4 needs pip install 'ganray[video]').")
+@click.option("--latent", type=click.Path(dir_okay=False),
+              help="A latent file of `ganray project`: redraw that picture (under --tags / --prompt when given).")
 @click.pass_context
 def generate_cmd(ctx: click.Context, model: str, version: str | None, n: int, seed: int, tags: str | None,
                  exact_tags: bool, prompt: str | None, truncation: float, walk_seeds: str | None, frames: int,
