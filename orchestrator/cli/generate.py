@@ -61,8 +61,9 @@ def generate_cmd(ctx: click.Context, model: str, version: str | None, n: int, se
         _walk(ref, walk_seeds, frames, grid, _tag_list(tags), _tag_list(tags_to), prompt, prompt_to,
               truncation, fps, out)
         return
-    from orchestrator.explore.generate import generate
+    from orchestrator.explore.generate import check_sample_request, generate
 
+    check_sample_request(out, n, prompt, _tag_list(tags))  # before the registry is asked
     path = generate(_client(), ref, n, seed, out, _tag_list(tags), truncation=truncation, prompt=prompt,
                     exact_tags=exact_tags)
     click.echo(f"wrote {n} samples of {ref.uri} to {path}")

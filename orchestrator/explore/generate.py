@@ -34,10 +34,7 @@ def generate(client, ref: ModelRef, n: int, seed: int, out: str | Path, tags: li
     characters, or one to a model without text conditioning is an error."""
     from deploy.loader import load_named
 
-    if Path(out).suffix not in OUTPUT_SUFFIXES:
-        raise UsageError(f"--out must end in .png (a grid) or .npz (an array), got {str(out)!r}")
-    check_count(n)
-    _check_prompt(prompt, tags)
+    check_sample_request(out, n, prompt, tags)
     model, where = load_named(client, ref), ref.uri
     meta = model.meta
     c = (prompt_vector(meta, prompt, where) if prompt is not None
@@ -45,6 +42,15 @@ def generate(client, ref: ModelRef, n: int, seed: int, out: str | Path, tags: li
     psi = check_truncation(meta, truncation, where)
     return write_images(sample(model.generator, meta.z_dim, n, seed, c=c, truncation=psi, takes_psi=meta.takes_psi),
                         out)
+
+
+def check_sample_request(out: str | Path, n: int, prompt: str | None, tags: list[str] | None) -> None:
+    """UsageError for what a sample request gets wrong before anything is loaded (or the registry asked):
+    the suffix of out, the count, the prompt."""
+    if Path(out).suffix not in OUTPUT_SUFFIXES:
+        raise UsageError(f"--out must end in .png (a grid) or .npz (an array), got {str(out)!r}")
+    check_count(n)
+    _check_prompt(prompt, tags)
 
 
 def _check_prompt(prompt: str | None, tags: list[str] | None) -> None:
