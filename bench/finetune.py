@@ -29,10 +29,8 @@ import json
 import os
 import platform
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +39,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.private_home import private_home  # noqa: E402
 
 SOURCE_HAIR = ("blonde hair", "black hair", "blue hair", "red hair")
 NEW_HAIR = ("pink hair", "silver hair")
@@ -170,17 +170,9 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "finetune.json"))
     p.add_argument("--note", default="")
     args = p.parse_args()
-    home, work = Path(tempfile.mkdtemp(prefix="gft-", dir="/tmp")), Path(tempfile.mkdtemp(prefix="gftw-", dir="/tmp"))
-    os.environ.update(GANRAY_HOME=str(home), GANRAY_CACHE_DIR=str(work / "cache"),
-                      MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
-    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
-        os.environ.pop(var, None)
     started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time()
-    try:
+    with private_home("gft") as (home, work):
         out = run(args, home, work)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
     s = out["scores"]
     report = {"benchmark": "finetune", "measured": started, "wall_s": round(time.time() - t0, 1),
               "machine": f"2-core CPU VM ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs), no GPU",

@@ -30,10 +30,8 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +40,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.private_home import private_home  # noqa: E402
 
 MODEL = {"arch": "stylegan2", "z_dim": 64, "w_dim": 64, "channels": 32, "channels_max": 128, "mapping_layers": 2,
          "conditioning": "tags"}
@@ -243,17 +243,9 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "projection.json"))
     p.add_argument("--note", default="")
     args = p.parse_args()
-    home, work = Path(tempfile.mkdtemp(prefix="gpj-", dir="/tmp")), Path(tempfile.mkdtemp(prefix="gpjw-", dir="/tmp"))
-    os.environ.update(GANRAY_HOME=str(home), GANRAY_CACHE_DIR=str(work / "cache"),
-                      MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
-    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
-        os.environ.pop(var, None)
     started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time()
-    try:
+    with private_home("gpj") as (home, work):
         out = run(args, home, work)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
     report = {"benchmark": "projection", "measured": started, "wall_s": round(time.time() - t0, 1),
               "machine": f"2-core CPU VM ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs), no GPU",
               "load_average_end": [round(x, 2) for x in os.getloadavg()], "note": args.note, "cli_env": THREADS,

@@ -21,15 +21,15 @@ import json
 import os
 import platform
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.private_home import private_home  # noqa: E402
 
 RESOLUTION = 64
 VOCABULARY = ["blonde hair", "blue eyes", "red hair", "green eyes", "hat", "glasses", "ribbon", "blush"]
@@ -150,15 +150,9 @@ def main() -> None:
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "serve_walk.json"))
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     args = p.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="gsw-", dir="/tmp"))
-    os.environ["GANRAY_HOME"] = str(home)
-    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
-        os.environ.pop(var, None)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    try:
+    with private_home("gsw") as (home, _):
         results = run(args, home)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
     report = {"benchmark": "serve_walk", "measured": started,
               "machine": f"{os.cpu_count()}-CPU VM ({platform.processor() or platform.machine()}), no GPU",
               "load_average_end": [round(x, 2) for x in os.getloadavg()], "note": args.note,

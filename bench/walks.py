@@ -24,10 +24,8 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.private_home import private_home  # noqa: E402
 
 SEEDS = [1, 2, 3, 4]
 MODELS = {
@@ -141,18 +141,10 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "walks.json"))
     p.add_argument("--note", default="")
     args = p.parse_args()
-    home, work = Path(tempfile.mkdtemp(prefix="gwk-", dir="/tmp")), Path(tempfile.mkdtemp(prefix="gwkw-", dir="/tmp"))
-    os.environ.update(GANRAY_HOME=str(home), GANRAY_CACHE_DIR=str(work / "cache"),
-                      MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
-    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
-        os.environ.pop(var, None)
     started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time()
     load_start = [round(x, 2) for x in os.getloadavg()]
-    try:
+    with private_home("gwk") as (home, work):
         results = run(args, home, work)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
     report = {"benchmark": "walks", "measured": started, "wall_s": round(time.time() - t0, 1),
               "machine": f"CPU VM ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs), no GPU",
               "load_average_start": load_start, "load_average_end": [round(x, 2) for x in os.getloadavg()],
