@@ -143,6 +143,17 @@ def ganray_here(home: Path, *args: str, check: bool = True) -> subprocess.Comple
     return proc
 
 
+def cli_refused(proc: subprocess.CompletedProcess, status: int, *words: str) -> str:
+    """The one error line of a refused command (its last stderr line, ``ganray: error: ...``, naming every
+    one of words, no traceback) after exit status ``status``."""
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == status, proc.stderr[-3000:]
+    assert err and err[-1].startswith("ganray: error: "), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert all(w in err[-1] for w in words), err[-1]
+    return err[-1]
+
+
 @pytest.fixture(scope="session")
 def faces(tmp_path_factory):
     """A small synthetic tagged dataset (folder of PNGs + labels.csv)."""

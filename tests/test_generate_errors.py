@@ -11,36 +11,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, cli_env, ganray
-
-
-def _refused(proc: subprocess.CompletedProcess, status: int, *words: str) -> str:
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == status, proc.stderr[-3000:]
-    assert err and err[-1].startswith("ganray: error: "), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert all(w in err[-1] for w in words), err[-1]
-    return err[-1]
+from conftest import ROOT, cli_env, cli_refused, ganray
 
 
 @pytest.mark.parametrize("n", ["0", "-3", "1025", "100000"])
-def test_a_count_outside_1_to_1024_is_refused(stack, ganray_home, tmp_path, n):
+def test_a_count_outside_1_to_1024_iscli_refused(stack, ganray_home, tmp_path, n):
     proc = ganray(ganray_home, "generate", "models:/any-model/1", "--n", n, "--out", str(tmp_path / "x.png"),
                   check=False)
-    _refused(proc, 1, "n must be between 1 and 1024", f"got {n}")
+    cli_refused(proc, 1, "n must be between 1 and 1024", f"got {n}")
     assert not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.parametrize("uri", ["models:/", "models://1", "runs:/abc/generator"])
 def test_a_malformed_model_uri_is_a_usage_error(stack, ganray_home, tmp_path, uri):
     proc = ganray(ganray_home, "generate", uri, "--n", "2", "--out", str(tmp_path / "x.png"), check=False)
-    _refused(proc, 2, repr(uri))
+    cli_refused(proc, 2, repr(uri))
 
 
 def test_a_missing_model_is_named(stack, ganray_home, tmp_path):
     proc = ganray(ganray_home, "generate", "models:/no-such-generator/3", "--n", "2", "--out",
                   str(tmp_path / "x.png"), check=False)
-    _refused(proc, 1, "no registered model 'no-such-generator' at ")
+    cli_refused(proc, 1, "no registered model 'no-such-generator' at ")
 
 
 class _Planted(torch.nn.Module):
@@ -73,5 +64,5 @@ def test_a_pickle_format_model_is_refused_and_runs_nothing(stack, ganray_home, t
     env = {**cli_env(ganray_home), "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}  # ganray refuses anyway
     proc = subprocess.run([str(Path(sys.executable).parent / "ganray"), "generate", uri, "--n", "2", "--out",
                            str(tmp_path / "x.png")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    _refused(proc, 1, uri, "not stored in the pt2 format", "model.pth", "could run code")
+    cli_refused(proc, 1, uri, "not stored in the pt2 format", "model.pth", "could run code")
     assert not marker.exists() and not (tmp_path / "x.png").exists()

@@ -4,26 +4,16 @@ as it was and under another tag, and every refusal with one clear line (a pictur
 out of bounds, a latent of the wrong shape or of another model, options a redraw has no use for)."""
 from __future__ import annotations
 
-import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ganray, ganray_here
+from conftest import cli_refused, ganray, ganray_here
 from stack_mlflow import mlflow_client, register_untrained
 from trainers.projection import MAX_STEPS, MIN_STEPS
 
 VOCAB = ["blonde hair", "black hair"]
-
-
-def _refused(proc: subprocess.CompletedProcess, status: int, *words: str) -> str:
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == status, proc.stderr[-3000:]
-    assert err and err[-1].startswith("ganray: error: "), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert all(w in err[-1] for w in words), err[-1]
-    return err[-1]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +77,7 @@ def test_a_stylegan2_version_is_projected_in_w_plus_or_without_exports_in_z(ganr
         assert np.array_equal(npz["images"][0], fitted["reconstruction"])
 
 
-def test_a_latent_of_the_wrong_shape_or_model_is_refused(ganray_home, models, tmp_path):
+def test_a_latent_of_the_wrong_shape_or_model_iscli_refused(ganray_home, models, tmp_path):
     picture = _own_sample(ganray_home, models["cond"], tmp_path, "--tags", "black hair")
     ganray_here(ganray_home, "project", picture, models["cond"], "--tags", "black hair", "--steps", "2", "--out",
            str(tmp_path / "c.npz"))
@@ -96,31 +86,31 @@ def test_a_latent_of_the_wrong_shape_or_model_is_refused(ganray_home, models, tm
     np.savez(tmp_path / "wide.npz", **{**arrays, "latent": np.zeros((1, 17), np.float32)})
     proc = ganray_here(ganray_home, "generate", models["cond"], "--latent", str(tmp_path / "wide.npz"), "--out",
                   str(tmp_path / "x.png"), check=False)
-    _refused(proc, 2, "wide.npz holds a z latent (1, 17)", "models:/proj-cond/1 takes z (1, 16)")
+    cli_refused(proc, 2, "wide.npz holds a z latent (1, 17)", "models:/proj-cond/1 takes z (1, 16)")
     proc = ganray_here(ganray_home, "generate", models["style"], "--latent", str(tmp_path / "c.npz"), "--out",
                   str(tmp_path / "x.png"), check=False)
-    _refused(proc, 2, "was fitted to models:/proj-cond/1, not models:/proj-style/1")
+    cli_refused(proc, 2, "was fitted to models:/proj-cond/1, not models:/proj-style/1")
     proc = ganray_here(ganray_home, "generate", models["cond"], "--latent", str(tmp_path / "c.npz"), "--n", "4",
                   "--seed", "3", "--out", str(tmp_path / "x.png"), check=False)
-    _refused(proc, 2, "--n, --seed do not apply")
+    cli_refused(proc, 2, "--n, --seed do not apply")
     assert not (tmp_path / "x.png").exists()
 
 
-def test_what_project_cannot_use_is_refused(ganray_home, models, tmp_path):
+def test_what_project_cannot_use_iscli_refused(ganray_home, models, tmp_path):
     (tmp_path / "notes.png").write_text("not a picture")
     proc = ganray_here(ganray_home, "project", str(tmp_path / "notes.png"), models["cond"], "--tags", "black hair",
                   "--out", str(tmp_path / "x.npz"), check=False)
-    _refused(proc, 2, "notes.png is not a picture Pillow can read")
+    cli_refused(proc, 2, "notes.png is not a picture Pillow can read")
     Image.new("RGB", (20, 20)).save(tmp_path / "ok.png")
     for steps in (str(MIN_STEPS - 1), str(MAX_STEPS + 1)):
         proc = ganray_here(ganray_home, "project", str(tmp_path / "ok.png"), models["cond"], "--tags", "black hair",
                       "--steps", steps, "--out", str(tmp_path / "x.npz"), check=False)
-        _refused(proc, 2, f"steps must be a whole number from {MIN_STEPS} to {MAX_STEPS}, got {steps}")
+        cli_refused(proc, 2, f"steps must be a whole number from {MIN_STEPS} to {MAX_STEPS}, got {steps}")
     proc = ganray_here(ganray_home, "project", str(tmp_path / "ok.png"), models["cond"], "--out",
                   str(tmp_path / "x.npz"), check=False)
-    _refused(proc, 1, "is tag-conditioned: give tags")
+    cli_refused(proc, 1, "is tag-conditioned: give tags")
     proc = ganray_here(ganray_home, "project", str(tmp_path / "ok.png"), models["cond"], "--tags", "black hair",
                   "--out", str(tmp_path / "x.png"), check=False)
-    _refused(proc, 2, "--out must end in .npz")
+    cli_refused(proc, 2, "--out must end in .npz")
     assert not (tmp_path / "x.npz").exists()
     assert f"({MIN_STEPS} to {MAX_STEPS})" in ganray_here(ganray_home, "project", "--help").stdout
