@@ -15,7 +15,8 @@ WALK_ONLY = ("frames", "grid", "tags_to", "prompt_to", "fps")
               help="Number of samples (1 to 1024; not with --walk).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i.")
 @click.option("--tags", help="Comma-separated tags (conditional models only); the tags they leave open are drawn "
-                             "per sample from the training data's tag sets (a walk's frames get exactly these).")
+                             "per sample from the training data's tag sets (none given: every tag drawn so); a walk's frames get "
+                             "exactly these.")
 @click.option("--exact-tags", is_flag=True, help="Give every sample exactly --tags, nothing drawn.")
 @click.option("--prompt", help="A text prompt, at most 300 characters (text-conditioned models only; not with --tags).")
 @click.option("--truncation", type=float, default=1.0, show_default=True,
