@@ -1,44 +1,31 @@
-"""A served version's tag rules: its tag table (groups, toggles, pairs), computed once per loaded version,
-and the check that refuses a request combining tags its training data never has together.
+"""A served version's tag rules: its tag table's answer to ``GET /model`` (groups, toggles), and the check
+that refuses a request combining tags its training data never has together.
 
-The table comes from the version's metadata (``trainers.tag_groups``); ``GET /model`` answers its
-groups and the page offers each group as a choice of one.
+The table is the version's metadata's (``GeneratorMetadata.tag_table``, from ``trainers.tag_groups``,
+computed once per loaded version); the page offers each group as a choice of one.
 """
 from __future__ import annotations
 
 from trainers.data.tags import normalise_tags
 from trainers.generator_metadata import GeneratorMetadata
-from trainers.tag_groups import TagTable, never_together, tag_table
-
-_TABLES: dict[int, tuple[GeneratorMetadata, TagTable]] = {}  # id(meta) -> (meta, its table); a few versions
-_KEPT = 8
+from trainers.tag_groups import never_together
 
 
 class NeverTogether(ValueError):
     """A request of tags the training data never has together; the message names them."""
 
 
-def table_of(meta: GeneratorMetadata) -> TagTable:
-    """meta's tag table, computed on first use (the metadata object is kept, so its id is not reused)."""
-    hit = _TABLES.get(id(meta))
-    if hit is None or hit[0] is not meta:
-        if len(_TABLES) >= _KEPT:
-            _TABLES.clear()
-        hit = _TABLES[id(meta)] = (meta, tag_table(list(meta.vocabulary), meta.tag_sets))
-    return hit[1]
-
-
 def describe_tags(meta: GeneratorMetadata) -> dict:
     """GET /model's tag part: ``tag_groups`` ([{name, tags}]), ``tag_toggles``, ``tag_sets_complete``."""
     if meta.conditioning != "tags":
         return {"tag_groups": [], "tag_toggles": list(meta.vocabulary), "tag_sets_complete": False}
-    return table_of(meta).describe()
+    return meta.tag_table.describe()
 
 
 def check_together(meta: GeneratorMetadata, tags: list[str], where: str) -> None:
     """NeverTogether naming each pair of tags that no training sample has together (and the group they
     are one choice of); nothing for a version without a complete tag-set table."""
-    table = table_of(meta)
+    table = meta.tag_table
     pairs = never_together(table, normalise_tags(tags))
     if not pairs:
         return

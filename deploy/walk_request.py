@@ -26,7 +26,6 @@ from deploy.limits import MAX_WALK_FRAMES, MAX_WALK_SEEDS, WALK_FPS
 from deploy.loader import LoadedModel
 from deploy.request import (BadRequest, check_pixels, integer_field, parse_object, prompt_condition, prompt_field,
                             sampling_checked, tags_field, tags_seen_together, truncation_field)
-from deploy.tags import table_of
 from trainers.conditioning import TagEncoder
 from trainers.data.tags import normalise_tags
 from trainers.sampling import check_seed, check_truncation, condition_rows, condition_vector
@@ -117,7 +116,7 @@ def _moved(model: LoadedModel, c_from: torch.Tensor, tags: list[str], tags_to: l
     """c_from's tag set without tags and without the group-mates of tags_to, with tags_to."""
     vocabulary = list(model.meta.vocabulary)
     to = normalise_tags(tags_to)
-    mates = {t for g in table_of(model.meta).groups if set(g.tags) & set(to) for t in g.tags}
+    mates = {t for g in model.meta.tag_table.groups if set(g.tags) & set(to) for t in g.tags}
     gone = set(normalise_tags(tags)) | mates
     kept = [t for t, on in zip(vocabulary, c_from.tolist()) if on and t not in gone]
     return TagEncoder(vocabulary).encode([kept + to])[0]

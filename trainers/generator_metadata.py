@@ -17,6 +17,7 @@ of the known kinds and shapes that are the architecture's own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from trainers.errors import GanrayError
@@ -76,6 +77,14 @@ class GeneratorMetadata:
     def input_width(self) -> int:
         """The width of the module's input: z_dim + c_dim (+ 1 for psi)."""
         return self.z_dim + self.c_dim + int(self.takes_psi)
+
+    @cached_property
+    def tag_table(self):
+        """The counts, pairs and groups of its tag-set table (``trainers.tag_groups.TagTable``), computed once
+        per metadata object (a served version's requests all read the same one)."""
+        from trainers.tag_groups import tag_table
+
+        return tag_table(list(self.vocabulary), self.tag_sets)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form (JSON-safe); ``input`` says what the exported module takes."""
