@@ -303,7 +303,7 @@ def test_a_service_that_fails_to_start_is_reported_with_its_log(tmp_path_factory
             conn.execute("insert into alembic_version values ('ffffffffffff')")
             conn.commit()
         proc = ganray(home, "local", "up", check=False, timeout=300)
-        assert proc.returncode == 1 and "mlflow exited while starting; last lines of" in proc.stderr
+        assert proc.returncode == 1 and "mlflow exited while starting (exit code 1); last lines of" in proc.stderr
         assert "Can't locate revision identified by 'ffffffffffff'" in proc.stderr
     finally:
         ganray(home, "local", "down", check=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -48,7 +49,27 @@ def test_a_port_taken_between_pick_and_start_is_retried_and_one_service_restarts
         after = stack.restart("mlflow")
         assert after.port == before.port and after.pid != before.pid and not pid_alive(before.pid)
         assert requests.get(f"{profile['mlflow_uri']}/health", timeout=10).ok
+
+        real_start, kills = stack._start_mlflow, {"left": 1}
+
+        def killed_as_it_starts(ports, auth):  # something kills it before it writes a line
+            svc = real_start(ports, auth)
+            if kills["left"]:
+                kills["left"] -= 1
+                os.killpg(svc.pid, signal.SIGKILL)
+            return svc
+
+        stack._start_mlflow = killed_as_it_starts
         stack.stop_service("mlflow")
+        again = stack.start_service("mlflow")  # a silent death while starting is tried once more
+        assert again.alive() and requests.get(f"{profile['mlflow_uri']}/health", timeout=10).ok
+        assert any("mlflow exited while starting (killed by SIGKILL) without writing" in r.getMessage()
+                   for r in caplog.records)
+        stack.stop_service("mlflow")
+        kills["left"] = 2
+        with pytest.raises(StackError, match=r"killed by SIGKILL\) without writing .* \(after 2 attempts\)"):
+            stack.start_service("mlflow")
+        stack._start_mlflow = real_start
         squatter = socket.socket()
         squatter.bind(("127.0.0.1", after.port))
         squatter.listen()

@@ -42,6 +42,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -70,6 +71,14 @@ log = logging.getLogger("ganray.stack")
 
 class StackError(GanrayError, RuntimeError):
     """A service of the local stack could not be started or reached."""
+
+
+class SilentExit(StackError):
+    """A service exited while starting without writing a line: killed, most likely; worth one more try."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
 
 
 class PortTaken(StackError):
@@ -159,6 +168,9 @@ class LocalStack:
         # Test hook: called with (service, {role: port}) after its ports are picked, before it starts.
         self.port_hook: Callable[[str, dict[str, int]], None] | None = None
         self._avoid: set[int] = set()  # ports found taken by others during this up
+        # The services this object started, by PID: while unreaped, their PIDs cannot be reused, so
+        # Popen.poll() says whether each still runs and how it ended (what /proc can only guess at).
+        self._children: dict[int, subprocess.Popen] = {}
 
     # -- state -----------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -236,6 +248,10 @@ class LocalStack:
             try:
                 self._start_missing(running, want_s3, auth, timeout)
                 break
+            except SilentExit as err:
+                if attempt == PORT_ATTEMPTS:
+                    raise StackError(f"{err} (after {attempt} attempts)") from None
+                log.warning("%s; starting it again", err)
             except PortTaken as err:
                 if attempt == PORT_ATTEMPTS:
                     raise StackError(f"{err} (after {attempt} attempts on fresh ports)") from None
@@ -292,7 +308,23 @@ class LocalStack:
                                  start_new_session=True, cwd=self.home)
         finally:
             os.close(fd)
+        self._children[p.pid] = p
         return Service(name, p.pid, port, str(log_path), offset, started, marker)
+
+    def _ended(self, svc: Service) -> str | None:
+        """None while svc still runs; else how it ended ("exit code 1", "killed by SIGKILL"; "" when not
+        started by this object, so unknown)."""
+        child = self._children.get(svc.pid)
+        if child is None:
+            return None if svc.alive() else ""
+        code = child.poll()
+        if code is None:
+            return None
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+            return f"killed by signal {-code}"
+        return f"exit code {code}"
 
     def _start_s3(self, ports: dict[str, int]) -> Service:
         return self._spawn("s3", [sys.executable, "-m", "orchestrator.stack.s3_server", "-H", "127.0.0.1",
@@ -345,9 +377,10 @@ class LocalStack:
         pending = dict(services)
         while pending:
             for name, svc in list(pending.items()):
-                if not svc.alive() or _PORT_TAKEN.search(_since(svc.log, svc.log_offset)):
+                ended = self._ended(svc)
+                if ended is not None or _PORT_TAKEN.search(_since(svc.log, svc.log_offset)):
                     running.pop(name, None)
-                    self._failed(name, svc)
+                    self._failed(name, svc, ended or "")
                 if self._ready(name, svc):
                     del pending[name]
             if pending and time.time() > deadline:
@@ -357,7 +390,7 @@ class LocalStack:
             if pending:
                 time.sleep(0.5)
 
-    def _failed(self, name: str, svc: Service) -> None:
+    def _failed(self, name: str, svc: Service, ended: str = "") -> None:
         if svc.group_ours():
             stop_group(svc.pid, 5.0)  # whatever it started before it died
         ports = {svc.port} | (set(self._state().get("ray_ports", {}).values()) if name == "ray" else set())
@@ -366,7 +399,11 @@ class LocalStack:
         if _PORT_TAKEN.search(text) or taken:
             raise PortTaken(name, taken or {svc.port}, f"{name} could not bind its port: another process took "
                                                        f"it after it was picked")
-        raise StackError(f"{name} exited while starting; last lines of {svc.log}:\n{_tail(svc.log, svc.log_offset)}")
+        how = f" ({ended})" if ended else ""
+        if not text.strip():
+            raise SilentExit(name, f"{name} exited while starting{how} without writing to {svc.log}")
+        raise StackError(f"{name} exited while starting{how}; last lines of {svc.log}:\n"
+                         f"{_tail(svc.log, svc.log_offset)}")
 
     def _ready(self, name: str, svc: Service) -> bool:
         try:
@@ -427,11 +464,19 @@ class LocalStack:
         port = services[name].port
         if not port_free(port):
             raise StackError(f"{name}'s port {port} is taken by another process")
-        svc = self._start_mlflow({"mlflow": port}, self.auth()) if name == "mlflow" else self._start_s3({"s3": port})
-        services[name] = svc
-        self._save(services)
-        self._wait_ready(services, {name: svc}, timeout)
-        return svc
+        for attempt in (1, 2):
+            svc = self._start_mlflow({"mlflow": port}, self.auth()) if name == "mlflow" else \
+                self._start_s3({"s3": port})
+            services[name] = svc
+            self._save(services)
+            try:
+                self._wait_ready(services, {name: svc}, timeout)
+                return svc
+            except SilentExit as err:
+                if attempt == 2:
+                    raise StackError(f"{err} (after {attempt} attempts)") from None
+                log.warning("%s; starting it again", err)
+        raise AssertionError("unreachable")
 
     def restart(self, name: str, timeout: float = 120.0) -> Service:
         self.stop_service(name)
