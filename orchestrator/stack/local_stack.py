@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -62,6 +63,7 @@ from trainers.settings import ganray_home
 LOCAL_BUCKET = "ganray"
 MARKER_VARIABLE = "ganray_stack_run"  # a marker in the services' environments, not a setting
 PORT_ATTEMPTS = 4
+SILENT_ATTEMPTS = 2  # start_service's tries of a service that exits without writing a line
 RAY_PORTS = ("gcs", "dashboard", "node_manager", "object_manager", "client", "metrics", "agent_grpc",
              "agent_http", "runtime_env_agent")
 _PORT_TAKEN = re.compile(r"address already in use|errno 98|port .{0,40}(already in use|not available)|"
@@ -79,6 +81,13 @@ class SilentExit(StackError):
     def __init__(self, name: str, message: str):
         super().__init__(message)
         self.name = name
+
+
+def _again_or_raise(err: SilentExit, attempt: int, attempts: int) -> None:
+    """After a silent exit on try attempt of attempts: a StackError saying so on the last, else a warning."""
+    if attempt >= attempts:
+        raise StackError(f"{err} (after {attempt} attempts)") from None
+    log.warning("%s; starting it again", err)
 
 
 class PortTaken(StackError):
@@ -249,9 +258,7 @@ class LocalStack:
                 self._start_missing(running, want_s3, auth, timeout)
                 break
             except SilentExit as err:
-                if attempt == PORT_ATTEMPTS:
-                    raise StackError(f"{err} (after {attempt} attempts)") from None
-                log.warning("%s; starting it again", err)
+                _again_or_raise(err, attempt, PORT_ATTEMPTS)
             except PortTaken as err:
                 if attempt == PORT_ATTEMPTS:
                     raise StackError(f"{err} (after {attempt} attempts on fresh ports)") from None
@@ -390,7 +397,7 @@ class LocalStack:
             if pending:
                 time.sleep(0.5)
 
-    def _failed(self, name: str, svc: Service, ended: str = "") -> None:
+    def _failed(self, name: str, svc: Service, ended: str) -> None:
         if svc.group_ours():
             stop_group(svc.pid, 5.0)  # whatever it started before it died
         ports = {svc.port} | (set(self._state().get("ray_ports", {}).values()) if name == "ray" else set())
@@ -464,7 +471,7 @@ class LocalStack:
         port = services[name].port
         if not port_free(port):
             raise StackError(f"{name}'s port {port} is taken by another process")
-        for attempt in (1, 2):
+        for attempt in itertools.count(1):
             svc = self._start_mlflow({"mlflow": port}, self.auth()) if name == "mlflow" else \
                 self._start_s3({"s3": port})
             services[name] = svc
@@ -473,10 +480,7 @@ class LocalStack:
                 self._wait_ready(services, {name: svc}, timeout)
                 return svc
             except SilentExit as err:
-                if attempt == 2:
-                    raise StackError(f"{err} (after {attempt} attempts)") from None
-                log.warning("%s; starting it again", err)
-        raise AssertionError("unreachable")
+                _again_or_raise(err, attempt, SILENT_ATTEMPTS)
 
     def restart(self, name: str, timeout: float = 120.0) -> Service:
         self.stop_service(name)
